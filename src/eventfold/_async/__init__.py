@@ -1,0 +1,1 @@
+"""Asyncio implementations: the single source from which ``eventfold._sync`` is generated."""

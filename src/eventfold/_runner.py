@@ -1,0 +1,59 @@
+"""How store code runs blocking driver calls in each flavour.
+
+The async sources call ``await self._runner.run(fn, *args)``; the generated
+sync code calls ``self._runner.run(fn, *args)`` on a :class:`Runner`, which
+simply calls ``fn``. Only drivers without native asyncio (sqlite3) need this:
+their transaction bodies are plain functions shared by both flavours.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import ParamSpec, TypeVar
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+class Runner:
+    """Runs a blocking function in the calling thread."""
+
+    def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Call ``fn(*args, **kwargs)``."""
+        return fn(*args, **kwargs)
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+class AsyncRunner:
+    """Runs blocking functions on a small private thread pool."""
+
+    def __init__(self, max_workers: int = 4) -> None:
+        self._executor = ThreadPoolExecutor(max_workers, thread_name_prefix="eventfold")
+
+    async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Await ``fn(*args, **kwargs)`` run on a worker thread."""
+        loop = asyncio.get_running_loop()
+        if kwargs:
+            return await loop.run_in_executor(self._executor, lambda: fn(*args, **kwargs))
+        return await loop.run_in_executor(self._executor, fn, *args)
+
+    def close(self) -> None:
+        """Stop the worker threads once running calls finish."""
+        self._executor.shutdown(wait=True)
+
+
+class Clock:
+    """Blocking sleep for the sync flavour."""
+
+    sleep = staticmethod(time.sleep)
+
+
+class AsyncClock:
+    """Non-blocking sleep for the async flavour."""
+
+    sleep = staticmethod(asyncio.sleep)

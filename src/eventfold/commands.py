@@ -1,0 +1,19 @@
+"""Command handling, sync and async: load -> decide -> append -> retry on conflict."""
+
+from eventfold._async.commands import (
+    IDEMPOTENCY_KEY,
+    AsyncCommandHandler,
+    CommandResult,
+    Loaded,
+    idempotent_event_id,
+)
+from eventfold._sync.commands import CommandHandler
+
+__all__ = [
+    "IDEMPOTENCY_KEY",
+    "AsyncCommandHandler",
+    "CommandHandler",
+    "CommandResult",
+    "Loaded",
+    "idempotent_event_id",
+]

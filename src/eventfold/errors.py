@@ -1,0 +1,123 @@
+"""The eventfold error hierarchy.
+
+Every error eventfold raises derives from :class:`EventfoldError`; driver
+exceptions (``sqlite3``, ``psycopg``) are translated at one boundary per
+backend and chained with ``raise ... from exc``. Business-rule violations are
+the user's own exceptions and pass through the command handler unchanged.
+
+::
+
+    EventfoldError
+    ├── ConcurrencyError
+    │   └── WrongExpectedVersion      # stream, expected, actual
+    ├── StreamNotFound
+    ├── InvalidRequest                # also a ValueError: bad argument
+    ├── SerializationError
+    │   └── UnknownEventType
+    ├── StoreError                    # wraps driver errors; .retryable
+    │   ├── StoreUnavailable
+    │   ├── StoreTimeout
+    │   └── StoreClosed
+    └── ConfigurationError
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConcurrencyError",
+    "ConfigurationError",
+    "EventfoldError",
+    "InvalidRequest",
+    "SerializationError",
+    "StoreClosed",
+    "StoreError",
+    "StoreTimeout",
+    "StoreUnavailable",
+    "StreamNotFound",
+    "UnknownEventType",
+    "WrongExpectedVersion",
+]
+
+
+class EventfoldError(Exception):
+    """Base class of every error raised by eventfold."""
+
+
+class ConcurrencyError(EventfoldError):
+    """A write lost a race against another writer."""
+
+
+class WrongExpectedVersion(ConcurrencyError):
+    """The stream was not at the version the writer expected.
+
+    ``expected`` is what the caller asked for (an int version or an
+    expectation such as ``NO_STREAM``); ``actual`` is the stream's version at
+    the time of the check (0 when the stream does not exist).
+    """
+
+    def __init__(self, stream: str, expected: object, actual: int) -> None:
+        self.stream = stream
+        self.expected = expected
+        self.actual = actual
+        super().__init__(
+            f"stream {stream!r}: expected version {expected}, but the stream is at {actual}"
+        )
+
+
+class StreamNotFound(EventfoldError):
+    """The stream does not exist (or was deleted)."""
+
+    def __init__(self, stream: str) -> None:
+        self.stream = stream
+        super().__init__(f"stream {stream!r} does not exist")
+
+
+class InvalidRequest(EventfoldError, ValueError):
+    """An argument is malformed: bad stream name, negative version, bad limit.
+
+    Raised before anything is written, so the store is left unchanged.
+    """
+
+
+class SerializationError(EventfoldError):
+    """An event or metadata could not be encoded, or stored data not decoded."""
+
+
+class UnknownEventType(SerializationError):
+    """A stored event names a type that no registered class matches."""
+
+    def __init__(self, type_name: str, schema_version: int = 1, stream: str | None = None) -> None:
+        self.type_name = type_name
+        self.schema_version = schema_version
+        self.stream = stream
+        where = f" in stream {stream!r}" if stream is not None else ""
+        super().__init__(
+            f"unknown event type {type_name!r} (schema version {schema_version}){where}: "
+            "import or register the class that defines it"
+        )
+
+
+class StoreError(EventfoldError):
+    """The storage backend failed. ``retryable`` says whether retrying may help."""
+
+    retryable: bool = False
+
+
+class StoreUnavailable(StoreError):
+    """The backend cannot be reached (connection refused, server restarting)."""
+
+    retryable = True
+
+
+class StoreTimeout(StoreError):
+    """The backend did not answer in time (lock wait, statement timeout)."""
+
+    retryable = True
+
+
+class StoreClosed(StoreError):
+    """The store was closed; create a new one."""
+
+
+class ConfigurationError(EventfoldError):
+    """eventfold was set up wrongly (bad option, missing extra, missing schema)."""

@@ -1,0 +1,118 @@
+"""Events: the user's event classes, events about to be written, recorded events.
+
+An event type is a frozen, typed class. Subclass :class:`Event` (a frozen
+``msgspec.Struct``) and it is registered under its class name; set
+``__event_type__`` to choose a stable name that survives renames and
+``__event_version__`` when the schema changes (see upcasters in
+:mod:`eventfold.serialization`). Frozen dataclasses work too: they are
+registered on first append, or explicitly with :func:`eventfold.event_type`.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any, ClassVar
+from uuid import UUID
+
+import msgspec
+
+from eventfold.serialization import default_registry
+
+__all__ = [
+    "CAUSATION_ID",
+    "CORRELATION_ID",
+    "Event",
+    "NewEvent",
+    "RecordedEvent",
+    "caused_by",
+    "uuid7",
+]
+
+#: Metadata key of the id of the first event or command of a conversation.
+CORRELATION_ID = "correlation_id"
+#: Metadata key of the id of the event or command that directly caused this one.
+CAUSATION_ID = "causation_id"
+
+_uuid7_lock = threading.Lock()
+_uuid7_last = 0
+_VERSION_VARIANT = (0x7 << 76) | (0b10 << 62)
+_RAND_B_MASK = (1 << 62) - 1
+
+
+def uuid7() -> UUID:
+    """Return a new UUIDv7 (RFC 9562): time ordered, and strictly increasing
+    within this process even when many ids are made in one millisecond."""
+    global _uuid7_last  # noqa: PLW0603 - process-wide monotonic clock
+    ns = time.time_ns()
+    ms, sub_ms = divmod(ns, 1_000_000)
+    # 12 bits of sub-millisecond precision (RFC 9562 method 3) then 62 random bits.
+    rand_a = (sub_ms * 4096) // 1_000_000
+    rand_b = int.from_bytes(os.urandom(8)) & _RAND_B_MASK
+    value = (ms << 80) | (rand_a << 64) | rand_b | _VERSION_VARIANT
+    with _uuid7_lock:
+        if value <= _uuid7_last:
+            # Same tick or clock stepped back: keep order by counting up in rand_b.
+            value = _uuid7_last + 1
+        _uuid7_last = value
+    return UUID(int=value)
+
+
+class Event(msgspec.Struct, frozen=True, kw_only=True):
+    """Base class for event types: a frozen, typed, fast-to-encode struct.
+
+    >>> class MoneyDeposited(Event):
+    ...     amount: int
+
+    The stored type name defaults to the class name; override it with
+    ``__event_type__ = "bank.MoneyDeposited"``. ``__event_version__`` is the
+    schema version written with new events (default 1).
+    """
+
+    __event_type__: ClassVar[str]
+    __event_version__: ClassVar[int] = 1
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        default_registry.register(cls)
+
+
+class NewEvent(msgspec.Struct, frozen=True, kw_only=True):
+    """An event about to be appended, with its id and metadata.
+
+    Appending a plain event object wraps it in a ``NewEvent`` with a fresh
+    UUIDv7 and empty metadata. Give the id yourself to make a retried append
+    idempotent: a stream never stores the same event id twice.
+    """
+
+    data: object
+    id: UUID = msgspec.field(default_factory=uuid7)
+    metadata: Mapping[str, Any] = msgspec.field(default_factory=dict)
+
+
+class RecordedEvent(msgspec.Struct, frozen=True, gc=False):
+    """An event as stored: payload plus where and when it was recorded.
+
+    ``version`` is the 1-based place in its stream; ``position`` the place in
+    the store's global log (strictly increasing in the order readers of
+    ``read_all`` see events, not necessarily dense).
+    """
+
+    id: UUID
+    stream: str
+    version: int
+    position: int
+    type: str
+    data: Any
+    metadata: Mapping[str, Any]
+    recorded_at: datetime
+    schema_version: int = 1
+
+
+def caused_by(event: RecordedEvent, **extra: Any) -> dict[str, Any]:
+    """Metadata for an event caused by ``event``: same correlation id, causation = its id."""
+    correlation = event.metadata.get(CORRELATION_ID, str(event.id))
+    return {CORRELATION_ID: correlation, CAUSATION_ID: str(event.id), **extra}

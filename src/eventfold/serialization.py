@@ -1,0 +1,237 @@
+"""Event type registry, serializer and upcasters.
+
+Stored events carry a type name and a schema version next to their JSON
+payload. The registry maps names to classes both ways; upcasters lift old
+payloads (as plain dicts) one schema version at a time until they match the
+class, so an event stored as v1 is read as v3 without rewriting stored data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
+from typing import Any, Literal, TypeVar
+
+import msgspec
+
+from eventfold.errors import ConfigurationError, SerializationError, UnknownEventType
+
+__all__ = ["Serializer", "TypeRegistry", "Upcaster", "default_registry", "event_type"]
+
+T = TypeVar("T", bound=type[Any])
+
+#: An upcaster takes the payload of version N (a dict) and returns version N+1.
+Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
+
+_JSON_ENCODER = msgspec.json.Encoder()
+_JSON_DECODER = msgspec.json.Decoder()
+_META_DECODER = msgspec.json.Decoder(dict[str, Any])
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
+
+
+class _TypeInfo:
+    """One registered event type. The decoder is built on first use: a Struct
+    class is not complete yet while ``__init_subclass__`` registers it."""
+
+    __slots__ = ("_decoder", "cls", "name", "version")
+
+    def __init__(self, cls: type[Any], name: str, version: int) -> None:
+        self.cls = cls
+        self.name = name
+        self.version = version
+        self._decoder: msgspec.json.Decoder[Any] | None = None
+
+    @property
+    def decoder(self) -> msgspec.json.Decoder[Any]:
+        if self._decoder is None:
+            self._decoder = msgspec.json.Decoder(self.cls)
+        return self._decoder
+
+
+def _is_event_class(cls: type[Any]) -> bool:
+    return issubclass(cls, msgspec.Struct) or dataclasses.is_dataclass(cls)
+
+
+class TypeRegistry:
+    """Maps event type names to classes and holds upcasters.
+
+    Most code uses :data:`default_registry`, which :class:`~eventfold.Event`
+    subclasses join automatically. Registering a second, different class under
+    a name already taken raises :class:`~eventfold.ConfigurationError`
+    (re-registering the same class, or a reloaded class of the same module and
+    qualified name, is allowed).
+    """
+
+    def __init__(self) -> None:
+        self._by_name: dict[str, _TypeInfo] = {}
+        self._by_class: dict[type[Any], _TypeInfo] = {}
+        self._aliases: dict[str, str] = {}
+        self._upcasters: dict[tuple[str, int], Upcaster] = {}
+        self._lock = threading.Lock()
+
+    def register(
+        self, cls: type[Any], *, name: str | None = None, version: int | None = None
+    ) -> None:
+        """Register ``cls`` under ``name`` (default: ``__event_type__`` or the class name)."""
+        if not _is_event_class(cls):
+            raise ConfigurationError(
+                f"{cls.__qualname__} cannot be an event type: use a msgspec.Struct "
+                "(eventfold.Event) or a dataclass"
+            )
+        type_name = name or getattr(cls, "__event_type__", None) or cls.__name__
+        schema_version = version or getattr(cls, "__event_version__", 1)
+        if not isinstance(schema_version, int) or schema_version < 1:
+            raise ConfigurationError(f"{type_name}: schema version must be an int >= 1")
+        info = _TypeInfo(cls, type_name, schema_version)
+        with self._lock:
+            old = self._by_name.get(type_name)
+            if old is not None and old.cls is not cls and not _same_definition(old.cls, cls):
+                raise ConfigurationError(
+                    f"event type name {type_name!r} is already used by "
+                    f"{old.cls.__module__}.{old.cls.__qualname__}; set __event_type__ "
+                    "to give one of them another name"
+                )
+            if old is not None:
+                self._by_class.pop(old.cls, None)
+            self._by_name[type_name] = info
+            self._by_class[cls] = info
+
+    def alias(self, old_name: str, new_name: str) -> None:
+        """Read events stored under ``old_name`` as type ``new_name`` (a renamed type)."""
+        self._aliases[old_name] = new_name
+
+    def upcaster(self, type_name: str, from_version: int) -> Callable[[Upcaster], Upcaster]:
+        """Decorator registering ``fn`` to lift ``type_name`` payloads from ``from_version``."""
+
+        def decorate(fn: Upcaster) -> Upcaster:
+            self._upcasters[(type_name, from_version)] = fn
+            return fn
+
+        return decorate
+
+    def info_for_class(self, cls: type[Any]) -> _TypeInfo:
+        """Return the registration of ``cls``, registering it now if needed."""
+        info = self._by_class.get(cls)
+        if info is None:
+            self.register(cls)
+            info = self._by_class[cls]
+        return info
+
+    def info_for_name(self, name: str, schema_version: int, stream: str | None) -> _TypeInfo:
+        """Return the registration for a stored type name (following aliases)."""
+        info = self._by_name.get(name)
+        if info is None:
+            target = self._aliases.get(name)
+            info = self._by_name.get(target) if target is not None else None
+            if info is None:
+                raise UnknownEventType(name, schema_version, stream)
+        return info
+
+    def upcast(
+        self, name: str, payload: dict[str, Any], version: int, target: int, stream: str | None
+    ) -> dict[str, Any]:
+        """Apply upcasters to ``payload`` from ``version`` up to ``target``."""
+        while version < target:
+            fn = self._upcasters.get((name, version))
+            if fn is None:
+                raise SerializationError(
+                    f"no upcaster for event type {name!r} from schema version {version} "
+                    f"to {target}" + (f" in stream {stream!r}" if stream else "")
+                )
+            payload = fn(payload)
+            version += 1
+        return payload
+
+
+def _same_definition(a: type[Any], b: type[Any]) -> bool:
+    # A module reloaded (or a test module imported twice) defines a new class
+    # object for the same event: treat it as the same type, newest wins.
+    return (a.__module__, a.__qualname__) == (b.__module__, b.__qualname__)
+
+
+#: The registry that :class:`~eventfold.Event` subclasses join on definition.
+default_registry = TypeRegistry()
+
+
+def event_type(name: str | None = None, *, version: int = 1) -> Callable[[T], T]:
+    """Class decorator registering a dataclass (or Struct) as an event type."""
+
+    def decorate(cls: T) -> T:
+        default_registry.register(cls, name=name, version=version)
+        return cls
+
+    return decorate
+
+
+class Serializer:
+    """Turns event objects into (type name, schema version, JSON bytes) and back.
+
+    ``on_unknown="error"`` (default) raises :class:`~eventfold.UnknownEventType`
+    for a stored type with no class; ``"raw"`` returns the payload as a dict,
+    which tools that browse foreign stores need.
+    """
+
+    def __init__(
+        self,
+        registry: TypeRegistry | None = None,
+        *,
+        on_unknown: Literal["error", "raw"] = "error",
+    ) -> None:
+        self.registry = registry or default_registry
+        self.on_unknown = on_unknown
+
+    def encode(self, event: object) -> tuple[str, int, bytes]:
+        """Encode an event object; raise SerializationError if it cannot be."""
+        cls = type(event)
+        info = self.registry._by_class.get(cls)
+        if info is None:
+            try:
+                info = self.registry.info_for_class(cls)
+            except ConfigurationError as exc:
+                raise SerializationError(str(exc)) from exc
+        try:
+            return info.name, info.version, _JSON_ENCODER.encode(event)
+        except (TypeError, ValueError, OverflowError, msgspec.EncodeError) as exc:
+            raise SerializationError(f"cannot encode {info.name} event: {exc}") from exc
+
+    def decode(self, name: str, schema_version: int, data: bytes, stream: str | None) -> Any:
+        """Decode stored bytes to an instance of the registered class."""
+        try:
+            info = self.registry.info_for_name(name, schema_version, stream)
+        except UnknownEventType:
+            if self.on_unknown == "raw":
+                return _JSON_DECODER.decode(data)
+            raise
+        try:
+            if schema_version == info.version and info.name == name:
+                return info.decoder.decode(data)
+            payload = _JSON_DECODER.decode(data)
+            payload = self.registry.upcast(name, payload, schema_version, info.version, stream)
+            return msgspec.convert(payload, info.cls)
+        except msgspec.ValidationError as exc:
+            where = f" in stream {stream!r}" if stream else ""
+            raise SerializationError(
+                f"stored {name} event (schema version {schema_version}){where} "
+                f"does not match {info.cls.__qualname__}: {exc}"
+            ) from exc
+        except msgspec.DecodeError as exc:
+            raise SerializationError(f"stored {name} event is not valid JSON: {exc}") from exc
+
+    @staticmethod
+    def encode_metadata(metadata: Mapping[str, Any]) -> bytes | None:
+        """Encode metadata; empty metadata is stored as NULL."""
+        if not metadata:
+            return None
+        try:
+            return _JSON_ENCODER.encode(metadata)
+        except (TypeError, ValueError, OverflowError, msgspec.EncodeError) as exc:
+            raise SerializationError(f"cannot encode event metadata: {exc}") from exc
+
+    @staticmethod
+    def decode_metadata(data: bytes | None) -> Mapping[str, Any]:
+        """Decode stored metadata (NULL becomes an empty mapping)."""
+        if data is None:
+            return _EMPTY
+        return _META_DECODER.decode(data)

@@ -1,0 +1,223 @@
+"""I/O-free pieces every backend shares: expectations, validation, row codec.
+
+Backends only move rows. Everything that decides (is this expected version
+satisfied? is this stream name valid? is this batch a retry of one already
+stored?) lives here once, so the memory, SQLite and PostgreSQL stores cannot
+disagree about semantics.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any, Final, TypeAlias
+from uuid import UUID
+
+import msgspec
+
+from eventfold.errors import InvalidRequest, WrongExpectedVersion
+from eventfold.events import NewEvent, RecordedEvent, uuid7
+from eventfold.serialization import Serializer
+
+__all__ = [
+    "ANY",
+    "NO_STREAM",
+    "STREAM_EXISTS",
+    "AppendResult",
+    "EncodedEvent",
+    "Expected",
+    "Row",
+    "StreamInfo",
+    "StreamState",
+]
+
+MAX_STREAM_NAME = 512
+
+
+class StreamState(enum.Enum):
+    """Expectations about a stream that are not a version number."""
+
+    ANY = "any"
+    NO_STREAM = "no_stream"
+    STREAM_EXISTS = "stream_exists"
+
+    def __repr__(self) -> str:
+        return self.name
+
+    __str__ = __repr__
+
+
+#: Append whatever the stream's version is.
+ANY: Final = StreamState.ANY
+#: Append only if the stream has no events (creating it).
+NO_STREAM: Final = StreamState.NO_STREAM
+#: Append only if the stream already has events.
+STREAM_EXISTS: Final = StreamState.STREAM_EXISTS
+
+#: What ``append(..., expected=...)`` accepts: an expectation or an exact version.
+Expected: TypeAlias = StreamState | int
+
+
+class AppendResult(msgspec.Struct, frozen=True):
+    """Where an append landed: the stream's versions and the last global position.
+
+    ``from_version``..``to_version`` are the versions of the appended events;
+    ``to_version`` is the stream's version afterwards. For an empty batch
+    ``from_version == to_version + 1`` and ``position`` is 0.
+    """
+
+    stream: str
+    from_version: int
+    to_version: int
+    position: int
+
+
+class StreamInfo(msgspec.Struct, frozen=True):
+    """A stream's current version and user metadata."""
+
+    stream: str
+    version: int
+    metadata: Mapping[str, Any]
+
+
+class EncodedEvent(msgspec.Struct, frozen=True, array_like=True):
+    """An event ready for the store: id as 16 bytes, JSON payload and metadata."""
+
+    id: bytes
+    type: str
+    schema_version: int
+    data: bytes
+    metadata: bytes | None
+
+
+#: A stored row as backends return it:
+#: (position, stream, version, id bytes, type, schema_version, data, metadata, recorded_at_us)
+Row: TypeAlias = tuple[int, str, int, bytes, str, int, bytes, bytes | None, int]
+
+
+def check_stream_name(stream: object) -> str:
+    """Return ``stream`` if it is a valid stream name, else raise InvalidRequest."""
+    if not isinstance(stream, str):
+        raise InvalidRequest(f"stream name must be a str, not {type(stream).__name__}")
+    if not stream or len(stream) > MAX_STREAM_NAME:
+        raise InvalidRequest(f"stream name must have 1 to {MAX_STREAM_NAME} characters")
+    if not stream.isprintable() or stream != stream.strip():
+        raise InvalidRequest(
+            f"stream name {stream!r} has control characters or surrounding whitespace"
+        )
+    return stream
+
+
+def check_expected(expected: object) -> Expected:
+    """Validate an ``expected`` argument (not its truth)."""
+    if isinstance(expected, StreamState):
+        return expected
+    if isinstance(expected, bool) or not isinstance(expected, int):
+        raise InvalidRequest(
+            f"expected must be ANY, NO_STREAM, STREAM_EXISTS or an int version, not {expected!r}"
+        )
+    if expected < 0:
+        raise InvalidRequest(f"expected version must be >= 0, not {expected}")
+    return expected
+
+
+def check_non_negative(name: str, value: object, *, minimum: int = 0) -> int:
+    """Validate an int argument such as a version, position or limit."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise InvalidRequest(f"{name} must be an int >= {minimum}, not {value!r}")
+    return value
+
+
+def expectation_met(expected: Expected, actual: int) -> bool:
+    """Whether a stream at version ``actual`` (0 = no stream) satisfies ``expected``."""
+    if expected is ANY:
+        return True
+    if expected is NO_STREAM:
+        return actual == 0
+    if expected is STREAM_EXISTS:
+        return actual > 0
+    return actual == expected
+
+
+def ensure_expected(stream: str, expected: Expected, actual: int) -> None:
+    """Raise WrongExpectedVersion unless ``actual`` satisfies ``expected``."""
+    if not expectation_met(expected, actual):
+        raise WrongExpectedVersion(stream, expected, actual)
+
+
+def encode_batch(serializer: Serializer, events: Sequence[object]) -> list[EncodedEvent]:
+    """Encode a batch; raises before any I/O so a bad event writes nothing."""
+    if isinstance(events, (str, bytes)) or not isinstance(events, Sequence):
+        raise InvalidRequest("events must be a sequence (list or tuple) of events")
+    encoded: list[EncodedEvent] = []
+    seen: set[bytes] = set()
+    for item in events:
+        if isinstance(item, NewEvent):
+            data, event_id, metadata = item.data, item.id, item.metadata
+            if not isinstance(event_id, UUID):
+                raise InvalidRequest(f"event id must be a UUID, not {event_id!r}")
+        else:
+            data, event_id, metadata = item, uuid7(), None
+        type_name, schema_version, payload = serializer.encode(data)
+        id_bytes = event_id.bytes
+        if id_bytes in seen:
+            raise InvalidRequest(f"event id {event_id} appears twice in one batch")
+        seen.add(id_bytes)
+        meta = serializer.encode_metadata(metadata) if metadata else None
+        encoded.append(EncodedEvent(id_bytes, type_name, schema_version, payload, meta))
+    return encoded
+
+
+def idempotent_result(
+    stream: str,
+    batch: Sequence[EncodedEvent],
+    found: Mapping[bytes, tuple[str, int, int]],
+) -> AppendResult | None:
+    """Decide whether ``batch`` is a retry of an append already stored.
+
+    ``found`` maps the batch's ids that are already stored to their
+    (stream, version, position). Returns the original result when the whole
+    batch is stored, contiguously, in ``stream``; None when none of it is;
+    raises InvalidRequest for anything in between (reused ids).
+    """
+    if not found:
+        return None
+    places = [found[e.id] for e in batch if e.id in found]
+    if len(places) != len(batch) or any(p[0] != stream for p in places):
+        other = places[0]
+        raise InvalidRequest(
+            f"append to {stream!r} reuses event ids already stored in {other[0]!r} at "
+            f"version {other[1]}: an event id may be appended only once"
+        )
+    first = places[0][1]
+    if [p[1] for p in places] != list(range(first, first + len(places))):
+        raise InvalidRequest(f"append to {stream!r} repeats stored event ids in another order")
+    return AppendResult(stream, first, places[-1][1], places[-1][2])
+
+
+def now_us() -> int:
+    """Current UTC time in integer microseconds since the epoch."""
+    return time.time_ns() // 1000
+
+
+def us_to_datetime(us: int) -> datetime:
+    """Convert stored microseconds to an aware UTC datetime."""
+    return datetime.fromtimestamp(us / 1_000_000, UTC)
+
+
+def decode_row(serializer: Serializer, row: Row) -> RecordedEvent:
+    """Turn a stored row into a RecordedEvent (decoding payload and metadata)."""
+    position, stream, version, id_bytes, type_name, schema_version, data, meta, recorded = row
+    return RecordedEvent(
+        UUID(bytes=id_bytes),
+        stream,
+        version,
+        position,
+        type_name,
+        serializer.decode(type_name, schema_version, data, stream),
+        serializer.decode_metadata(meta),
+        us_to_datetime(recorded),
+        schema_version,
+    )

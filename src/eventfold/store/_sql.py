@@ -1,0 +1,20 @@
+"""Loads the SQL statements of a backend: one statement per file in ``sql/<backend>/``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from importlib import resources
+from types import MappingProxyType
+
+__all__ = ["load_statements"]
+
+
+def load_statements(backend: str) -> Mapping[str, str]:
+    """Return ``{file stem: SQL text}`` for every ``.sql`` file of ``backend``."""
+    folder = resources.files("eventfold.store").joinpath("sql", backend)
+    statements = {
+        entry.name.removesuffix(".sql"): entry.read_text(encoding="utf-8")
+        for entry in folder.iterdir()
+        if entry.name.endswith(".sql")
+    }
+    return MappingProxyType(statements)

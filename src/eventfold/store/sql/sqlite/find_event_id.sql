@@ -1,0 +1,2 @@
+-- params: id
+SELECT stream, version, position FROM eventfold_events WHERE id = ?

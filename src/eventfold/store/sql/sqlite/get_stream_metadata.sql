@@ -1,0 +1,2 @@
+-- params: stream
+SELECT metadata FROM eventfold_streams WHERE stream = ?

@@ -1,0 +1,2 @@
+-- params: none
+SELECT coalesce(max(position), 0) FROM eventfold_events

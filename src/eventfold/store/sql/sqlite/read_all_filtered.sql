@@ -1,0 +1,8 @@
+-- params: after, types (JSON array or NULL), prefix (or NULL), limit
+SELECT position, stream, version, id, type, schema_version, data, metadata, recorded_at
+FROM eventfold_events
+WHERE position > ?1
+  AND (?2 IS NULL OR type IN (SELECT value FROM json_each(?2)))
+  AND (?3 IS NULL OR substr(stream, 1, length(?3)) = ?3)
+ORDER BY position
+LIMIT ?4

@@ -1,0 +1,26 @@
+"""Test helpers: given/when/then for deciders and the event store conformance suite.
+
+Run the conformance suite against any backend, including your own, by
+subclassing and providing one ``store`` fixture::
+
+    class TestMyStore(EventStoreSuite, EventStoreConcurrencySuite):
+        @pytest.fixture
+        def store(self, tmp_path):
+            with MyStore(tmp_path / "events.db") as store:
+                yield store
+
+This module imports pytest; import it from tests only.
+"""
+
+from eventfold.testing._async.conformance import AsyncEventStoreSuite
+from eventfold.testing._sync.conformance import EventStoreSuite
+from eventfold.testing.concurrency import EventStoreConcurrencySuite, run_threads
+from eventfold.testing.scenario import DeciderSpec
+
+__all__ = [
+    "AsyncEventStoreSuite",
+    "DeciderSpec",
+    "EventStoreConcurrencySuite",
+    "EventStoreSuite",
+    "run_threads",
+]

@@ -1,0 +1,1 @@
+"""Async source of the conformance suite."""

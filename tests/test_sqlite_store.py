@@ -1,0 +1,173 @@
+"""The SQLite store: conformance suite, persistence, several processes on one file."""
+
+from __future__ import annotations
+
+import multiprocessing
+import sqlite3
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+from eventfold import (
+    ANY,
+    NO_STREAM,
+    AsyncSqliteEventStore,
+    ConfigurationError,
+    NewEvent,
+    SqliteEventStore,
+    StoreError,
+    StoreTimeout,
+    WrongExpectedVersion,
+)
+from eventfold.testing import AsyncEventStoreSuite, EventStoreConcurrencySuite, EventStoreSuite
+from eventfold.testing._events import Deposited
+
+CTX = multiprocessing.get_context("spawn")
+
+
+class TestSqliteEventStore(EventStoreSuite, EventStoreConcurrencySuite):
+    @pytest.fixture
+    def store(self, tmp_path: Path) -> Iterator[SqliteEventStore]:
+        with SqliteEventStore(tmp_path / "events.db", durability="normal") as store:
+            yield store
+
+
+class TestAsyncSqliteEventStore(AsyncEventStoreSuite):
+    @pytest_asyncio.fixture
+    async def store(self, tmp_path: Path) -> AsyncIterator[AsyncSqliteEventStore]:
+        async with AsyncSqliteEventStore(tmp_path / "events.db", durability="normal") as store:
+            yield store
+
+
+def test_events_survive_reopening(tmp_path: Path) -> None:
+    path = tmp_path / "bank.db"
+    with SqliteEventStore(path) as store:
+        store.append("acc-1", [NewEvent(data=Deposited(amount=5), metadata={"user": "ann"})])
+    with SqliteEventStore(path) as store:
+        (event,) = store.read("acc-1")
+        assert event.data == Deposited(amount=5)
+        assert event.metadata == {"user": "ann"}
+        assert store.append("acc-1", [Deposited(amount=1)], expected=1).to_version == 2
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [({"durability": "sometimes"}, "durability"), ({"busy_timeout": -1}, "busy_timeout")],
+)
+def test_bad_configuration(tmp_path: Path, kwargs: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigurationError, match=message):
+        SqliteEventStore(tmp_path / "x.db", **kwargs)  # type: ignore[arg-type]
+
+
+def test_directory_path_is_a_configuration_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match="directory"):
+        SqliteEventStore(tmp_path)
+
+
+def test_newer_schema_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "future.db"
+    SqliteEventStore(path).close()
+    with sqlite3.connect(path) as conn:
+        conn.execute("PRAGMA user_version=99")
+    with pytest.raises(ConfigurationError, match="schema version 99"):
+        SqliteEventStore(path)
+
+
+def test_not_a_database_gives_store_error(tmp_path: Path) -> None:
+    path = tmp_path / "garbage.db"
+    path.write_bytes(b"this is not a database file" * 200)
+    with pytest.raises(StoreError) as info:
+        SqliteEventStore(path)
+    assert isinstance(info.value.__cause__, sqlite3.DatabaseError)
+
+
+def test_locked_database_times_out_with_typed_error(tmp_path: Path) -> None:
+    path = tmp_path / "locked.db"
+    with SqliteEventStore(path, busy_timeout=0.05) as store:
+        blocker = sqlite3.connect(path, isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")
+        try:
+            with pytest.raises(StoreTimeout) as info:
+                store.append("s", [Deposited(amount=1)])
+            assert info.value.retryable
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+        assert store.get_stream("s") is None
+        store.append("s", [Deposited(amount=1)])
+        assert store.get_stream("s") is not None
+
+
+# -- several processes on one file ----------------------------------------------------------
+
+
+def _race_once(path: str, barrier: object, results: object, name: str) -> None:
+    with SqliteEventStore(path) as store:
+        barrier.wait()  # type: ignore[attr-defined]
+        try:
+            store.append("contested", [Deposited(amount=1)], expected=3)
+            results.put((name, "won"))  # type: ignore[attr-defined]
+        except WrongExpectedVersion as exc:
+            results.put((name, f"lost at {exc.actual}"))  # type: ignore[attr-defined]
+
+
+@pytest.mark.slow
+def test_two_processes_same_stream_one_winner(tmp_path: Path) -> None:
+    for round_ in range(3):
+        path = str(tmp_path / f"race-{round_}.db")
+        with SqliteEventStore(path) as store:
+            store.append("contested", [Deposited(amount=0)] * 3, expected=NO_STREAM)
+        barrier = CTX.Barrier(2)
+        results = CTX.Queue()
+        procs = [
+            CTX.Process(target=_race_once, args=(path, barrier, results, n)) for n in ("a", "b")
+        ]
+        for proc in procs:
+            proc.start()
+        for proc in procs:
+            proc.join(60)
+            assert proc.exitcode == 0
+        outcomes = sorted(results.get(timeout=5)[1] for _ in procs)
+        assert outcomes == ["lost at 4", "won"]
+        with SqliteEventStore(path) as store:
+            assert [e.version for e in store.read("contested")] == [1, 2, 3, 4]
+
+
+def _append_many(path: str, writer: int, count: int) -> None:
+    with SqliteEventStore(path, durability="normal", busy_timeout=30) as store:
+        for i in range(count):
+            stream = "shared" if i % 5 == 0 else f"p{writer}-{i % 3}"
+            store.append(stream, [Deposited(amount=writer * 1000 + i)] * (1 + i % 2), expected=ANY)
+
+
+@pytest.mark.slow
+def test_processes_write_while_a_reader_tails(tmp_path: Path) -> None:
+    path = str(tmp_path / "multi.db")
+    writers, count = 4, 60
+    with SqliteEventStore(path, durability="normal") as store:
+        procs = [CTX.Process(target=_append_many, args=(path, w, count)) for w in range(writers)]
+        for proc in procs:
+            proc.start()
+        seen = []
+        cursor = 0
+        while True:
+            finished = all(not p.is_alive() for p in procs)
+            page = list(store.read_all(after=cursor, limit=13))
+            for event in page:
+                assert event.position > cursor
+                cursor = event.position
+            seen.extend(page)
+            if not page and finished:
+                break
+        for proc in procs:
+            proc.join(60)
+            assert proc.exitcode == 0
+        expected_total = writers * sum(1 + i % 2 for i in range(count))
+        assert len(seen) == expected_total
+        assert len({e.id for e in seen}) == expected_total
+        assert list(store.read_all()) == seen
+        for stream in {e.stream for e in seen}:
+            versions = [e.version for e in store.read(stream)]
+            assert versions == list(range(1, len(versions) + 1))
