@@ -1,0 +1,269 @@
+"""CommandHandler: decide, append, retry on conflict, rejections, idempotency."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from eventfold import (
+    Aggregate,
+    AsyncCommandHandler,
+    AsyncMemoryEventStore,
+    AsyncSqliteEventStore,
+    CommandHandler,
+    Decider,
+    Event,
+    InvalidRequest,
+    MemoryEventStore,
+    SqliteEventStore,
+    WrongExpectedVersion,
+)
+from eventfold.commands import IDEMPOTENCY_KEY
+from eventfold.testing import DeciderSpec, run_threads
+
+
+class Credited(Event, frozen=True):
+    __event_type__ = "tests.Credited"
+    amount: int
+
+
+class Debited(Event, frozen=True):
+    __event_type__ = "tests.Debited"
+    amount: int
+
+
+class Overdrawn(Exception):
+    """The user's own business exception."""
+
+
+@dataclass(frozen=True)
+class Credit:
+    amount: int
+
+
+@dataclass(frozen=True)
+class Debit:
+    amount: int
+
+
+def decide(command: Credit | Debit, balance: int) -> Sequence[Event]:
+    match command:
+        case Credit(amount=amount):
+            return [Credited(amount=amount)]
+        case Debit(amount=amount):
+            if amount > balance:
+                raise Overdrawn(f"{amount} > {balance}")
+            return [Debited(amount=amount)] if amount else []
+
+
+def evolve(balance: int, event: Event) -> int:
+    match event:
+        case Credited(amount=amount):
+            return balance + amount
+        case Debited(amount=amount):
+            return balance - amount
+    return balance
+
+
+ledger: Decider[int, Credit | Debit, Event] = Decider(decide, evolve, int)
+
+
+class Wallet(Aggregate):
+    def __init__(self) -> None:
+        self.balance = 0
+
+    def credit(self, amount: int) -> None:
+        self.record(Credited(amount=amount))
+
+    def debit(self, amount: int) -> None:
+        if amount > self.balance:
+            raise Overdrawn(f"{amount} > {self.balance}")
+        self.record(Debited(amount=amount))
+
+    def apply(self, event: object) -> None:
+        match event:
+            case Credited(amount=amount):
+                self.balance += amount
+            case Debited(amount=amount):
+                self.balance -= amount
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> object:
+    if request.param == "memory":
+        return MemoryEventStore()
+    return SqliteEventStore(tmp_path / "cmd.db", durability="off")
+
+
+def test_decider_command_appends_and_returns_new_state(store: MemoryEventStore) -> None:
+    handler = CommandHandler(store, ledger)
+    first = handler.handle("w", Credit(100))
+    second = handler.handle("w", Debit(30))
+    assert (first.state, first.version, first.events) == (100, 1, (Credited(amount=100),))
+    assert (second.state, second.version) == (70, 2)
+    assert second.position == store.last_position()
+    assert handler.load("w").state == 70
+    assert handler.load("w").version == 2
+
+
+def test_rejected_command_writes_nothing_and_propagates(store: MemoryEventStore) -> None:
+    handler = CommandHandler(store, ledger)
+    handler.handle("w", Credit(10))
+    before = store.last_position()
+    with pytest.raises(Overdrawn, match="50 > 10"):
+        handler.handle("w", Debit(50))
+    assert store.last_position() == before
+    assert [e.version for e in store.read("w")] == [1]
+
+
+def test_empty_decision_writes_nothing(store: MemoryEventStore) -> None:
+    handler = CommandHandler(store, ledger)
+    handler.handle("w", Credit(1))
+    result = handler.handle("w", Debit(0))
+    assert (result.events, result.version, result.state) == ((), 1, 1)
+    assert store.last_position() == 1
+
+
+def test_class_style_aggregate(store: MemoryEventStore) -> None:
+    handler = CommandHandler(store, Wallet)
+    handler.handle("w", lambda w: w.credit(40))
+    result = handler.handle("w", lambda w: w.debit(15))
+    assert result.state.balance == 25
+    assert result.state.version == 2
+    assert result.state.pending_events == ()
+    with pytest.raises(Overdrawn):
+        handler.handle("w", lambda w: w.debit(1000))
+    assert [type(e.data) for e in store.read("w")] == [Credited, Debited]
+    loaded = handler.load("w")
+    assert (loaded.state.balance, loaded.version) == (25, 2)
+
+
+def test_conflicts_are_retried_against_reloaded_state(store: MemoryEventStore) -> None:
+    handler = CommandHandler(store, ledger, max_retries=50, retry_delay=0.0005)
+    handler.handle("w", Credit(0))
+    per_thread, threads = 15, 4
+
+    def worker() -> None:
+        for _ in range(per_thread):
+            handler.handle("w", Credit(1))
+
+    run_threads([worker] * threads)
+    assert handler.load("w").state == per_thread * threads
+    versions = [e.version for e in store.read("w")]
+    assert versions == list(range(1, per_thread * threads + 2))
+
+
+def test_retries_are_bounded() -> None:
+    store = MemoryEventStore()
+    calls = 0
+
+    def decide_then_interfere(command: Credit | Debit, state: int) -> Sequence[Event]:
+        # Another writer commits between our load and our append, every time.
+        nonlocal calls
+        calls += 1
+        store.append("w", [Credited(amount=1)])
+        return decide(command, state)
+
+    interfered = Decider(decide_then_interfere, evolve, int)
+    handler = CommandHandler(store, interfered, max_retries=2, retry_delay=0)
+    with pytest.raises(WrongExpectedVersion):
+        handler.handle("w", Credit(5))
+    assert calls == 3
+    assert [e.data for e in store.read("w")] == [Credited(amount=1)] * 3
+
+
+def test_idempotency_key_survives_restart(tmp_path: Path) -> None:
+    path = tmp_path / "idem.db"
+    with SqliteEventStore(path) as store:
+        handler = CommandHandler(store, ledger)
+        handler.handle("w", Credit(100))
+        first = handler.handle("w", Debit(60), idempotency_key="payment-1")
+        assert not first.replayed
+    with SqliteEventStore(path) as store:
+        handler = CommandHandler(store, ledger)
+        again = handler.handle("w", Debit(60), idempotency_key="payment-1")
+        assert again.replayed
+        assert (again.events, again.version, again.state) == ((Debited(amount=60),), 2, 40)
+        assert [e.version for e in store.read("w")] == [1, 2]
+        (stored,) = store.read("w", from_version=2)
+        assert stored.metadata[IDEMPOTENCY_KEY] == "payment-1"
+        other = handler.handle("w", Debit(10), idempotency_key="payment-2")
+        assert (other.replayed, other.state) == (False, 30)
+
+
+def test_racing_deliveries_of_one_command_write_once(tmp_path: Path) -> None:
+    with SqliteEventStore(tmp_path / "race.db") as store:
+        CommandHandler(store, ledger).handle("w", Credit(100))
+        barrier = threading.Barrier(4)
+
+        def deliver() -> None:
+            handler = CommandHandler(store, ledger)
+            barrier.wait()
+            handler.handle("w", Debit(10), idempotency_key="once")
+
+        run_threads([deliver] * 4)
+        assert [e.data for e in store.read("w")] == [Credited(amount=100), Debited(amount=10)]
+
+
+def test_metadata_is_stored_with_events(store: MemoryEventStore) -> None:
+    handler = CommandHandler(store, ledger, metadata={"app": "tests"})
+    handler.handle("w", Credit(1), metadata={"correlation_id": "c-1"})
+    (event,) = store.read("w")
+    assert dict(event.metadata) == {"app": "tests", "correlation_id": "c-1"}
+
+
+def test_bad_handler_arguments() -> None:
+    store = MemoryEventStore()
+    with pytest.raises(InvalidRequest):
+        CommandHandler(store, object())  # type: ignore[call-overload]
+    with pytest.raises(InvalidRequest):
+        CommandHandler(store, ledger, max_retries=-1)
+    with pytest.raises(InvalidRequest):
+        CommandHandler(store, ledger).handle("w", Credit(1), idempotency_key="")
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("backend", ["memory", "sqlite"])
+async def test_async_handler(tmp_path: Path, backend: str) -> None:
+    store = (
+        AsyncMemoryEventStore()
+        if backend == "memory"
+        else AsyncSqliteEventStore(tmp_path / "a.db", durability="off")
+    )
+    async with store:
+        handler = AsyncCommandHandler(store, ledger, max_retries=50, retry_delay=0.0005)
+        await handler.handle("w", Credit(0))
+        await asyncio.gather(*(handler.handle("w", Credit(1)) for _ in range(20)))
+        with pytest.raises(Overdrawn):
+            await handler.handle("w", Debit(21))
+        loaded = await handler.load("w")
+        assert (loaded.state, loaded.version) == (20, 21)
+        replay = await handler.handle("w", Debit(5), idempotency_key="k")
+        again = await handler.handle("w", Debit(5), idempotency_key="k")
+        assert again.replayed and again.events == replay.events
+        assert (await handler.load("w")).state == 15
+
+
+def test_decider_spec_helpers() -> None:
+    spec = DeciderSpec(ledger)
+    spec.given(Credited(amount=10)).when(Debit(3)).then(Debited(amount=3))
+    spec.given(Credited(amount=10)).when(Debit(30)).then_raises(Overdrawn, match="30 > 10")
+    spec.given(Credited(amount=10)).when(Debit(0)).then_nothing()
+    assert spec.given().when(Credit(4)).then_state(lambda s: s == 4) == 4
+    with pytest.raises(AssertionError):
+        spec.given().when(Credit(4)).then(Credited(amount=5))
+    with pytest.raises(AssertionError):
+        spec.given().when(Credit(4)).then_raises(Overdrawn)
+    aggregate_spec = DeciderSpec(Wallet)
+    aggregate_spec.given(Credited(amount=5)).when(lambda w: w.debit(2)).then(Debited(amount=2))
+    after = (
+        aggregate_spec.given(Credited(amount=5))
+        .when(lambda w: w.debit(2))
+        .then_state(lambda w: w.balance == 3)
+    )
+    assert after.version == 2
