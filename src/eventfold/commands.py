@@ -1,12 +1,7 @@
 """Command handling, sync and async: load -> decide -> append -> retry on conflict."""
 
-from eventfold._async.commands import (
-    IDEMPOTENCY_KEY,
-    AsyncCommandHandler,
-    CommandResult,
-    Loaded,
-    idempotent_event_id,
-)
+from eventfold._async.commands import AsyncCommandHandler
+from eventfold._command_types import IDEMPOTENCY_KEY, CommandResult, Loaded, idempotent_event_id
 from eventfold._sync.commands import CommandHandler
 
 __all__ = [
