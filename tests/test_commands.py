@@ -6,6 +6,7 @@ import asyncio
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ from eventfold import (
     Decider,
     Event,
     InvalidRequest,
+    Loaded,
     MemoryEventStore,
     SqliteEventStore,
     WrongExpectedVersion,
@@ -267,3 +269,37 @@ def test_decider_spec_helpers() -> None:
         .then_state(lambda w: w.balance == 3)
     )
     assert after.version == 2
+
+
+def test_time_travel_by_version_and_by_time(store: MemoryEventStore) -> None:
+    handler = CommandHandler(store, ledger)
+    for amount in (10, 20, 30, 40):
+        handler.handle("w", Credit(amount))
+    assert handler.load("w", as_of_version=0) == Loaded(0, 0)
+    assert handler.load("w", as_of_version=2) == Loaded(30, 2)
+    assert handler.load("w", as_of_version=99) == Loaded(100, 4)
+    events = list(store.read("w"))
+    for event in events:
+        upto = [e for e in events if e.recorded_at <= event.recorded_at]
+        expected = Loaded(sum(e.data.amount for e in upto), upto[-1].version)
+        assert handler.load("w", as_of_time=event.recorded_at) == expected
+    before_all = events[0].recorded_at - timedelta(seconds=1)
+    assert handler.load("w", as_of_time=before_all) == Loaded(0, 0)
+    both = handler.load("w", as_of_version=1, as_of_time=events[-1].recorded_at)
+    assert both == Loaded(10, 1)
+    with pytest.raises(InvalidRequest):
+        handler.load("w", as_of_time=datetime(2026, 1, 1))  # naive
+    with pytest.raises(InvalidRequest):
+        handler.load("w", as_of_version=-1)
+
+
+def test_history_lists_each_event_with_the_state_after_it(store: MemoryEventStore) -> None:
+    handler = CommandHandler(store, Wallet)
+    handler.handle("w", lambda w: w.credit(5))
+    handler.handle("w", lambda w: w.debit(2))
+    handler.handle("w", lambda w: w.credit(10))
+    steps = handler.history("w")
+    assert [(s.event.version, s.state.balance) for s in steps] == [(1, 5), (2, 3), (3, 13)]
+    assert [type(s.event.data) for s in steps] == [Credited, Debited, Credited]
+    functional = CommandHandler(store, ledger).history("w")
+    assert [s.state for s in functional] == [5, 3, 13]

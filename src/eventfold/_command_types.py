@@ -7,7 +7,9 @@ from typing import Any, Generic, TypeVar
 
 import msgspec
 
-__all__ = ["IDEMPOTENCY_KEY", "CommandResult", "Loaded", "idempotent_event_id"]
+from eventfold.events import RecordedEvent
+
+__all__ = ["IDEMPOTENCY_KEY", "CommandResult", "HistoryEntry", "Loaded", "idempotent_event_id"]
 
 S = TypeVar("S")
 
@@ -47,3 +49,10 @@ def idempotent_event_id(stream: str, key: str, index: int) -> uuid.UUID:
     the same ids and the store's idempotent append keeps only one of them.
     """
     return uuid.uuid5(_ID_NAMESPACE, f"{stream}\x00{key}\x00{index}")
+
+
+class HistoryEntry(msgspec.Struct, Generic[S], frozen=True):
+    """One step of a stream's history: the event and the state right after it."""
+
+    event: RecordedEvent
+    state: S

@@ -1,7 +1,13 @@
 """Command handling, sync and async: load -> decide -> append -> retry on conflict."""
 
 from eventfold._async.commands import AsyncCommandHandler
-from eventfold._command_types import IDEMPOTENCY_KEY, CommandResult, Loaded, idempotent_event_id
+from eventfold._command_types import (
+    IDEMPOTENCY_KEY,
+    CommandResult,
+    HistoryEntry,
+    Loaded,
+    idempotent_event_id,
+)
 from eventfold._sync.commands import CommandHandler
 
 __all__ = [
@@ -9,6 +15,7 @@ __all__ = [
     "AsyncCommandHandler",
     "CommandHandler",
     "CommandResult",
+    "HistoryEntry",
     "Loaded",
     "idempotent_event_id",
 ]

@@ -6,13 +6,16 @@ This module is the async source of ``eventfold._sync.commands``.
 
 from __future__ import annotations
 
+import copy
 import random
 from collections.abc import Callable, Mapping
-from typing import Any, Generic, TypeVar, overload
+from datetime import datetime
+from typing import Any, Generic, TypeVar, cast, overload
 
 from eventfold._command_types import (
     IDEMPOTENCY_KEY,
     CommandResult,
+    HistoryEntry,
     Loaded,
     idempotent_event_id,
 )
@@ -22,6 +25,7 @@ from eventfold.decider import Decider
 from eventfold.errors import InvalidRequest, WrongExpectedVersion
 from eventfold.events import NewEvent, uuid7
 from eventfold.store import EventStore
+from eventfold.store._common import check_non_negative
 
 __all__ = ["CommandHandler"]
 
@@ -86,10 +90,55 @@ class CommandHandler(Generic[S, C]):
         self.retry_delay = float(retry_delay)
         self.metadata = dict(metadata or {})
 
-    def load(self, stream: str) -> Loaded[S]:
-        """Rebuild the state of ``stream`` from its events."""
-        state, version, _ = self._load(stream, None)
+    def load(
+        self,
+        stream: str,
+        *,
+        as_of_version: int | None = None,
+        as_of_time: datetime | None = None,
+    ) -> Loaded[S]:
+        """Rebuild the state of ``stream`` from its events.
+
+        Time travel: ``as_of_version`` gives the state right after that
+        version (0: the initial state); ``as_of_time`` the state from the
+        events recorded at or before that instant (an aware datetime). Both
+        together apply both bounds.
+        """
+        if as_of_version is None and as_of_time is None:
+            state, version, _ = self._load(stream, None)
+            return Loaded(state, version)
+        limit = (
+            None if as_of_version is None else check_non_negative("as_of_version", as_of_version)
+        )
+        if as_of_time is not None and (
+            not isinstance(as_of_time, datetime) or as_of_time.tzinfo is None
+        ):
+            raise InvalidRequest("as_of_time must be a timezone-aware datetime")
+        evolve = self.decider.evolve
+        state = self.decider.initial_state()
+        version = 0
+        for recorded in self.store.read(stream, limit=limit):
+            if as_of_time is not None and recorded.recorded_at > as_of_time:
+                break
+            state = evolve(state, recorded.data)
+            version = recorded.version
         return Loaded(state, version)
+
+    def history(self, stream: str) -> list[HistoryEntry[S]]:
+        """Every event of ``stream`` with the state right after it (for audits and UIs).
+
+        States of class-style aggregates are copied per step, since the
+        aggregate itself is mutated by each event.
+        """
+        evolve = self.decider.evolve
+        state = self.decider.initial_state()
+        entries: list[HistoryEntry[S]] = []
+        for recorded in self.store.read(stream):
+            state = evolve(state, recorded.data)
+            # A class-style aggregate is mutated in place by the next event: copy it.
+            step = copy.deepcopy(state) if isinstance(state, Aggregate) else state
+            entries.append(HistoryEntry(recorded, cast(S, step)))
+        return entries
 
     def handle(
         self,

@@ -1,0 +1,196 @@
+"""Small shared helpers: timing ops, percentiles, table printing, JSON output.
+
+A benchmark scenario hands :func:`run_rounds` one zero-argument callable per
+contender (one call = one operation). Contenders run in interleaved rounds
+with a rotating order, so that a noisy neighbour or CPU frequency drift hits
+every contender alike instead of the one that happened to run last.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import sqlite3
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "Measurement",
+    "percentile",
+    "print_table",
+    "ratios",
+    "run_rounds",
+    "system_info",
+    "write_json",
+]
+
+Op = Callable[[], object]
+
+
+def percentile(sorted_values: Sequence[float], q: float) -> float:
+    """The ``q``-th percentile (0..100) of already sorted values, nearest-rank."""
+    if not sorted_values:
+        return math.nan
+    rank = max(1, math.ceil(q / 100 * len(sorted_values)))
+    return sorted_values[min(rank, len(sorted_values)) - 1]
+
+
+@dataclass
+class Measurement:
+    """The timings of one contender in one scenario."""
+
+    scenario: str
+    durability: str
+    contender: str
+    events_per_op: int
+    latencies_ns: list[int] = field(default_factory=list, repr=False)
+
+    @property
+    def ops(self) -> int:
+        return len(self.latencies_ns)
+
+    @property
+    def events(self) -> int:
+        return self.ops * self.events_per_op
+
+    @property
+    def seconds(self) -> float:
+        return sum(self.latencies_ns) / 1e9
+
+    @property
+    def ops_per_s(self) -> float:
+        return self.ops / self.seconds if self.seconds else math.nan
+
+    @property
+    def events_per_s(self) -> float:
+        return self.events / self.seconds if self.seconds else math.nan
+
+    def latency_us(self, q: float) -> float:
+        return percentile(sorted(self.latencies_ns), q) / 1000
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "scenario": self.scenario,
+            "durability": self.durability,
+            "contender": self.contender,
+            "ops": self.ops,
+            "events_per_op": self.events_per_op,
+            "events": self.events,
+            "seconds": round(self.seconds, 6),
+            "ops_per_s": round(self.ops_per_s, 2),
+            "events_per_s": round(self.events_per_s, 2),
+            "p50_us": round(self.latency_us(50), 2),
+            "p99_us": round(self.latency_us(99), 2),
+            "mean_us": round(self.seconds / self.ops * 1e6, 2) if self.ops else None,
+        }
+
+
+def run_rounds(
+    scenario: str,
+    durability: str,
+    events_per_op: int,
+    ops: Mapping[str, Op],
+    *,
+    count: int,
+    rounds: int = 3,
+    warmup: int = 0,
+) -> dict[str, Measurement]:
+    """Time ``count`` calls of each contender's op, split into interleaved rounds.
+
+    Each contender first runs ``warmup`` untimed calls. Every call is timed on
+    its own with ``perf_counter_ns``; throughput is derived from the sum of
+    those timings, so harness bookkeeping between calls is not counted.
+    """
+    names = list(ops)
+    for name in names:
+        op = ops[name]
+        for _ in range(warmup):
+            op()
+    results = {name: Measurement(scenario, durability, name, events_per_op) for name in names}
+    per_round = [count // rounds + (1 if i < count % rounds else 0) for i in range(rounds)]
+    clock = time.perf_counter_ns
+    for round_index, n in enumerate(per_round):
+        shift = round_index % len(names)
+        for name in names[shift:] + names[:shift]:
+            op = ops[name]
+            latencies = results[name].latencies_ns
+            append = latencies.append
+            for _ in range(n):
+                start = clock()
+                op()
+                append(clock() - start)
+    return results
+
+
+def ratios(
+    results: Mapping[str, Measurement], subject: str, others: Sequence[str]
+) -> dict[str, float]:
+    """Throughput of ``subject`` divided by each of ``others`` (>1: subject is faster)."""
+    mine = results[subject].events_per_s
+    return {f"{subject}/{other}": mine / results[other].events_per_s for other in others}
+
+
+def _fmt_rate(value: float) -> str:
+    if math.isnan(value):
+        return "-"
+    if value >= 100:
+        return f"{value:,.0f}"
+    return f"{value:,.1f}"
+
+
+def _fmt_us(value: float) -> str:
+    if math.isnan(value):
+        return "-"
+    if value >= 10_000:
+        return f"{value / 1000:,.1f} ms"
+    return f"{value:,.1f} us"
+
+
+def print_table(
+    title: str,
+    results: Mapping[str, Measurement],
+    ratio_values: Mapping[str, float],
+    *,
+    file: Any = None,
+) -> None:
+    """Print one scenario: a row per contender, then the throughput ratios."""
+    out = file or sys.stdout
+    header = f"{'contender':<15}{'ops':>8}{'events/s':>14}{'ops/s':>12}{'p50':>13}{'p99':>13}"
+    print(f"\n== {title}", file=out)
+    print(header, file=out)
+    print("-" * len(header), file=out)
+    for m in results.values():
+        print(
+            f"{m.contender:<15}{m.ops:>8}{_fmt_rate(m.events_per_s):>14}"
+            f"{_fmt_rate(m.ops_per_s):>12}{_fmt_us(m.latency_us(50)):>13}"
+            f"{_fmt_us(m.latency_us(99)):>13}",
+            file=out,
+        )
+    if ratio_values:
+        text = "   ".join(f"{name} = {value:.2f}x" for name, value in ratio_values.items())
+        print(f"ratios (throughput): {text}", file=out)
+    out.flush()
+
+
+def system_info(**extra: Any) -> dict[str, Any]:
+    """Versions and machine facts to keep next to the numbers."""
+    return {
+        "python": sys.version.split()[0],
+        "implementation": platform.python_implementation(),
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+        "sqlite": sqlite3.sqlite_version,
+        **extra,
+    }
+
+
+def write_json(path: str | os.PathLike[str], payload: Mapping[str, Any]) -> None:
+    """Write ``payload`` as pretty JSON to ``path``."""
+    Path(path).write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")

@@ -1,0 +1,595 @@
+"""SQLite benchmark: raw sqlite3 vs eventsourcing 9.5.6 vs eventfold, same run.
+
+Run with ``python -m benchmarks sqlite [--quick] [--json PATH] [--durability ...]``.
+See ``benchmarks/README.md`` for what each contender does per operation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import importlib.metadata
+import os
+import sqlite3
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from benchmarks._harness import (
+    Measurement,
+    print_table,
+    ratios,
+    run_rounds,
+    system_info,
+    write_json,
+)
+
+try:
+    from eventsourcing.application import Application
+    from eventsourcing.domain import Aggregate as EsAggregate
+    from eventsourcing.domain import event as es_event
+    from eventsourcing.sqlite import SQLiteConnection, SQLiteConnectionPool, SQLiteFactory
+    from eventsourcing.system import NotificationLogReader
+except ImportError as exc:  # pragma: no cover - a setup problem, not a benchmark result
+    raise SystemExit(
+        "the SQLite benchmark compares against eventsourcing==9.5.6: pip install 'eventfold[bench]'"
+    ) from exc
+
+import eventfold
+from eventfold import CommandHandler, Decider, Event, SqliteEventStore
+
+RAW, ES, EF = "raw-sqlite3", "eventsourcing", "eventfold"
+CONTENDERS = (RAW, ES, EF)
+SYNCHRONOUS = {"full": "FULL", "normal": "NORMAL"}
+PAGE_SIZE = 500  # eventfold's default page size; raw and eventsourcing page alike
+STREAM_EVENTS = 1_000  # events per stream in the read database (1 opened + 999 deposits)
+
+
+@dataclass(frozen=True)
+class Counts:
+    append_1: int
+    append_1_full: int
+    append_10: int
+    append_100: int
+    load: int
+    read_all_streams: int  # read database: this many streams of STREAM_EVENTS events
+    read_all_passes: int
+    rounds: int  # contenders alternate this many times (order rotates)
+
+
+FULL_COUNTS = Counts(
+    append_1=20_000,
+    append_1_full=3_000,
+    append_10=5_000,
+    append_100=600,
+    load=200,
+    read_all_streams=20,
+    read_all_passes=12,
+    rounds=10,
+)
+QUICK_COUNTS = Counts(
+    append_1=2_000,
+    append_1_full=300,
+    append_10=500,
+    append_100=60,
+    load=30,
+    read_all_streams=5,
+    read_all_passes=6,
+    rounds=5,
+)
+
+
+# -- the domain, written once per library -------------------------------------------------
+
+
+class Opened(Event):
+    __event_type__ = "bench.Opened"
+
+
+class Deposited(Event):
+    __event_type__ = "bench.Deposited"
+    amount: int
+
+
+def _evolve(balance: int, event: object) -> int:
+    if type(event) is Deposited:
+        return balance + event.amount
+    return balance
+
+
+def _decide(command: object, balance: int) -> list[Event]:
+    return [Deposited(amount=10)]
+
+
+DECIDER: Decider[int, object, Event] = Decider(_decide, _evolve, int)
+
+
+class EsAccount(EsAggregate):
+    """The eventsourcing twin of the eventfold stream: declarative @event style."""
+
+    @es_event("Opened")
+    def __init__(self) -> None:
+        self.balance = 0
+
+    @es_event("Deposited")
+    def deposit(self, amount: int) -> None:
+        self.balance += amount
+
+
+ES_DEPOSITED: type[Any] = EsAccount.Deposited  # type: ignore[attr-defined]
+
+
+class EsBank(Application):
+    # One notification-log query returns up to this many events, like eventfold's page.
+    log_section_size = PAGE_SIZE
+
+
+# -- eventsourcing with the same PRAGMA synchronous as the others --------------------------
+
+
+class _SynchronousPool(SQLiteConnectionPool):
+    """eventsourcing's pool, plus ``PRAGMA synchronous`` on each new connection."""
+
+    def __init__(self, *, synchronous: str, **kwargs: Any) -> None:
+        self.synchronous = synchronous
+        super().__init__(**kwargs)
+
+    def _create_connection(self) -> SQLiteConnection:
+        conn = super()._create_connection()
+        conn._sqlite_conn.execute(f"PRAGMA synchronous={self.synchronous}")
+        return conn
+
+
+class SynchronousSQLiteFactory(SQLiteFactory):
+    """eventsourcing.sqlite with env ``SQLITE_SYNCHRONOUS`` (it otherwise keeps
+    SQLite's default, FULL). Selected by PERSISTENCE_MODULE=<this module>:<this class>."""
+
+    def __init__(self, env: Any) -> None:
+        super().__init__(env)
+        synchronous = self.env.get("SQLITE_SYNCHRONOUS")
+        if synchronous:
+            old = self.datastore.pool
+            self.datastore.pool = _SynchronousPool(
+                synchronous=synchronous, db_name=old.db_name, lock_timeout=old.lock_timeout
+            )
+            old.close()
+
+
+def make_es_app(path: Path, durability: str) -> EsBank:
+    return EsBank(
+        env={
+            "PERSISTENCE_MODULE": f"{__name__}:SynchronousSQLiteFactory",
+            "SQLITE_DBNAME": str(path),
+            "SQLITE_SYNCHRONOUS": SYNCHRONOUS[durability],
+        }
+    )
+
+
+# -- raw sqlite3: the same table, indexes and pragmas as eventfold --------------------------
+
+RAW_SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    position       INTEGER PRIMARY KEY AUTOINCREMENT,
+    stream         TEXT    NOT NULL,
+    version        INTEGER NOT NULL,
+    id             BLOB    NOT NULL,
+    type           TEXT    NOT NULL,
+    schema_version INTEGER NOT NULL,
+    data           BLOB    NOT NULL,
+    metadata       BLOB,
+    recorded_at    INTEGER NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS events_stream_version ON events (stream, version);
+CREATE UNIQUE INDEX IF NOT EXISTS events_id ON events (id);
+"""
+RAW_VERSION = "SELECT coalesce(max(version), 0) FROM events WHERE stream = ?"
+RAW_INSERT = (
+    "INSERT INTO events (stream, version, id, type, schema_version, data, metadata, recorded_at)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+RAW_COLUMNS = "position, stream, version, id, type, schema_version, data, metadata, recorded_at"
+RAW_READ_STREAM = f"SELECT {RAW_COLUMNS} FROM events WHERE stream = ? ORDER BY version"
+RAW_READ_ALL = f"SELECT {RAW_COLUMNS} FROM events WHERE position > ? ORDER BY position LIMIT ?"
+
+
+_json_encode = msgspec.json.encode
+_json_decode = msgspec.json.decode
+
+
+def _time_ordered_id() -> bytes:
+    """16 bytes: microsecond timestamp then 8 random bytes (UUIDv7-like ordering).
+
+    Time-ordered like eventfold's UUIDv7, so both unique ``id`` indexes grow at
+    their right edge; random ids (uuid4) would scatter inserts over the index.
+    """
+    return (time.time_ns() // 1000).to_bytes(8, "big") + os.urandom(8)
+
+
+class RawStore:
+    """What a careful hand-written sqlite3 event table does, and nothing more.
+
+    It uses the same JSON codec as eventfold (msgspec), so the eventfold/raw
+    ratio measures eventfold's own overhead, not a faster codec.
+    """
+
+    def __init__(self, path: Path, durability: str) -> None:
+        self.path = str(path)
+        self.conn = sqlite3.connect(
+            path, isolation_level=None, check_same_thread=False, cached_statements=64, timeout=5.0
+        )
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.execute(f"PRAGMA synchronous={SYNCHRONOUS[durability]}")
+        self.conn.executescript(RAW_SCHEMA)
+
+    def append(
+        self, stream: str, type_name: str, payloads: list[dict[str, Any]], expected: int
+    ) -> int:
+        """Encode, then check the expected version and insert in one write transaction."""
+        encoded = [(_time_ordered_id(), _json_encode(p)) for p in payloads]
+        conn = self.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            (actual,) = conn.execute(RAW_VERSION, (stream,)).fetchone()
+            if actual != expected:
+                raise RuntimeError(f"{stream}: expected version {expected}, found {actual}")
+            now = time.time_ns() // 1000
+            if len(encoded) == 1:
+                event_id, data = encoded[0]
+                conn.execute(
+                    RAW_INSERT, (stream, actual + 1, event_id, type_name, 1, data, None, now)
+                )
+            else:
+                conn.executemany(
+                    RAW_INSERT,
+                    [
+                        (stream, actual + i, event_id, type_name, 1, data, None, now)
+                        for i, (event_id, data) in enumerate(encoded, 1)
+                    ],
+                )
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+        return actual + len(encoded)
+
+    def load(self, stream: str) -> tuple[int, int]:
+        """SELECT the stream, JSON-decode every payload, fold: (balance, version)."""
+        balance = version = 0
+        loads = _json_decode
+        for row in self.conn.execute(RAW_READ_STREAM, (stream,)).fetchall():
+            payload = loads(row[6])
+            if row[4] == "bench.Deposited":
+                balance += payload["amount"]
+            version = row[2]
+        return balance, version
+
+    def read_all(self) -> Iterator[tuple[tuple[Any, ...], dict[str, Any]]]:
+        """Paged SELECT over the global log, decoding payload (and metadata if any)."""
+        after = 0
+        loads = _json_decode
+        conn = self.conn
+        while True:
+            rows = conn.execute(RAW_READ_ALL, (after, PAGE_SIZE)).fetchall()
+            for row in rows:
+                if row[7] is not None:
+                    loads(row[7])
+                yield row, loads(row[6])
+            if len(rows) < PAGE_SIZE:
+                return
+            after = rows[-1][0]
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+# -- scenarios -----------------------------------------------------------------------------
+
+
+class Bench:
+    """Owns the temp directory and every store opened in it."""
+
+    def __init__(self, counts: Counts, stack: ExitStack) -> None:
+        self.counts = counts
+        self.stack = stack
+        self.dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="eventfold-bench-")))
+        self._files = 0
+
+    def _path(self, label: str) -> Path:
+        self._files += 1
+        return self.dir / f"{self._files:02d}-{label}.db"
+
+    def open_raw(self, durability: str) -> RawStore:
+        store = RawStore(self._path("raw"), durability)
+        self.stack.callback(store.close)
+        return store
+
+    def open_es(self, durability: str) -> EsBank:
+        app = make_es_app(self._path("es"), durability)
+        self.stack.callback(app.close)
+        return app
+
+    def open_ef(self, durability: str) -> SqliteEventStore:
+        store = SqliteEventStore(self._path("ef"), durability=durability)  # type: ignore[arg-type]
+        self.stack.callback(store.close)
+        return store
+
+    # (1)-(3) single writer appends ------------------------------------------------------
+
+    def appends(self, batch: int, durability: str, count: int) -> dict[str, Measurement]:
+        raw, app, store = (
+            self.open_raw(durability),
+            self.open_es(durability),
+            self.open_ef(durability),
+        )
+
+        raw_version = 0
+
+        def raw_op() -> None:
+            nonlocal raw_version
+            raw_version = raw.append(
+                "account-1", "bench.Deposited", [{"amount": 10} for _ in range(batch)], raw_version
+            )
+
+        account = EsAccount()
+        app.save(account)
+
+        def es_op() -> None:
+            for _ in range(batch):
+                account.deposit(10)
+            app.save(account)
+
+        ef_version = 0
+
+        def ef_op() -> None:
+            nonlocal ef_version
+            result = store.append(
+                "account-1", [Deposited(amount=10) for _ in range(batch)], expected=ef_version
+            )
+            ef_version = result.to_version
+
+        warmup = max(5, min(200, count // 10))
+        return run_rounds(
+            f"append {batch} event{'s' if batch > 1 else ''}/txn",
+            durability,
+            batch,
+            {RAW: raw_op, ES: es_op, EF: ef_op},
+            count=count,
+            rounds=self.counts.rounds,
+            warmup=warmup,
+        )
+
+    # (4)-(5) read scenarios, on one pre-filled database per contender ----------------------
+
+    def fill_read_databases(
+        self, durability: str
+    ) -> tuple[RawStore, EsBank, SqliteEventStore, list[str], list[uuid.UUID]]:
+        raw, app, store = (
+            self.open_raw(durability),
+            self.open_es(durability),
+            self.open_ef(durability),
+        )
+        streams: list[str] = []
+        es_ids: list[uuid.UUID] = []
+        chunk = 100
+        for n in range(self.counts.read_all_streams):
+            stream = f"account-{n}"
+            streams.append(stream)
+            version = raw.append(stream, "bench.Opened", [{}], 0)
+            ef_version = store.append(stream, [Opened()], expected=0).to_version
+            account = EsAccount()
+            app.save(account)
+            es_ids.append(account.id)
+            remaining = STREAM_EVENTS - 1
+            while remaining:
+                k = min(chunk, remaining)
+                remaining -= k
+                version = raw.append(stream, "bench.Deposited", [{"amount": 10}] * k, version)
+                ef_version = store.append(
+                    stream, [Deposited(amount=10) for _ in range(k)], expected=ef_version
+                ).to_version
+                for _ in range(k):
+                    account.deposit(10)
+                app.save(account)
+        # The files were just written: checkpoint so every contender reads a settled file.
+        for path in (raw.path, app.factory.datastore.pool.db_name, store.path):  # type: ignore[attr-defined]
+            conn = sqlite3.connect(path, isolation_level=None)
+            try:
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            finally:
+                conn.close()
+        return raw, app, store, streams, es_ids
+
+    def load_stream(
+        self,
+        durability: str,
+        raw: RawStore,
+        app: EsBank,
+        store: SqliteEventStore,
+        streams: list[str],
+        es_ids: list[uuid.UUID],
+    ) -> dict[str, Measurement]:
+        expected_balance = 10 * (STREAM_EVENTS - 1)
+        handler: CommandHandler[int, object] = CommandHandler(store, DECIDER)
+        turn = {RAW: 0, ES: 0, EF: 0}
+
+        def pick(name: str) -> int:
+            turn[name] += 1
+            return turn[name] % len(streams)
+
+        def raw_op() -> None:
+            balance, version = raw.load(streams[pick(RAW)])
+            _check(balance == expected_balance and version == STREAM_EVENTS, RAW)
+
+        def es_op() -> None:
+            account = app.repository.get(es_ids[pick(ES)])
+            _check(account.balance == expected_balance and account.version == STREAM_EVENTS, ES)
+
+        def ef_op() -> None:
+            loaded = handler.load(streams[pick(EF)])
+            _check(loaded.state == expected_balance and loaded.version == STREAM_EVENTS, EF)
+
+        return run_rounds(
+            f"load+fold {STREAM_EVENTS}-event stream",
+            durability,
+            STREAM_EVENTS,
+            {RAW: raw_op, ES: es_op, EF: ef_op},
+            count=self.counts.load,
+            rounds=self.counts.rounds,
+            warmup=3,
+        )
+
+    def read_all(
+        self, durability: str, raw: RawStore, app: EsBank, store: SqliteEventStore
+    ) -> dict[str, Measurement]:
+        total_events = self.counts.read_all_streams * STREAM_EVENTS
+        expected_sum = self.counts.read_all_streams * 10 * (STREAM_EVENTS - 1)
+
+        def raw_op() -> None:
+            seen = amount = 0
+            for row, payload in raw.read_all():
+                seen += 1
+                if row[4] == "bench.Deposited":
+                    amount += payload["amount"]
+            _check(seen == total_events and amount == expected_sum, RAW)
+
+        reader = NotificationLogReader(app.notification_log, section_size=PAGE_SIZE)
+        to_domain_event = app.mapper.to_domain_event
+
+        def es_op() -> None:
+            seen = amount = 0
+            for section in reader.select(start=1):
+                for notification in section:
+                    domain_event = to_domain_event(notification)
+                    seen += 1
+                    if type(domain_event) is ES_DEPOSITED:
+                        amount += domain_event.amount
+            _check(seen == total_events and amount == expected_sum, ES)
+
+        def ef_op() -> None:
+            seen = amount = 0
+            for recorded in store.read_all():
+                seen += 1
+                data = recorded.data
+                if type(data) is Deposited:
+                    amount += data.amount
+            _check(seen == total_events and amount == expected_sum, EF)
+
+        return run_rounds(
+            f"read_all {total_events:,} events + decode",
+            durability,
+            total_events,
+            {RAW: raw_op, ES: es_op, EF: ef_op},
+            count=self.counts.read_all_passes,
+            rounds=min(self.counts.rounds, self.counts.read_all_passes),
+            warmup=1,
+        )
+
+
+def _check(ok: bool, contender: str) -> None:
+    if not ok:
+        raise RuntimeError(f"{contender} read back something else than was written")
+
+
+# -- command line --------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--quick", action="store_true", help="small counts (a smoke run, under 20 s)"
+    )
+    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
+    parser.add_argument(
+        "--durability",
+        choices=("full", "normal", "both"),
+        default="both",
+        help=(
+            "PRAGMA synchronous for every contender: 'normal' or 'full' for all scenarios; "
+            "'both' (default) runs all scenarios with normal and 1-event appends also with full"
+        ),
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    counts = QUICK_COUNTS if args.quick else FULL_COUNTS
+    main = "full" if args.durability == "full" else "normal"
+    extra_full = args.durability == "both"
+    plan: list[tuple[str, Callable[[Bench], list[dict[str, Measurement]]]]] = [
+        (
+            "append-1",
+            lambda b: [
+                b.appends(1, main, counts.append_1 if main == "normal" else counts.append_1_full)
+            ],
+        ),
+    ]
+    if extra_full:
+        plan.append(("append-1-full", lambda b: [b.appends(1, "full", counts.append_1_full)]))
+    plan += [
+        ("append-10", lambda b: [b.appends(10, main, counts.append_10)]),
+        ("append-100", lambda b: [b.appends(100, main, counts.append_100)]),
+        ("reads", lambda b: _reads(b, main)),
+    ]
+
+    info = system_info(
+        eventfold=eventfold.__version__,
+        eventsourcing=importlib.metadata.version("eventsourcing"),
+        durability=args.durability,
+        quick=bool(args.quick),
+    )
+    print(
+        f"eventfold {info['eventfold']} | eventsourcing {info['eventsourcing']} | "
+        f"SQLite {info['sqlite']} | Python {info['python']} | {info['cpus']} CPUs | "
+        f"{'quick' if args.quick else 'full'} run, WAL, durability={args.durability}"
+    )
+    started = time.perf_counter()
+    records: list[dict[str, Any]] = []
+    with ExitStack() as stack:
+        bench = Bench(counts, stack)
+        for _, step in plan:
+            for results in step(bench):
+                gc.collect()
+                ratio_values = ratios(results, EF, [RAW, ES])
+                first = next(iter(results.values()))
+                title = f"{first.scenario}  [synchronous={SYNCHRONOUS[first.durability]}]"
+                print_table(title, results, ratio_values)
+                records.append(
+                    {
+                        "scenario": first.scenario,
+                        "durability": first.durability,
+                        "results": [m.as_dict() for m in results.values()],
+                        "ratios": {k: round(v, 3) for k, v in ratio_values.items()},
+                    }
+                )
+    elapsed = time.perf_counter() - started
+    print(f"\ntotal {elapsed:.1f} s; ratios > 1 mean eventfold has the higher throughput")
+    if args.json:
+        write_json(
+            args.json, {"system": info, "elapsed_s": round(elapsed, 2), "scenarios": records}
+        )
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _reads(bench: Bench, durability: str) -> list[dict[str, Measurement]]:
+    raw, app, store, streams, es_ids = bench.fill_read_databases(durability)
+    return [
+        bench.load_stream(durability, raw, app, store, streams, es_ids),
+        bench.read_all(durability, raw, app, store),
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks sqlite", description=__doc__)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Runnable examples of eventfold; each sub-package has its own tests."""

@@ -1,0 +1,1 @@
+"""The bank account of the event sourcing article, in both eventfold styles."""

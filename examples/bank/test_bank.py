@@ -1,0 +1,336 @@
+"""The bank account of the article, run through eventfold's stores and command handler.
+
+Every behavioural test runs for both styles (decider and class-style aggregate)
+on both the in-memory and the SQLite store.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from eventfold import (
+    ANY,
+    AppendResult,
+    CommandHandler,
+    Decider,
+    EventStore,
+    Expected,
+    MemoryEventStore,
+    SqliteEventStore,
+    WrongExpectedVersion,
+)
+from eventfold.examples.bank import (
+    AccountAlreadyOpen,
+    AccountNotOpen,
+    AccountOpened,
+    AccountState,
+    BankAccount,
+    DepositMoney,
+    InsufficientFunds,
+    InvalidAmount,
+    MoneyDeposited,
+    MoneyWithdrawn,
+    OpenAccount,
+    WithdrawMoney,
+    account,
+    decide,
+    evolve,
+)
+
+ALICE = "account-alice"
+BOB = "account-bob"
+
+
+@dataclass(frozen=True)
+class Style:
+    """One way of writing the model: how to build a handler and its commands."""
+
+    name: str
+    model: Any
+    replayer: Decider[Any, Any, Any]
+    open: Callable[..., Any]
+    deposit: Callable[[int], Any]
+    withdraw: Callable[[int], Any]
+
+    def handler(self, store: EventStore, **options: Any) -> CommandHandler[Any, Any]:
+        return CommandHandler(store, self.model, **options)
+
+
+DECIDER = Style(
+    "decider",
+    account,
+    account,
+    lambda owner, initial=0: OpenAccount(owner, initial),
+    DepositMoney,
+    WithdrawMoney,
+)
+AGGREGATE = Style(
+    "aggregate",
+    BankAccount,
+    BankAccount.decider(),
+    lambda owner, initial=0: lambda a: a.open(owner, initial),
+    lambda amount: lambda a: a.deposit(amount),
+    lambda amount: lambda a: a.withdraw(amount),
+)
+
+
+@pytest.fixture(params=[DECIDER, AGGREGATE], ids=lambda s: s.name)
+def style(request: pytest.FixtureRequest) -> Style:
+    return request.param  # type: ignore[no-any-return]
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[], Any]]:
+    """Open a store on the same data: the shared memory store, or a new SQLite connection
+    to one file (as a second process would)."""
+    opened: list[Any] = []
+    shared = MemoryEventStore() if request.param == "memory" else None
+
+    def open_one() -> Any:
+        store = shared if shared is not None else SqliteEventStore(tmp_path / "bank.db")
+        opened.append(store)
+        return store
+
+    yield open_one
+    for store in opened:
+        store.close()
+
+
+@pytest.fixture
+def store(open_store: Callable[[], Any]) -> Any:
+    return open_store()
+
+
+def stored_types(store: Any, stream: str) -> list[str]:
+    return [event.type for event in store.read(stream)]
+
+
+class OtherWriterFirst:
+    """A store through which, just before the first append, another writer commits.
+
+    This makes the lost-update race deterministic: our handler has loaded and
+    decided on a version that is stale by the time it appends.
+    """
+
+    def __init__(self, store: Any, other_write: Callable[[], object]) -> None:
+        self._store = store
+        self._other_write: Callable[[], object] | None = other_write
+        self.appends = 0
+        self.conflicts: list[WrongExpectedVersion] = []
+
+    def append(
+        self, stream: str, events: Sequence[object], *, expected: Expected = ANY
+    ) -> AppendResult:
+        self.appends += 1
+        if self._other_write is not None:
+            other_write, self._other_write = self._other_write, None
+            other_write()
+        try:
+            return self._store.append(stream, events, expected=expected)  # type: ignore[no-any-return]
+        except WrongExpectedVersion as exc:
+            self.conflicts.append(exc)
+            raise
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+
+# -- the decider alone: pure functions, no store -----------------------------------------
+
+
+def test_decide_and_evolve_are_plain_functions() -> None:
+    opened = AccountState(owner="Alice", balance=0)
+    assert decide(OpenAccount("Alice"), AccountState()) == [AccountOpened(owner="Alice")]
+    assert decide(OpenAccount("Alice", 100), AccountState()) == [
+        AccountOpened(owner="Alice"),
+        MoneyDeposited(amount=100),
+    ]
+    with pytest.raises(InsufficientFunds):
+        decide(WithdrawMoney(1), opened)
+    with pytest.raises(AccountNotOpen):
+        decide(DepositMoney(1), AccountState())
+    state = account.fold([AccountOpened(owner="Alice"), MoneyDeposited(amount=70)])
+    assert evolve(state, MoneyWithdrawn(amount=20)) == AccountState("Alice", 50)
+    assert state == AccountState("Alice", 70)  # evolve returned a new state
+
+
+# -- the article's scenario through the command handler ----------------------------------
+
+
+def test_article_scenario(style: Style, store: Any) -> None:
+    handler = style.handler(store)
+    handler.handle(ALICE, style.open("Alice Smith", 10_000))
+    handler.handle(ALICE, style.deposit(5_000))
+    result = handler.handle(ALICE, style.withdraw(2_000))
+
+    assert result.state.balance == 13_000
+    assert result.version == 4
+    assert result.events == (MoneyWithdrawn(amount=2_000),)
+    loaded = handler.load(ALICE)
+    assert (loaded.state.owner, loaded.state.balance, loaded.version) == ("Alice Smith", 13_000, 4)
+    assert stored_types(store, ALICE) == [
+        "bank.AccountOpened",
+        "bank.MoneyDeposited",
+        "bank.MoneyDeposited",
+        "bank.MoneyWithdrawn",
+    ]
+
+
+def test_rejected_withdrawal_writes_nothing(style: Style, store: Any) -> None:
+    handler = style.handler(store)
+    handler.handle(BOB, style.open("Bob Johnson", 5_000))
+    position = store.last_position()
+
+    with pytest.raises(InsufficientFunds) as rejected:
+        handler.handle(BOB, style.withdraw(10_000))
+
+    assert (rejected.value.balance, rejected.value.amount) == (5_000, 10_000)
+    assert store.get_stream(BOB).version == 2
+    assert store.last_position() == position
+    assert handler.load(BOB).state.balance == 5_000
+
+
+@pytest.mark.parametrize("amount", [0, -100])
+def test_invalid_amounts_are_rejected(style: Style, store: Any, amount: int) -> None:
+    handler = style.handler(store)
+    handler.handle(ALICE, style.open("Alice"))
+    for command in (style.deposit(amount), style.withdraw(amount)):
+        with pytest.raises(InvalidAmount):
+            handler.handle(ALICE, command)
+    assert store.get_stream(ALICE).version == 1
+
+
+def test_unopened_and_reopened_accounts_are_rejected(style: Style, store: Any) -> None:
+    handler = style.handler(store)
+    with pytest.raises(AccountNotOpen):
+        handler.handle(ALICE, style.deposit(100))
+    assert store.get_stream(ALICE) is None
+
+    handler.handle(ALICE, style.open("Alice"))
+    with pytest.raises(AccountAlreadyOpen):
+        handler.handle(ALICE, style.open("Mallory"))
+    assert handler.load(ALICE).state.owner == "Alice"
+
+
+# -- optimistic concurrency -----------------------------------------------------------
+
+
+def test_conflict_is_retried_against_reloaded_state(
+    style: Style, open_store: Callable[[], Any]
+) -> None:
+    style.handler(open_store()).handle(ALICE, style.open("Alice", 13_000))
+    teller_b = style.handler(open_store())
+    racing = OtherWriterFirst(open_store(), lambda: teller_b.handle(ALICE, style.deposit(2_500)))
+    teller_a = style.handler(racing)
+
+    result = teller_a.handle(ALICE, style.withdraw(3_000))
+
+    [conflict] = racing.conflicts
+    assert (conflict.stream, conflict.expected, conflict.actual) == (ALICE, 2, 3)
+    assert racing.appends == 2
+    assert result.version == 4
+    assert result.state.balance == 13_000 + 2_500 - 3_000
+    assert stored_types(open_store(), ALICE)[2:] == ["bank.MoneyDeposited", "bank.MoneyWithdrawn"]
+
+
+def test_retry_decides_again_and_may_reject(style: Style, open_store: Callable[[], Any]) -> None:
+    style.handler(open_store()).handle(ALICE, style.open("Alice", 13_000))
+    teller_b = style.handler(open_store())
+    racing = OtherWriterFirst(open_store(), lambda: teller_b.handle(ALICE, style.withdraw(10_000)))
+    teller_a = style.handler(racing)
+
+    with pytest.raises(InsufficientFunds) as rejected:
+        teller_a.handle(ALICE, style.withdraw(10_000))
+
+    assert len(racing.conflicts) == 1
+    assert rejected.value.balance == 3_000
+    store = open_store()
+    assert store.get_stream(ALICE).version == 3
+    assert style.handler(store).load(ALICE).state.balance == 3_000
+
+
+def test_concurrent_threads_lose_no_update(style: Style, open_store: Callable[[], Any]) -> None:
+    style.handler(open_store()).handle(ALICE, style.open("Alice"))
+    threads, deposits = 4, 10
+    start = threading.Barrier(threads)
+    errors: list[BaseException] = []
+
+    def teller() -> None:
+        handler = style.handler(open_store(), max_retries=30, retry_delay=0.0005)
+        start.wait()
+        try:
+            for _ in range(deposits):
+                handler.handle(ALICE, style.deposit(100))
+        except BaseException as exc:
+            errors.append(exc)
+
+    workers = [threading.Thread(target=teller) for _ in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+
+    assert errors == []
+    store = open_store()
+    assert [event.version for event in store.read(ALICE)] == list(range(1, threads * deposits + 2))
+    assert style.handler(store).load(ALICE).state.balance == threads * deposits * 100
+
+
+# -- replay and idempotency ----------------------------------------------------------------
+
+
+def test_replay_from_events_gives_the_same_balance(style: Style, store: Any) -> None:
+    handler = style.handler(store)
+    handler.handle(ALICE, style.open("Alice", 10_000))
+    handler.handle(ALICE, style.deposit(5_000))
+    result = handler.handle(ALICE, style.withdraw(2_000))
+
+    replayed = style.replayer.fold(event.data for event in store.read(ALICE))
+
+    assert replayed.balance == result.state.balance == 13_000
+    halfway = style.replayer.fold(event.data for event in store.read(ALICE, limit=2))
+    assert halfway.balance == 10_000
+
+
+def test_both_styles_read_each_others_streams(store: Any) -> None:
+    DECIDER.handler(store).handle(ALICE, OpenAccount("Alice", 700))
+    AGGREGATE.handler(store).handle(ALICE, lambda a: a.withdraw(200))
+    DECIDER.handler(store).handle(ALICE, DepositMoney(50))
+
+    as_state = DECIDER.handler(store).load(ALICE)
+    as_object = AGGREGATE.handler(store).load(ALICE)
+    assert as_state.state == AccountState("Alice", 550)
+    assert (as_object.state.balance, as_object.version) == (550, as_state.version) == (550, 4)
+
+
+def test_sqlite_history_survives_reopening(style: Style, tmp_path: Path) -> None:
+    path = tmp_path / "bank.db"
+    with SqliteEventStore(path) as first:
+        style.handler(first).handle(ALICE, style.open("Alice", 4_200))
+        style.handler(first).handle(ALICE, style.withdraw(200))
+    with SqliteEventStore(path) as second:
+        loaded = style.handler(second).load(ALICE)
+    assert (loaded.state.balance, loaded.version) == (4_000, 3)
+
+
+def test_idempotency_key_resend_is_replayed(style: Style, store: Any) -> None:
+    handler = style.handler(store)
+    handler.handle(ALICE, style.open("Alice", 1_000))
+    first = handler.handle(ALICE, style.deposit(2_500), idempotency_key="deposit-42")
+    position = store.last_position()
+
+    again = handler.handle(ALICE, style.deposit(2_500), idempotency_key="deposit-42")
+
+    assert (first.replayed, again.replayed) == (False, True)
+    assert again.events == first.events == (MoneyDeposited(amount=2_500),)
+    assert again.version == first.version == 3
+    assert store.last_position() == position
+    assert handler.load(ALICE).state.balance == 3_500
+    other = handler.handle(ALICE, style.deposit(2_500), idempotency_key="deposit-43")
+    assert (other.replayed, other.version) == (False, 4)
