@@ -16,7 +16,7 @@ import time
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, ClassVar
-from uuid import UUID
+from uuid import UUID, SafeUUID
 
 import msgspec
 
@@ -30,6 +30,8 @@ __all__ = [
     "RecordedEvent",
     "caused_by",
     "uuid7",
+    "uuid7_bytes",
+    "uuid_from_bytes",
 ]
 
 #: Metadata key of the id of the first event or command of a conversation.
@@ -41,24 +43,56 @@ _uuid7_lock = threading.Lock()
 _uuid7_last = 0
 _VERSION_VARIANT = (0x7 << 76) | (0b10 << 62)
 _RAND_B_MASK = (1 << 62) - 1
+# One getrandom syscall per 512 ids instead of one per id.
+_RANDOM_CHUNK = 8 * 512
+_random_pool = b""
+_random_at = _RANDOM_CHUNK
+_new_uuid = object.__new__
+_set_attr = object.__setattr__
+_UNKNOWN_SAFETY = SafeUUID.unknown
+
+
+def uuid_from_int(value: int) -> UUID:
+    """Build a UUID from a 128-bit int without ``UUID.__init__``'s argument checks."""
+    result: UUID = _new_uuid(UUID)
+    _set_attr(result, "int", value)
+    _set_attr(result, "is_safe", _UNKNOWN_SAFETY)
+    return result
+
+
+def uuid_from_bytes(data: bytes) -> UUID:
+    """Build a UUID from 16 stored bytes (fast path for reads)."""
+    return uuid_from_int(int.from_bytes(data))
+
+
+def _uuid7_int() -> int:
+    global _uuid7_last, _random_pool, _random_at  # noqa: PLW0603 - process-wide clock
+    ns = time.time_ns()
+    ms, sub_ms = divmod(ns, 1_000_000)
+    # 12 bits of sub-millisecond precision (RFC 9562 method 3) then 62 random bits.
+    time_bits = (ms << 80) | (((sub_ms * 4096) // 1_000_000) << 64) | _VERSION_VARIANT
+    with _uuid7_lock:
+        if _random_at == _RANDOM_CHUNK:
+            _random_pool, _random_at = os.urandom(_RANDOM_CHUNK), 0
+        rand_b = int.from_bytes(_random_pool[_random_at : _random_at + 8]) & _RAND_B_MASK
+        _random_at += 8
+        value = time_bits | rand_b
+        if value <= _uuid7_last:
+            # Same tick or clock stepped back: keep order by counting up in rand_b.
+            value = _uuid7_last + 1
+        _uuid7_last = value
+    return value
 
 
 def uuid7() -> UUID:
     """Return a new UUIDv7 (RFC 9562): time ordered, and strictly increasing
     within this process even when many ids are made in one millisecond."""
-    global _uuid7_last  # noqa: PLW0603 - process-wide monotonic clock
-    ns = time.time_ns()
-    ms, sub_ms = divmod(ns, 1_000_000)
-    # 12 bits of sub-millisecond precision (RFC 9562 method 3) then 62 random bits.
-    rand_a = (sub_ms * 4096) // 1_000_000
-    rand_b = int.from_bytes(os.urandom(8)) & _RAND_B_MASK
-    value = (ms << 80) | (rand_a << 64) | rand_b | _VERSION_VARIANT
-    with _uuid7_lock:
-        if value <= _uuid7_last:
-            # Same tick or clock stepped back: keep order by counting up in rand_b.
-            value = _uuid7_last + 1
-        _uuid7_last = value
-    return UUID(int=value)
+    return uuid_from_int(_uuid7_int())
+
+
+def uuid7_bytes() -> bytes:
+    """A new UUIDv7 as 16 bytes (what stores keep), skipping the UUID object."""
+    return _uuid7_int().to_bytes(16)
 
 
 class Event(msgspec.Struct, frozen=True, kw_only=True):

@@ -69,6 +69,9 @@ class TypeRegistry:
         self._by_class: dict[type[Any], _TypeInfo] = {}
         self._aliases: dict[str, str] = {}
         self._upcasters: dict[tuple[str, int], Upcaster] = {}
+        # (stored type name, schema version) -> typed decode function, for the
+        # common case of data stored in the class's current version.
+        self._fast: dict[tuple[str, int], Callable[[bytes], Any]] = {}
         self._lock = threading.Lock()
 
     def register(
@@ -97,10 +100,12 @@ class TypeRegistry:
                 self._by_class.pop(old.cls, None)
             self._by_name[type_name] = info
             self._by_class[cls] = info
+            self._fast.clear()
 
     def alias(self, old_name: str, new_name: str) -> None:
         """Read events stored under ``old_name`` as type ``new_name`` (a renamed type)."""
         self._aliases[old_name] = new_name
+        self._fast.clear()
 
     def upcaster(self, type_name: str, from_version: int) -> Callable[[Upcaster], Upcaster]:
         """Decorator registering ``fn`` to lift ``type_name`` payloads from ``from_version``."""
@@ -198,6 +203,12 @@ class Serializer:
 
     def decode(self, name: str, schema_version: int, data: bytes, stream: str | None) -> Any:
         """Decode stored bytes to an instance of the registered class."""
+        fast = self.registry._fast.get((name, schema_version))
+        if fast is not None:
+            try:
+                return fast(data)
+            except msgspec.DecodeError:
+                pass  # the slow path below raises the descriptive error
         try:
             info = self.registry.info_for_name(name, schema_version, stream)
         except UnknownEventType:
@@ -206,7 +217,9 @@ class Serializer:
             raise
         try:
             if schema_version == info.version and info.name == name:
-                return info.decoder.decode(data)
+                decode = info.decoder.decode
+                self.registry._fast[(name, schema_version)] = decode
+                return decode(data)
             payload = _JSON_DECODER.decode(data)
             payload = self.registry.upcast(name, payload, schema_version, info.version, stream)
             return msgspec.convert(payload, info.cls)

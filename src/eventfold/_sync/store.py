@@ -25,7 +25,7 @@ from eventfold.store._common import (
     check_expected,
     check_non_negative,
     check_stream_name,
-    decode_row,
+    decode_rows,
     encode_batch,
 )
 
@@ -89,8 +89,8 @@ class StoreBase(abc.ABC):
         while remaining:
             count = min(self.page_size, remaining)
             page = self._read_page(stream, cursor, backwards, count)
-            for row in page:
-                yield decode_row(serializer, row)
+            for event in decode_rows(serializer, page):
+                yield event
             if len(page) < count:
                 return
             remaining -= len(page)
@@ -119,8 +119,8 @@ class StoreBase(abc.ABC):
         while remaining:
             count = min(self.page_size, remaining)
             page = self._read_all_page(after, type_list, stream_prefix, count)
-            for row in page:
-                yield decode_row(serializer, row)
+            for event in decode_rows(serializer, page):
+                yield event
             if len(page) < count:
                 return
             remaining -= len(page)

@@ -18,7 +18,7 @@ from uuid import UUID
 import msgspec
 
 from eventfold.errors import InvalidRequest, WrongExpectedVersion
-from eventfold.events import NewEvent, RecordedEvent, uuid7
+from eventfold.events import NewEvent, RecordedEvent, uuid7_bytes, uuid_from_bytes
 from eventfold.serialization import Serializer
 
 __all__ = [
@@ -153,19 +153,23 @@ def encode_batch(serializer: Serializer, events: Sequence[object]) -> list[Encod
         raise InvalidRequest("events must be a sequence (list or tuple) of events")
     encoded: list[EncodedEvent] = []
     seen: set[bytes] = set()
+    encode = serializer.encode
     for item in events:
-        if isinstance(item, NewEvent):
-            data, event_id, metadata = item.data, item.id, item.metadata
+        if type(item) is NewEvent:
+            event_id = item.id
             if not isinstance(event_id, UUID):
                 raise InvalidRequest(f"event id must be a UUID, not {event_id!r}")
+            id_bytes = event_id.bytes
+            if id_bytes in seen:
+                raise InvalidRequest(f"event id {event_id} appears twice in one batch")
+            seen.add(id_bytes)
+            type_name, schema_version, payload = encode(item.data)
+            meta = serializer.encode_metadata(item.metadata) if item.metadata else None
         else:
-            data, event_id, metadata = item, uuid7(), None
-        type_name, schema_version, payload = serializer.encode(data)
-        id_bytes = event_id.bytes
-        if id_bytes in seen:
-            raise InvalidRequest(f"event id {event_id} appears twice in one batch")
-        seen.add(id_bytes)
-        meta = serializer.encode_metadata(metadata) if metadata else None
+            # Fresh ids are unique by construction: no duplicate check needed.
+            id_bytes = uuid7_bytes()
+            type_name, schema_version, payload = encode(item)
+            meta = None
         encoded.append(EncodedEvent(id_bytes, type_name, schema_version, payload, meta))
     return encoded
 
@@ -207,17 +211,41 @@ def us_to_datetime(us: int) -> datetime:
     return datetime.fromtimestamp(us / 1_000_000, UTC)
 
 
+def decode_rows(serializer: Serializer, rows: Sequence[Row]) -> list[RecordedEvent]:
+    """Turn stored rows into RecordedEvents (decoding payloads and metadata).
+
+    The hot path of every read: one comprehension with everything bound to
+    locals, since per-row function calls dominate the cost.
+    """
+    decode = serializer.decode
+    decode_metadata = serializer.decode_metadata
+    from_timestamp = datetime.fromtimestamp
+    return [
+        RecordedEvent(
+            uuid_from_bytes(id_bytes),
+            stream,
+            version,
+            position,
+            type_name,
+            decode(type_name, schema_version, data, stream),
+            decode_metadata(meta),
+            from_timestamp(recorded / 1_000_000, UTC),
+            schema_version,
+        )
+        for (
+            position,
+            stream,
+            version,
+            id_bytes,
+            type_name,
+            schema_version,
+            data,
+            meta,
+            recorded,
+        ) in rows
+    ]
+
+
 def decode_row(serializer: Serializer, row: Row) -> RecordedEvent:
-    """Turn a stored row into a RecordedEvent (decoding payload and metadata)."""
-    position, stream, version, id_bytes, type_name, schema_version, data, meta, recorded = row
-    return RecordedEvent(
-        UUID(bytes=id_bytes),
-        stream,
-        version,
-        position,
-        type_name,
-        serializer.decode(type_name, schema_version, data, stream),
-        serializer.decode_metadata(meta),
-        us_to_datetime(recorded),
-        schema_version,
-    )
+    """Turn one stored row into a RecordedEvent."""
+    return decode_rows(serializer, (row,))[0]
