@@ -30,6 +30,8 @@ ALICE_HISTORY = [
 BOB_HISTORY = [
     (1, "bank.AccountOpened", {"owner": "Bob"}),
     (2, "bank.MoneyDeposited", {"amount": 5_000}),
+    (3, "bank.MoneyDeposited", {"amount": 99_900}),
+    (4, "bank.DepositReversed", {"amount": 99_900, "reason": "typo in amount"}),
 ]
 
 
@@ -41,7 +43,7 @@ def history(path: Path, stream: str) -> list[tuple[int, str, dict[str, Any]]]:
 
 
 def balance(events: list[tuple[int, str, dict[str, Any]]]) -> int:
-    signs = {"bank.MoneyDeposited": 1, "bank.MoneyWithdrawn": -1}
+    signs = {"bank.MoneyDeposited": 1, "bank.MoneyWithdrawn": -1, "bank.DepositReversed": -1}
     return sum(signs.get(kind, 0) * data.get("amount", 0) for _, kind, data in events)
 
 
@@ -69,7 +71,7 @@ def test_demo_writes_the_bank_scenario(demo_run: tuple[Path, str]) -> None:
     path, _ = demo_run
     alice, bob = history(path, "account-alice"), history(path, "account-bob")
     assert alice == ALICE_HISTORY
-    # The rejected overdraft left Bob at version 2 with no withdrawal.
+    # The rejected overdraft wrote nothing; the mistaken deposit is compensated.
     assert bob == BOB_HISTORY
     assert (balance(alice), balance(bob)) == (12_500, 5_000)
 
@@ -92,6 +94,10 @@ def test_demo_narrates_each_step(demo_run: tuple[Path, str]) -> None:
         "6 events of account-alice read on a new connection, folded:",
         "AccountState(owner='Alice', balance=12500)",
         "balance $125.00 equals the handler's $125.00",
+        "5. Corrections are new events: history is never edited",
+        "DepositMoney($999.00) was a typo -> version 3, balance $1,049.00",
+        "reverse_deposit -> DepositReversed, version 4, balance $50.00",
+        "asked twice: replayed=True, still version 4",
         "history of account-alice",
     ]
     positions = [output.find(text) for text in expected_in_order]
@@ -167,9 +173,9 @@ def test_streams_lists_each_stream_with_its_version(demo_run: tuple[Path, str]) 
     rows = [row[:3] for row in table_rows(result.stdout)]
     assert rows == [
         ["account-alice", "6", "bank.MoneyWithdrawn"],
-        ["account-bob", "2", "bank.MoneyDeposited"],
+        ["account-bob", "4", "bank.DepositReversed"],
     ]
-    assert "2 streams, 8 events" in result.stdout
+    assert "2 streams, 10 events" in result.stdout
 
 
 def test_streams_of_an_empty_store(tmp_path: Path) -> None:
@@ -183,7 +189,7 @@ def test_streams_of_an_empty_store(tmp_path: Path) -> None:
 
 def test_show_prints_a_streams_history(demo_run: tuple[Path, str]) -> None:
     path, _ = demo_run
-    result = runner.invoke(app, ["show", "account-bob", "--db", str(path)])
+    result = runner.invoke(app, ["show", "account-bob", "--db", str(path)], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     assert "history of account-bob" in result.stdout
     rows = table_rows(result.stdout)

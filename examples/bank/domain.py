@@ -15,8 +15,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from typing import assert_never
+from uuid import UUID
 
-from eventfold import Aggregate, Decider, Event
+from eventfold import (
+    CAUSATION_ID,
+    Aggregate,
+    CommandHandler,
+    CommandResult,
+    Decider,
+    Event,
+)
 
 # -- events: facts, past tense; the type names are the stored contract ----------------
 # ``frozen=True`` repeats Event's own setting so that type checkers see it too.
@@ -43,7 +51,19 @@ class MoneyWithdrawn(Event, frozen=True):
     amount: int
 
 
-BankEvent = AccountOpened | MoneyDeposited | MoneyWithdrawn
+class DepositReversed(Event, frozen=True):
+    """A compensating event: a deposit made in error was taken back.
+
+    The mistaken ``MoneyDeposited`` stays in history (events are facts); the
+    reversal's metadata names it (``reverses``: the original event id).
+    """
+
+    __event_type__ = "bank.DepositReversed"
+    amount: int
+    reason: str
+
+
+BankEvent = AccountOpened | MoneyDeposited | MoneyWithdrawn | DepositReversed
 
 # -- commands: requests, imperative; they may be rejected ---------------------------
 
@@ -70,7 +90,15 @@ class WithdrawMoney:
     amount: int
 
 
-BankCommand = OpenAccount | DepositMoney | WithdrawMoney
+@dataclass(frozen=True, slots=True)
+class ReverseDeposit:
+    """Take back a deposit made in error (see :func:`reverse_deposit`)."""
+
+    amount: int
+    reason: str
+
+
+BankCommand = OpenAccount | DepositMoney | WithdrawMoney | ReverseDeposit
 
 # -- business-rule violations: the model's own exceptions -----------------------------
 
@@ -149,6 +177,13 @@ def decide(command: BankCommand, state: AccountState) -> list[BankEvent]:
             if amount > state.balance:
                 raise InsufficientFunds(state.balance, amount)
             return [MoneyWithdrawn(amount=amount)]
+        case ReverseDeposit(amount=amount, reason=reason):
+            if state.owner is None:
+                raise AccountNotOpen
+            _check_amount(amount)
+            if amount > state.balance:
+                raise InsufficientFunds(state.balance, amount)
+            return [DepositReversed(amount=amount, reason=reason)]
         case _:
             assert_never(command)
 
@@ -160,7 +195,7 @@ def evolve(state: AccountState, event: BankEvent) -> AccountState:
             return replace(state, owner=owner)
         case MoneyDeposited(amount=amount):
             return replace(state, balance=state.balance + amount)
-        case MoneyWithdrawn(amount=amount):
+        case MoneyWithdrawn(amount=amount) | DepositReversed(amount=amount):
             return replace(state, balance=state.balance - amount)
         case _:
             assert_never(event)
@@ -204,6 +239,15 @@ class BankAccount(Aggregate):
             raise InsufficientFunds(self.balance, amount)
         self.record(MoneyWithdrawn(amount=amount))
 
+    def reverse_deposit(self, amount: int, reason: str) -> None:
+        """Take back ``amount`` cents deposited in error (a compensating event)."""
+        if self.owner is None:
+            raise AccountNotOpen
+        _check_amount(amount)
+        if amount > self.balance:
+            raise InsufficientFunds(self.balance, amount)
+        self.record(DepositReversed(amount=amount, reason=reason))
+
     def apply(self, event: BankEvent) -> None:
         """Change state for one event (on load, and when a command records it)."""
         match event:
@@ -211,7 +255,37 @@ class BankAccount(Aggregate):
                 self.owner = owner
             case MoneyDeposited(amount=amount):
                 self.balance += amount
-            case MoneyWithdrawn(amount=amount):
+            case MoneyWithdrawn(amount=amount) | DepositReversed(amount=amount):
                 self.balance -= amount
             case _:
                 assert_never(event)
+
+
+# -- corrections: compensate, never edit history -------------------------------------
+
+
+class NotADeposit(BankError):
+    """The event to reverse is not a deposit of this account."""
+
+    def __init__(self, event_id: UUID) -> None:
+        super().__init__(f"event {event_id} is not a deposit of this account")
+
+
+def reverse_deposit(
+    handler: CommandHandler[AccountState, BankCommand], stream: str, deposit_id: UUID, reason: str
+) -> CommandResult[AccountState]:
+    """Record a ``DepositReversed`` for the deposit event ``deposit_id`` of ``stream``.
+
+    The reversal links to the original through metadata (``reverses`` and
+    ``causation_id``), and uses an idempotency key derived from it, so asking
+    twice reverses once.
+    """
+    original = next((e for e in handler.store.read(stream) if e.id == deposit_id), None)
+    if original is None or not isinstance(original.data, MoneyDeposited):
+        raise NotADeposit(deposit_id)
+    return handler.handle(
+        stream,
+        ReverseDeposit(amount=original.data.amount, reason=reason),
+        idempotency_key=f"reverse-deposit:{deposit_id}",
+        metadata={"reverses": str(deposit_id), CAUSATION_ID: str(deposit_id)},
+    )

@@ -32,15 +32,18 @@ from eventfold.examples.bank import (
     AccountState,
     BankAccount,
     DepositMoney,
+    DepositReversed,
     InsufficientFunds,
     InvalidAmount,
     MoneyDeposited,
     MoneyWithdrawn,
+    NotADeposit,
     OpenAccount,
     WithdrawMoney,
     account,
     decide,
     evolve,
+    reverse_deposit,
 )
 
 ALICE = "account-alice"
@@ -334,3 +337,50 @@ def test_idempotency_key_resend_is_replayed(style: Style, store: Any) -> None:
     assert handler.load(ALICE).state.balance == 3_500
     other = handler.handle(ALICE, style.deposit(2_500), idempotency_key="deposit-43")
     assert (other.replayed, other.version) == (False, 4)
+
+
+# -- corrections: a compensating event, the original stays in history ----------------
+
+
+def test_mistaken_deposit_is_reversed_by_a_compensating_event(store: Any) -> None:
+    handler = CommandHandler(store, account)
+    handler.handle(ALICE, OpenAccount("Alice", 10_000))
+    handler.handle(ALICE, DepositMoney(99_900))  # a typo: should have been 999
+    mistaken = next(e for e in store.read(ALICE, backwards=True) if e.version == 3)
+
+    result = reverse_deposit(handler, ALICE, mistaken.id, reason="typo in amount")
+    again = reverse_deposit(handler, ALICE, mistaken.id, reason="typo in amount")
+
+    assert result.state.balance == 10_000
+    assert result.events == (DepositReversed(amount=99_900, reason="typo in amount"),)
+    assert again.replayed and again.version == result.version  # reversed once only
+    history = list(store.read(ALICE))
+    assert [type(e.data) for e in history] == [
+        AccountOpened,
+        MoneyDeposited,
+        MoneyDeposited,
+        DepositReversed,
+    ]
+    assert history[2].id == mistaken.id and history[2].data == MoneyDeposited(amount=99_900)
+    assert history[3].metadata["reverses"] == str(mistaken.id)
+    assert history[3].metadata["causation_id"] == str(mistaken.id)
+    assert handler.load(ALICE, as_of_version=3).state.balance == 109_900
+    assert CommandHandler(store, BankAccount).load(ALICE).state.balance == 10_000
+
+
+def test_only_deposits_can_be_reversed(store: Any) -> None:
+    handler = CommandHandler(store, account)
+    handler.handle(ALICE, OpenAccount("Alice", 10_000))
+    opened = next(iter(store.read(ALICE)))
+    with pytest.raises(NotADeposit):
+        reverse_deposit(handler, ALICE, opened.id, reason="not a deposit")
+    assert store.get_stream(ALICE).version == 2
+
+
+def test_class_style_reversal(store: Any) -> None:
+    handler = CommandHandler(store, BankAccount)
+    handler.handle(ALICE, lambda a: a.open("Alice", 500))
+    result = handler.handle(ALICE, lambda a: a.reverse_deposit(500, "cheque bounced"))
+    assert result.state.balance == 0
+    with pytest.raises(InsufficientFunds):
+        handler.handle(ALICE, lambda a: a.reverse_deposit(1, "nothing left"))

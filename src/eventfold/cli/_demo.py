@@ -72,6 +72,7 @@ def run_demo(path: Path, console: Console) -> None:
         _rejected_withdrawal(console, store, teller)
         final = _concurrent_update(console, path, teller)
         _replay(console, path, final)
+        _correction(console, store, teller)
         console.print()
         console.print(history_table(ALICE, store.read(ALICE)))
     console.print("\nExplore the file:")
@@ -87,6 +88,8 @@ def _describe(command: bank.BankCommand) -> str:
             return f"DepositMoney({dollars(amount)})"
         case bank.WithdrawMoney(amount=amount):
             return f"WithdrawMoney({dollars(amount)})"
+        case bank.ReverseDeposit(amount=amount):
+            return f"ReverseDeposit({dollars(amount)})"
         case _:
             assert_never(command)
 
@@ -178,3 +181,21 @@ def _replay(console: Console, path: Path, handled: bank.AccountState) -> None:
     console.print(
         f"   balance {dollars(replayed.balance)} {verdict} the handler's {dollars(handled.balance)}"
     )
+
+
+def _correction(console: Console, store: SqliteEventStore, teller: Teller) -> None:
+    console.print("\n[bold]5. Corrections are new events: history is never edited[/]")
+    mistaken = teller.handle(BOB, bank.DepositMoney(99_900))
+    (recorded,) = store.read(BOB, from_version=mistaken.version)
+    console.print(
+        f"   {_describe(bank.DepositMoney(99_900))} was a typo -> version {mistaken.version}, "
+        f"balance {dollars(mistaken.state.balance)}"
+    )
+    fixed = bank.reverse_deposit(teller, BOB, recorded.id, reason="typo in amount")
+    again = bank.reverse_deposit(teller, BOB, recorded.id, reason="typo in amount")
+    console.print(
+        f"   reverse_deposit -> DepositReversed, version {fixed.version}, "
+        f"balance {dollars(fixed.state.balance)}"
+    )
+    console.print("   the mistaken deposit stays in history, the reversal names it")
+    console.print(f"   asked twice: replayed={again.replayed}, still version {again.version}")
