@@ -8,17 +8,23 @@ import pytest
 import pytest_asyncio
 
 from eventfold import AsyncMemoryEventStore, MemoryEventStore
-from eventfold.testing import AsyncEventStoreSuite, EventStoreConcurrencySuite, EventStoreSuite
+from eventfold.testing import (
+    AsyncEventStoreLifecycleSuite,
+    AsyncEventStoreSuite,
+    EventStoreConcurrencySuite,
+    EventStoreLifecycleSuite,
+    EventStoreSuite,
+)
 
 
-class TestMemoryEventStore(EventStoreSuite, EventStoreConcurrencySuite):
+class TestMemoryEventStore(EventStoreSuite, EventStoreLifecycleSuite, EventStoreConcurrencySuite):
     @pytest.fixture
     def store(self) -> Iterator[MemoryEventStore]:
         with MemoryEventStore() as store:
             yield store
 
 
-class TestAsyncMemoryEventStore(AsyncEventStoreSuite):
+class TestAsyncMemoryEventStore(AsyncEventStoreSuite, AsyncEventStoreLifecycleSuite):
     @pytest_asyncio.fixture
     async def store(self) -> AsyncIterator[AsyncMemoryEventStore]:
         async with AsyncMemoryEventStore() as store:

@@ -21,20 +21,27 @@ from eventfold import (
     StoreTimeout,
     WrongExpectedVersion,
 )
-from eventfold.testing import AsyncEventStoreSuite, EventStoreConcurrencySuite, EventStoreSuite
+from eventfold.store._sqlite_db import SQL
+from eventfold.testing import (
+    AsyncEventStoreLifecycleSuite,
+    AsyncEventStoreSuite,
+    EventStoreConcurrencySuite,
+    EventStoreLifecycleSuite,
+    EventStoreSuite,
+)
 from eventfold.testing._events import Deposited
 
 CTX = multiprocessing.get_context("spawn")
 
 
-class TestSqliteEventStore(EventStoreSuite, EventStoreConcurrencySuite):
+class TestSqliteEventStore(EventStoreSuite, EventStoreLifecycleSuite, EventStoreConcurrencySuite):
     @pytest.fixture
     def store(self, tmp_path: Path) -> Iterator[SqliteEventStore]:
         with SqliteEventStore(tmp_path / "events.db", durability="normal") as store:
             yield store
 
 
-class TestAsyncSqliteEventStore(AsyncEventStoreSuite):
+class TestAsyncSqliteEventStore(AsyncEventStoreSuite, AsyncEventStoreLifecycleSuite):
     @pytest_asyncio.fixture
     async def store(self, tmp_path: Path) -> AsyncIterator[AsyncSqliteEventStore]:
         async with AsyncSqliteEventStore(tmp_path / "events.db", durability="normal") as store:
@@ -171,3 +178,24 @@ def test_processes_write_while_a_reader_tails(tmp_path: Path) -> None:
         for stream in {e.stream for e in seen}:
             versions = [e.version for e in store.read(stream)]
             assert versions == list(range(1, len(versions) + 1))
+
+
+def test_schema_v1_file_is_migrated_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "v1.db"
+    with sqlite3.connect(path) as conn:
+        for statement in SQL["migration_1"].split(";\n"):
+            if statement.strip():
+                conn.execute(statement)
+        conn.execute("PRAGMA user_version=1")
+        conn.execute(
+            "INSERT INTO eventfold_events (stream, version, id, type, schema_version, data,"
+            " metadata, recorded_at) VALUES ('old', 1, ?, 'eventfold.testing.Deposited', 1,"
+            " '{\"amount\":7}', NULL, 0)",
+            (b"\x01" * 16,),
+        )
+    with SqliteEventStore(path) as store:
+        assert [e.data for e in store.read("old")] == [Deposited(amount=7)]
+        store.delete_stream("old", reason="migrated file supports deletion")
+        assert store.get_stream("old").deleted is not None  # type: ignore[union-attr]
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone() == (2,)

@@ -11,6 +11,7 @@ the user's own exceptions and pass through the command handler unchanged.
     ├── ConcurrencyError
     │   └── WrongExpectedVersion      # stream, expected, actual
     ├── StreamNotFound
+    │   └── StreamDeleted             # appending to a deleted stream
     ├── InvalidRequest                # also a ValueError: bad argument
     ├── SerializationError
     │   └── UnknownEventType
@@ -33,6 +34,7 @@ __all__ = [
     "StoreError",
     "StoreTimeout",
     "StoreUnavailable",
+    "StreamDeleted",
     "StreamNotFound",
     "UnknownEventType",
     "WrongExpectedVersion",
@@ -70,6 +72,16 @@ class StreamNotFound(EventfoldError):
     def __init__(self, stream: str) -> None:
         self.stream = stream
         super().__init__(f"stream {stream!r} does not exist")
+
+
+class StreamDeleted(StreamNotFound):
+    """The stream was deleted: it cannot be appended to (restore a soft delete first)."""
+
+    def __init__(self, stream: str, hard: bool = False) -> None:
+        self.hard = hard
+        super().__init__(stream)
+        kind = "hard-deleted" if hard else "soft-deleted (restore_stream() recovers it)"
+        self.args = (f"stream {stream!r} was {kind}",)
 
 
 class InvalidRequest(EventfoldError, ValueError):

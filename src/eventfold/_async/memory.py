@@ -11,16 +11,21 @@ import threading
 from collections.abc import Sequence
 
 from eventfold._async.store import AsyncStoreBase
+from eventfold.errors import StreamDeleted, StreamNotFound
 from eventfold.serialization import Serializer
 from eventfold.store._common import (
     AppendResult,
     EncodedEvent,
     Expected,
     Row,
+    Snapshot,
     StreamInfo,
+    decode_deletion,
+    encode_deletion,
     ensure_expected,
     idempotent_result,
     now_us,
+    us_to_datetime,
 )
 
 __all__ = ["AsyncMemoryEventStore"]
@@ -29,18 +34,22 @@ __all__ = ["AsyncMemoryEventStore"]
 class AsyncMemoryEventStore(AsyncStoreBase):
     """An event store held in process memory; safe to share between threads.
 
-    Nothing is persisted: use it in tests and prototypes. Positions are dense
-    (1, 2, 3, ...) and follow commit order.
+    Nothing is persisted: use it in tests and prototypes. Positions follow
+    commit order (1, 2, 3, ...; erased events leave holes).
     """
 
     def __init__(self, *, serializer: Serializer | None = None, page_size: int = 500) -> None:
         super().__init__(serializer=serializer, page_size=page_size)
         # A plain lock is right for both flavours: it is never held across an await.
         self._lock = threading.Lock()
-        self._log: list[Row] = []
+        # Index = position - 1; erased events become None so positions never move.
+        self._log: list[Row | None] = []
         self._streams: dict[str, list[Row]] = {}
         self._ids: dict[bytes, tuple[str, int, int]] = {}
         self._metadata: dict[str, bytes | None] = {}
+        self._deleted: dict[str, bytes] = {}
+        self._truncated: dict[str, bytes] = {}
+        self._snapshots: dict[str, dict[int, Snapshot]] = {}
 
     async def _append(
         self, stream: str, batch: list[EncodedEvent], expected: Expected
@@ -51,8 +60,10 @@ class AsyncMemoryEventStore(AsyncStoreBase):
             retried = idempotent_result(stream, batch, found)
             if retried is not None:
                 return retried
+            if stream in self._deleted:
+                raise StreamDeleted(stream, self._is_hard_deleted(stream))
             rows = self._streams.get(stream)
-            actual = len(rows) if rows is not None else 0
+            actual = rows[-1][2] if rows else 0
             ensure_expected(stream, expected, actual)
             if not batch:
                 return AppendResult(stream, actual + 1, actual, 0)
@@ -84,24 +95,29 @@ class AsyncMemoryEventStore(AsyncStoreBase):
         self, stream: str, cursor: int, backwards: bool, count: int
     ) -> Sequence[Row]:
         with self._lock:
+            if stream in self._deleted:
+                return []
             rows = self._streams.get(stream, [])
+            first = rows[0][2] if rows else 1
             if backwards:
-                end = min(cursor, len(rows))
-                return rows[max(0, end - count) : end][::-1]
-            return rows[cursor - 1 : cursor - 1 + count]
+                end = min(cursor - first + 1, len(rows))
+                return rows[max(0, end - count) : end][::-1] if end > 0 else []
+            start = max(cursor - first, 0)
+            return rows[start : start + count]
 
     async def _read_all_page(
         self, after: int, types: list[str] | None, prefix: str | None, count: int
     ) -> Sequence[Row]:
         with self._lock:
-            log = self._log
-            if types is None and prefix is None:
-                return log[after : after + count]
             wanted = set(types) if types is not None else None
+            deleted = self._deleted
             page: list[Row] = []
-            for row in log[after:]:
-                if (wanted is None or row[4] in wanted) and (
-                    prefix is None or row[1].startswith(prefix)
+            for row in self._log[after:]:
+                if (
+                    row is not None
+                    and row[1] not in deleted
+                    and (wanted is None or row[4] in wanted)
+                    and (prefix is None or row[1].startswith(prefix))
                 ):
                     page.append(row)
                     if len(page) == count:
@@ -111,10 +127,19 @@ class AsyncMemoryEventStore(AsyncStoreBase):
     async def _get_stream(self, stream: str) -> StreamInfo | None:
         with self._lock:
             rows = self._streams.get(stream)
-            if not rows:
+            deletion = decode_deletion(self._deleted.get(stream))
+            if not rows and deletion is None:
                 return None
-            meta = self.serializer.decode_metadata(self._metadata.get(stream))
-            return StreamInfo(stream, len(rows), meta)
+            truncation = decode_deletion(self._truncated.get(stream))
+            version = rows[-1][2] if rows else deletion[1] if deletion else 0
+            return StreamInfo(
+                stream,
+                version,
+                self.serializer.decode_metadata(self._metadata.get(stream)),
+                rows[0][2] if rows else version + 1,
+                deletion[0] if deletion else None,
+                truncation[0] if truncation else None,
+            )
 
     async def _set_stream_metadata(self, stream: str, metadata: bytes | None) -> None:
         with self._lock:
@@ -126,3 +151,86 @@ class AsyncMemoryEventStore(AsyncStoreBase):
 
     async def _close(self) -> None:
         return None
+
+    async def _find_event(self, event_id: bytes) -> Row | None:
+        with self._lock:
+            place = self._ids.get(event_id)
+            if place is None or place[0] in self._deleted:
+                return None
+            return self._log[place[2] - 1]
+
+    async def _delete_stream(self, stream: str, hard: bool, by: str, reason: str) -> None:
+        with self._lock:
+            rows = self._streams.get(stream)
+            if not rows and stream not in self._deleted:
+                raise StreamNotFound(stream)
+            if self._is_hard_deleted(stream) or (stream in self._deleted and not hard):
+                return  # already deleted at least as thoroughly
+            version = rows[-1][2] if rows else 0
+            self._deleted[stream] = encode_deletion(by, reason, hard, version)
+            if hard:
+                self._erase(self._streams.pop(stream, []))
+
+    async def _restore_stream(self, stream: str) -> None:
+        with self._lock:
+            if stream not in self._deleted:
+                if stream not in self._streams:
+                    raise StreamNotFound(stream)
+                return
+            if self._is_hard_deleted(stream):
+                raise StreamDeleted(stream, hard=True)
+            del self._deleted[stream]
+
+    async def _truncate_stream(self, stream: str, before: int, by: str, reason: str) -> int:
+        with self._lock:
+            if stream in self._deleted:
+                raise StreamDeleted(stream, self._is_hard_deleted(stream))
+            rows = self._streams.get(stream)
+            if not rows:
+                raise StreamNotFound(stream)
+            keep_from = min(before, rows[-1][2])  # the newest event always stays
+            erased = [row for row in rows if row[2] < keep_from]
+            if erased:
+                self._streams[stream] = rows[len(erased) :]
+                self._erase(erased)
+                self._truncated[stream] = encode_deletion(by, reason, True, keep_from)
+            return len(erased)
+
+    async def _save_snapshot(
+        self, stream: str, version: int, state_type: str, schema_version: int, data: bytes
+    ) -> None:
+        snapshot = Snapshot(
+            stream, version, state_type, schema_version, data, us_to_datetime(now_us())
+        )
+        with self._lock:
+            self._snapshots.setdefault(stream, {})[version] = snapshot
+
+    async def _load_snapshot(self, stream: str, max_version: int) -> Snapshot | None:
+        with self._lock:
+            versions = [v for v in self._snapshots.get(stream, {}) if v <= max_version]
+            return self._snapshots[stream][max(versions)] if versions else None
+
+    async def _delete_snapshots(
+        self, stream: str | None, state_type: str | None, keep_schema_version: int | None
+    ) -> int:
+        with self._lock:
+            deleted = 0
+            for name, by_version in self._snapshots.items():
+                if stream is not None and name != stream:
+                    continue
+                for version, snap in list(by_version.items()):
+                    if (state_type is None or snap.state_type == state_type) and (
+                        keep_schema_version is None or snap.schema_version != keep_schema_version
+                    ):
+                        del by_version[version]
+                        deleted += 1
+            return deleted
+
+    def _is_hard_deleted(self, stream: str) -> bool:
+        deletion = decode_deletion(self._deleted.get(stream))
+        return deletion is not None and deletion[0].hard
+
+    def _erase(self, rows: list[Row]) -> None:
+        for row in rows:
+            self._log[row[0] - 1] = None
+            self._ids.pop(row[3], None)

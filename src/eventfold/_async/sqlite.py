@@ -17,7 +17,16 @@ from collections.abc import Sequence
 from eventfold._async.store import AsyncStoreBase
 from eventfold._runner import AsyncRunner
 from eventfold.serialization import Serializer
-from eventfold.store._common import AppendResult, EncodedEvent, Expected, Row, StreamInfo
+from eventfold.store._common import (
+    AppendResult,
+    EncodedEvent,
+    Expected,
+    Row,
+    Snapshot,
+    StreamInfo,
+    stream_info_from,
+    us_to_datetime,
+)
 from eventfold.store._sqlite_db import Durability, SqliteDatabase
 
 __all__ = ["AsyncSqliteEventStore"]
@@ -67,10 +76,8 @@ class AsyncSqliteEventStore(AsyncStoreBase):
         return await self._runner.run(self._db.read_all_page, after, types, prefix, count)
 
     async def _get_stream(self, stream: str) -> StreamInfo | None:
-        version, meta = await self._runner.run(self._db.stream_version_and_metadata, stream)
-        if version == 0:
-            return None
-        return StreamInfo(stream, version, self.serializer.decode_metadata(meta))
+        info = await self._runner.run(self._db.stream_info, stream)
+        return stream_info_from(self.serializer, stream, *info)
 
     async def _set_stream_metadata(self, stream: str, metadata: bytes | None) -> None:
         await self._runner.run(self._db.set_stream_metadata, stream, metadata)
@@ -81,3 +88,38 @@ class AsyncSqliteEventStore(AsyncStoreBase):
     async def _close(self) -> None:
         self._runner.close()
         self._db.close()
+
+    async def _find_event(self, event_id: bytes) -> Row | None:
+        return await self._runner.run(self._db.find_event, event_id)
+
+    async def _delete_stream(self, stream: str, hard: bool, by: str, reason: str) -> None:
+        await self._runner.run(self._db.delete_stream, stream, hard, by, reason)
+
+    async def _restore_stream(self, stream: str) -> None:
+        await self._runner.run(self._db.restore_stream, stream)
+
+    async def _truncate_stream(self, stream: str, before: int, by: str, reason: str) -> int:
+        return await self._runner.run(self._db.truncate_stream, stream, before, by, reason)
+
+    async def _save_snapshot(
+        self, stream: str, version: int, state_type: str, schema_version: int, data: bytes
+    ) -> None:
+        await self._runner.run(
+            self._db.save_snapshot, stream, version, state_type, schema_version, data
+        )
+
+    async def _load_snapshot(self, stream: str, max_version: int) -> Snapshot | None:
+        row = await self._runner.run(self._db.load_snapshot, stream, max_version)
+        if row is None:
+            return None
+        version, state_type, schema_version, data, recorded_at = row
+        return Snapshot(
+            stream, version, state_type, schema_version, data, us_to_datetime(recorded_at)
+        )
+
+    async def _delete_snapshots(
+        self, stream: str | None, state_type: str | None, keep_schema_version: int | None
+    ) -> int:
+        return await self._runner.run(
+            self._db.delete_snapshots, stream, state_type, keep_schema_version
+        )

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import abc
 from collections.abc import AsyncIterator, Mapping, Sequence
+from datetime import datetime
 from types import TracebackType
 from typing import Any, Self
+from uuid import UUID
 
 from eventfold.errors import InvalidRequest, StoreClosed
 from eventfold.events import RecordedEvent
@@ -20,10 +22,13 @@ from eventfold.store._common import (
     EncodedEvent,
     Expected,
     Row,
+    Snapshot,
     StreamInfo,
     check_expected,
     check_non_negative,
     check_stream_name,
+    check_who_why,
+    datetime_to_us,
     decode_rows,
     encode_batch,
 )
@@ -102,11 +107,16 @@ class AsyncStoreBase(abc.ABC):
         types: Sequence[str] | None = None,
         stream_prefix: str | None = None,
         limit: int | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
     ) -> AsyncIterator[RecordedEvent]:
         """Yield events of the global log with position greater than ``after``.
 
         ``types`` keeps only events of those type names; ``stream_prefix``
-        only events of streams whose name starts with it.
+        only events of streams whose name starts with it; ``since`` and
+        ``until`` (aware datetimes) only events recorded in ``[since, until)``.
+        Events of deleted streams are left out. A time window is applied while
+        scanning from ``after``: give a recent ``after`` to bound the scan.
         """
         self._check_open()
         check_non_negative("after", after)
@@ -114,19 +124,111 @@ class AsyncStoreBase(abc.ABC):
         if stream_prefix is not None and (not isinstance(stream_prefix, str) or not stream_prefix):
             raise InvalidRequest("stream_prefix must be a non-empty str or None")
         remaining = _check_limit(limit)
+        window = _check_window(since, until)
         serializer = self.serializer
         while remaining:
             count = min(self.page_size, remaining)
             page = await self._read_all_page(after, type_list, stream_prefix, count)
-            for event in decode_rows(serializer, page):
+            if not page:
+                return
+            after = page[-1][0]
+            rows = page if window is None else [r for r in page if window[0] <= r[8] < window[1]]
+            for event in decode_rows(serializer, rows[:remaining]):
                 yield event
+            remaining -= min(len(rows), remaining)
             if len(page) < count:
                 return
-            remaining -= len(page)
-            after = page[-1][0]
+
+    async def find_event(self, event_id: UUID) -> RecordedEvent | None:
+        """The event with id ``event_id``, or None (also for events of deleted streams)."""
+        self._check_open()
+        if not isinstance(event_id, UUID):
+            raise InvalidRequest(f"event_id must be a UUID, not {event_id!r}")
+        row = await self._find_event(event_id.bytes)
+        return None if row is None else decode_rows(self.serializer, (row,))[0]
+
+    async def delete_stream(
+        self, stream: str, *, hard: bool = False, by: str = "", reason: str = ""
+    ) -> None:
+        """Delete ``stream``: its events disappear from ``read`` and ``read_all``.
+
+        A soft delete (default) keeps the events and can be undone with
+        :meth:`restore_stream`; ``hard=True`` erases them for good (data
+        retention, erasure requests). Either way the stream's info keeps who
+        deleted it, when and why, and appending to it raises StreamDeleted.
+        Followers of ``read_all`` are unaffected: positions never move.
+        """
+        self._check_open()
+        check_stream_name(stream)
+        check_who_why(by, reason)
+        await self._delete_stream(stream, bool(hard), by, reason)
+
+    async def restore_stream(self, stream: str) -> None:
+        """Undo a soft delete (a hard delete cannot be undone)."""
+        self._check_open()
+        check_stream_name(stream)
+        await self._restore_stream(stream)
+
+    async def truncate_stream(
+        self, stream: str, before_version: int, *, by: str = "", reason: str = ""
+    ) -> int:
+        """Erase the events of ``stream`` older than ``before_version``; return how many.
+
+        For retention: the stream keeps its version and at least its newest
+        event; reads start at ``before_version`` (see ``StreamInfo.first_version``).
+        """
+        self._check_open()
+        check_stream_name(stream)
+        check_non_negative("before_version", before_version, minimum=1)
+        check_who_why(by, reason)
+        return await self._truncate_stream(stream, before_version, by, reason)
+
+    async def save_snapshot(
+        self, stream: str, version: int, state_type: str, schema_version: int, data: bytes
+    ) -> None:
+        """Store a snapshot of the state of ``stream`` right after ``version``."""
+        self._check_open()
+        check_stream_name(stream)
+        check_non_negative("version", version, minimum=1)
+        check_non_negative("schema_version", schema_version, minimum=1)
+        if not isinstance(state_type, str) or not state_type:
+            raise InvalidRequest("state_type must be a non-empty str")
+        if not isinstance(data, bytes):
+            raise InvalidRequest("snapshot data must be bytes")
+        await self._save_snapshot(stream, version, state_type, schema_version, data)
+
+    async def load_snapshot(
+        self, stream: str, *, max_version: int | None = None
+    ) -> Snapshot | None:
+        """The newest snapshot of ``stream`` at or below ``max_version`` (default: any)."""
+        self._check_open()
+        check_stream_name(stream)
+        limit = (
+            _LAST_VERSION if max_version is None else check_non_negative("max_version", max_version)
+        )
+        return await self._load_snapshot(stream, limit)
+
+    async def delete_snapshots(
+        self,
+        stream: str | None = None,
+        *,
+        state_type: str | None = None,
+        keep_schema_version: int | None = None,
+    ) -> int:
+        """Delete snapshots (of one stream, one state type, or all) and return how many.
+
+        With ``keep_schema_version``, only snapshots of another schema version
+        are deleted: the stale ones after a state class changed.
+        """
+        self._check_open()
+        if stream is not None:
+            check_stream_name(stream)
+        if keep_schema_version is not None:
+            check_non_negative("keep_schema_version", keep_schema_version, minimum=1)
+        return await self._delete_snapshots(stream, state_type, keep_schema_version)
 
     async def get_stream(self, stream: str) -> StreamInfo | None:
-        """Return the stream's version and metadata, or None if it has no events."""
+        """Return the stream's version, metadata and lifecycle, or None if it never had events."""
         self._check_open()
         check_stream_name(stream)
         return await self._get_stream(stream)
@@ -206,11 +308,57 @@ class AsyncStoreBase(abc.ABC):
     async def _close(self) -> None:
         """Release backend resources."""
 
+    async def _find_event(self, event_id: bytes) -> Row | None:
+        """The row of an event by id, unless its stream is deleted."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement _find_event")
+
+    async def _delete_stream(self, stream: str, hard: bool, by: str, reason: str) -> None:
+        """Mark the stream deleted (and erase its events if ``hard``)."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement _delete_stream")
+
+    async def _restore_stream(self, stream: str) -> None:
+        """Clear a soft delete; raise StreamNotFound/StreamDeleted when impossible."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement _restore_stream")
+
+    async def _truncate_stream(self, stream: str, before: int, by: str, reason: str) -> int:
+        """Erase events with version < ``before`` (keeping the newest); return the count."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement _truncate_stream")
+
+    async def _save_snapshot(
+        self, stream: str, version: int, state_type: str, schema_version: int, data: bytes
+    ) -> None:
+        """Insert or replace the snapshot of (stream, version)."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement _save_snapshot")
+
+    async def _load_snapshot(self, stream: str, max_version: int) -> Snapshot | None:
+        """The snapshot of ``stream`` with the highest version <= ``max_version``."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement _load_snapshot")
+
+    async def _delete_snapshots(
+        self, stream: str | None, state_type: str | None, keep_schema_version: int | None
+    ) -> int:
+        """Delete matching snapshots; return how many."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement _delete_snapshots")
+
 
 def _check_limit(limit: int | None) -> int:
     if limit is None:
         return _LAST_VERSION
     return check_non_negative("limit", limit)
+
+
+def _check_window(since: datetime | None, until: datetime | None) -> tuple[int, int] | None:
+    if since is None and until is None:
+        return None
+    bounds = []
+    for name, value, default in (("since", since, 0), ("until", until, _LAST_VERSION)):
+        if value is None:
+            bounds.append(default)
+        elif not isinstance(value, datetime) or value.tzinfo is None:
+            raise InvalidRequest(f"{name} must be a timezone-aware datetime")
+        else:
+            bounds.append(datetime_to_us(value))
+    return bounds[0], bounds[1]
 
 
 def _check_types(types: Sequence[str] | None) -> list[str] | None:

@@ -18,7 +18,16 @@ from collections.abc import Sequence
 from eventfold._runner import Runner
 from eventfold._sync.store import StoreBase
 from eventfold.serialization import Serializer
-from eventfold.store._common import AppendResult, EncodedEvent, Expected, Row, StreamInfo
+from eventfold.store._common import (
+    AppendResult,
+    EncodedEvent,
+    Expected,
+    Row,
+    Snapshot,
+    StreamInfo,
+    stream_info_from,
+    us_to_datetime,
+)
 from eventfold.store._sqlite_db import Durability, SqliteDatabase
 
 __all__ = ["SqliteEventStore"]
@@ -64,10 +73,8 @@ class SqliteEventStore(StoreBase):
         return self._runner.run(self._db.read_all_page, after, types, prefix, count)
 
     def _get_stream(self, stream: str) -> StreamInfo | None:
-        version, meta = self._runner.run(self._db.stream_version_and_metadata, stream)
-        if version == 0:
-            return None
-        return StreamInfo(stream, version, self.serializer.decode_metadata(meta))
+        info = self._runner.run(self._db.stream_info, stream)
+        return stream_info_from(self.serializer, stream, *info)
 
     def _set_stream_metadata(self, stream: str, metadata: bytes | None) -> None:
         self._runner.run(self._db.set_stream_metadata, stream, metadata)
@@ -78,3 +85,34 @@ class SqliteEventStore(StoreBase):
     def _close(self) -> None:
         self._runner.close()
         self._db.close()
+
+    def _find_event(self, event_id: bytes) -> Row | None:
+        return self._runner.run(self._db.find_event, event_id)
+
+    def _delete_stream(self, stream: str, hard: bool, by: str, reason: str) -> None:
+        self._runner.run(self._db.delete_stream, stream, hard, by, reason)
+
+    def _restore_stream(self, stream: str) -> None:
+        self._runner.run(self._db.restore_stream, stream)
+
+    def _truncate_stream(self, stream: str, before: int, by: str, reason: str) -> int:
+        return self._runner.run(self._db.truncate_stream, stream, before, by, reason)
+
+    def _save_snapshot(
+        self, stream: str, version: int, state_type: str, schema_version: int, data: bytes
+    ) -> None:
+        self._runner.run(self._db.save_snapshot, stream, version, state_type, schema_version, data)
+
+    def _load_snapshot(self, stream: str, max_version: int) -> Snapshot | None:
+        row = self._runner.run(self._db.load_snapshot, stream, max_version)
+        if row is None:
+            return None
+        version, state_type, schema_version, data, recorded_at = row
+        return Snapshot(
+            stream, version, state_type, schema_version, data, us_to_datetime(recorded_at)
+        )
+
+    def _delete_snapshots(
+        self, stream: str | None, state_type: str | None, keep_schema_version: int | None
+    ) -> int:
+        return self._runner.run(self._db.delete_snapshots, stream, state_type, keep_schema_version)

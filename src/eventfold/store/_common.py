@@ -23,6 +23,8 @@ from eventfold.serialization import Serializer
 
 __all__ = [
     "ANY",
+    "Deletion",
+    "Snapshot",
     "NO_STREAM",
     "STREAM_EXISTS",
     "AppendResult",
@@ -74,12 +76,44 @@ class AppendResult(msgspec.Struct, frozen=True):
     position: int
 
 
+class Deletion(msgspec.Struct, frozen=True):
+    """Who deleted (or truncated) a stream, when and why; ``hard`` if events were erased."""
+
+    at: datetime
+    by: str
+    reason: str
+    hard: bool
+
+
 class StreamInfo(msgspec.Struct, frozen=True):
-    """A stream's current version and user metadata."""
+    """A stream's current version, user metadata and lifecycle.
+
+    ``first_version`` is the oldest version still stored (greater than 1
+    after a truncation, described by ``truncated``); ``deleted`` is set for
+    a soft- or hard-deleted stream, whose events are hidden from reads.
+    """
 
     stream: str
     version: int
     metadata: Mapping[str, Any]
+    first_version: int = 1
+    deleted: Deletion | None = None
+    truncated: Deletion | None = None
+
+
+class Snapshot(msgspec.Struct, frozen=True):
+    """A stored snapshot of a stream's state right after ``version``.
+
+    ``state_type`` and ``schema_version`` say how ``data`` was encoded, so a
+    reader whose state class changed can ignore it and rebuild from events.
+    """
+
+    stream: str
+    version: int
+    state_type: str
+    schema_version: int
+    data: bytes
+    recorded_at: datetime
 
 
 class EncodedEvent(msgspec.Struct, frozen=True, array_like=True):
@@ -206,6 +240,15 @@ def now_us() -> int:
     return time.time_ns() // 1000
 
 
+def datetime_to_us(value: datetime) -> int:
+    """Convert an aware datetime to integer microseconds since the epoch (exact)."""
+    delta = value - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def us_to_datetime(us: int) -> datetime:
     """Convert stored microseconds to an aware UTC datetime."""
     return datetime.fromtimestamp(us / 1_000_000, UTC)
@@ -249,3 +292,58 @@ def decode_rows(serializer: Serializer, rows: Sequence[Row]) -> list[RecordedEve
 def decode_row(serializer: Serializer, row: Row) -> RecordedEvent:
     """Turn one stored row into a RecordedEvent."""
     return decode_rows(serializer, (row,))[0]
+
+
+class _DeletionRecord(msgspec.Struct, frozen=True):
+    at: int
+    by: str
+    reason: str
+    hard: bool
+    version: int
+
+
+def encode_deletion(by: str, reason: str, hard: bool, version: int) -> bytes:
+    """The JSON a backend stores for a deletion (who, why, when, and the version then)."""
+    return msgspec.json.encode(_DeletionRecord(now_us(), by, reason, hard, version))
+
+
+def decode_deletion(data: bytes | None) -> tuple[Deletion, int] | None:
+    """The Deletion and the version at deletion time, from stored JSON."""
+    if data is None:
+        return None
+    record = msgspec.json.decode(data, type=_DeletionRecord)
+    return Deletion(
+        us_to_datetime(record.at), record.by, record.reason, record.hard
+    ), record.version
+
+
+def check_who_why(by: object, reason: object) -> None:
+    """Validate the audit fields of deletions and truncations."""
+    if not isinstance(by, str) or not isinstance(reason, str):
+        raise InvalidRequest("by and reason must be str")
+
+
+def stream_info_from(
+    serializer: Serializer,
+    stream: str,
+    version: int,
+    first_version: int | None,
+    metadata: bytes | None,
+    deletion: bytes | None,
+    truncation: bytes | None,
+) -> StreamInfo | None:
+    """Build a StreamInfo from a backend's stored columns (None: no such stream)."""
+    deleted = decode_deletion(deletion)
+    if version == 0 and deleted is None:
+        return None
+    if deleted is not None and version == 0:
+        version = deleted[1]  # a hard delete erased the events, not the version
+    truncated = decode_deletion(truncation)
+    return StreamInfo(
+        stream,
+        version,
+        serializer.decode_metadata(metadata),
+        first_version if first_version is not None else version + 1,
+        deleted[0] if deleted else None,
+        truncated[0] if truncated else None,
+    )

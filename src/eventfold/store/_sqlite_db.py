@@ -19,6 +19,8 @@ import json
 import os
 import sqlite3
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 from typing import Literal
@@ -29,6 +31,8 @@ from eventfold.errors import (
     StoreError,
     StoreTimeout,
     StoreUnavailable,
+    StreamDeleted,
+    StreamNotFound,
     WrongExpectedVersion,
 )
 from eventfold.store._common import (
@@ -36,6 +40,8 @@ from eventfold.store._common import (
     EncodedEvent,
     Expected,
     Row,
+    decode_deletion,
+    encode_deletion,
     expectation_met,
     idempotent_result,
     now_us,
@@ -45,7 +51,7 @@ from eventfold.store._sql import load_statements
 __all__ = ["Durability", "SqliteDatabase"]
 
 SQL = load_statements("sqlite")
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 #: ``full``: an acknowledged append survives power loss (fsync per commit).
 #: ``normal``: survives a crash of the process; the last commits may be lost
@@ -150,17 +156,16 @@ class SqliteDatabase:
                     f"{self.path!r} has eventfold schema version {version}; this eventfold "
                     f"knows up to {SCHEMA_VERSION}: upgrade eventfold"
                 )
-            if version < SCHEMA_VERSION:
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    for statement in SQL["schema"].split(";\n"):
+            for target in range(version + 1, SCHEMA_VERSION + 1):
+                with self._write_transaction(conn):
+                    # Re-check under the write lock: another process may have migrated.
+                    (current,) = conn.execute("PRAGMA user_version").fetchone()
+                    if current >= target:
+                        continue
+                    for statement in SQL[f"migration_{target}"].split(";\n"):
                         if statement.strip():
                             conn.execute(statement)
-                    conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-                    conn.execute("COMMIT")
-                except BaseException:
-                    conn.execute("ROLLBACK")
-                    raise
+                    conn.execute(f"PRAGMA user_version={target}")
 
     def close(self) -> None:
         """Close every connection this database opened."""
@@ -172,9 +177,22 @@ class SqliteDatabase:
 
     # -- transactions -------------------------------------------------------------------
 
+    @contextmanager
+    def _write_transaction(self, conn: sqlite3.Connection) -> Iterator[None]:
+        """BEGIN IMMEDIATE ... COMMIT, rolled back on any exception."""
+        with self._write_lock:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
     def append(self, stream: str, batch: list[EncodedEvent], expected: Expected) -> AppendResult:
         """Check, then insert ``batch`` in one write transaction."""
         conn = self.connection()
+        # Written out rather than with _write_transaction: this is the hot path.
         with self._translate, self._write_lock:
             conn.execute("BEGIN IMMEDIATE")
             try:
@@ -188,7 +206,12 @@ class SqliteDatabase:
     def _append_in_transaction(
         self, conn: sqlite3.Connection, stream: str, batch: list[EncodedEvent], expected: Expected
     ) -> AppendResult:
-        (actual,) = conn.execute(SQL["stream_version"], (stream,)).fetchone()
+        actual, deleted = conn.execute(SQL["stream_state"], (stream,)).fetchone()
+        if deleted:
+            retried = self._find_batch(conn, stream, batch)
+            if retried is not None:
+                return retried
+            raise StreamDeleted(stream, self._is_hard_deleted(conn, stream))
         if not expectation_met(expected, actual):
             # A retry of a batch already stored moved the stream on: not a conflict.
             retried = self._find_batch(conn, stream, batch)
@@ -271,17 +294,99 @@ class SqliteDatabase:
                 SQL["read_all_filtered"], (after, types_json, prefix, count)
             ).fetchall()
 
-    def stream_version_and_metadata(self, stream: str) -> tuple[int, bytes | None]:
-        """The stream's version (0 = no events) and its stored metadata."""
+    def stream_info(
+        self, stream: str
+    ) -> tuple[int, int | None, bytes | None, bytes | None, bytes | None]:
+        """(version, first stored version, metadata, deletion, truncation) of ``stream``."""
         with self._translate:
-            conn = self.connection()
-            conn.execute("BEGIN")
-            try:
-                (version,) = conn.execute(SQL["stream_version"], (stream,)).fetchone()
-                row = conn.execute(SQL["get_stream_metadata"], (stream,)).fetchone()
-            finally:
-                conn.execute("COMMIT")
-            return version, (row[0] if row else None)
+            row: tuple[int, int | None, bytes | None, bytes | None, bytes | None]
+            row = self.connection().execute(SQL["stream_info"], (stream,)).fetchone()
+            return row
+
+    def find_event(self, event_id: bytes) -> Row | None:
+        """The row of the event ``event_id`` unless its stream is deleted."""
+        with self._translate:
+            row: Row | None = self.connection().execute(SQL["find_event"], (event_id,)).fetchone()
+            return row
+
+    def _is_hard_deleted(self, conn: sqlite3.Connection, stream: str) -> bool:
+        info = conn.execute(SQL["stream_info"], (stream,)).fetchone()
+        deletion = decode_deletion(info[3])
+        return deletion is not None and deletion[0].hard
+
+    def delete_stream(self, stream: str, hard: bool, by: str, reason: str) -> None:
+        """Mark ``stream`` deleted; erase its events too when ``hard``."""
+        conn = self.connection()
+        with self._translate, self._write_transaction(conn):
+            version, _, _, deletion, _ = conn.execute(SQL["stream_info"], (stream,)).fetchone()
+            current = decode_deletion(deletion)
+            if version == 0 and current is None:
+                raise StreamNotFound(stream)
+            if current is not None and (current[0].hard or not hard):
+                return  # already deleted at least as thoroughly
+            if current is not None:
+                version = current[1]
+            conn.execute(SQL["mark_deleted"], (stream, encode_deletion(by, reason, hard, version)))
+            if hard:
+                conn.execute(SQL["erase_stream"], (stream,))
+
+    def restore_stream(self, stream: str) -> None:
+        """Clear a soft delete."""
+        conn = self.connection()
+        with self._translate, self._write_transaction(conn):
+            version, _, _, deletion, _ = conn.execute(SQL["stream_info"], (stream,)).fetchone()
+            current = decode_deletion(deletion)
+            if current is None:
+                if version == 0:
+                    raise StreamNotFound(stream)
+                return
+            if current[0].hard:
+                raise StreamDeleted(stream, hard=True)
+            conn.execute(SQL["restore_stream"], (stream,))
+
+    def truncate_stream(self, stream: str, before: int, by: str, reason: str) -> int:
+        """Erase events older than ``before`` (never the newest); return the count."""
+        conn = self.connection()
+        with self._translate, self._write_transaction(conn):
+            version, _, _, deletion, _ = conn.execute(SQL["stream_info"], (stream,)).fetchone()
+            current = decode_deletion(deletion)
+            if current is not None:
+                raise StreamDeleted(stream, current[0].hard)
+            if version == 0:
+                raise StreamNotFound(stream)
+            keep_from = min(before, version)  # the newest event always stays
+            erased: int = conn.execute(SQL["erase_before"], (stream, keep_from)).rowcount
+            if erased:
+                record = encode_deletion(by, reason, True, keep_from)
+                conn.execute(SQL["mark_truncated"], (stream, keep_from, record))
+            return erased
+
+    def save_snapshot(
+        self, stream: str, version: int, state_type: str, schema_version: int, data: bytes
+    ) -> None:
+        """Insert or replace the snapshot of (stream, version)."""
+        params = (stream, version, state_type, schema_version, data, now_us())
+        with self._translate, self._write_lock:
+            self.connection().execute(SQL["save_snapshot"], params)
+
+    def load_snapshot(
+        self, stream: str, max_version: int
+    ) -> tuple[int, str, int, bytes, int] | None:
+        """(version, state_type, schema_version, data, recorded_at) of the newest match."""
+        with self._translate:
+            row: tuple[int, str, int, bytes, int] | None = (
+                self.connection().execute(SQL["load_snapshot"], (stream, max_version)).fetchone()
+            )
+            return row
+
+    def delete_snapshots(
+        self, stream: str | None, state_type: str | None, keep_schema_version: int | None
+    ) -> int:
+        """Delete matching snapshots; return how many."""
+        params = (stream, state_type, keep_schema_version)
+        with self._translate, self._write_lock:
+            deleted: int = self.connection().execute(SQL["delete_snapshots"], params).rowcount
+            return deleted
 
     def set_stream_metadata(self, stream: str, metadata: bytes | None) -> None:
         """Store the stream's metadata."""

@@ -3,7 +3,7 @@
 Run the conformance suite against any backend, including your own, by
 subclassing and providing one ``store`` fixture::
 
-    class TestMyStore(EventStoreSuite, EventStoreConcurrencySuite):
+    class TestMyStore(EventStoreSuite, EventStoreLifecycleSuite, EventStoreConcurrencySuite):
         @pytest.fixture
         def store(self, tmp_path):
             with MyStore(tmp_path / "events.db") as store:
@@ -13,14 +13,18 @@ This module imports pytest; import it from tests only.
 """
 
 from eventfold.testing._async.conformance import AsyncEventStoreSuite
+from eventfold.testing._async.lifecycle import AsyncEventStoreLifecycleSuite
 from eventfold.testing._sync.conformance import EventStoreSuite
+from eventfold.testing._sync.lifecycle import EventStoreLifecycleSuite
 from eventfold.testing.concurrency import EventStoreConcurrencySuite, run_threads
 from eventfold.testing.scenario import DeciderSpec
 
 __all__ = [
+    "AsyncEventStoreLifecycleSuite",
     "AsyncEventStoreSuite",
     "DeciderSpec",
     "EventStoreConcurrencySuite",
+    "EventStoreLifecycleSuite",
     "EventStoreSuite",
     "run_threads",
 ]

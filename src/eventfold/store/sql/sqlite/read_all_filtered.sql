@@ -4,5 +4,6 @@ FROM eventfold_events
 WHERE position > ?1
   AND (?2 IS NULL OR type IN (SELECT value FROM json_each(?2)))
   AND (?3 IS NULL OR substr(stream, 1, length(?3)) = ?3)
+  AND stream NOT IN (SELECT stream FROM eventfold_streams WHERE deletion IS NOT NULL)
 ORDER BY position
 LIMIT ?4

@@ -1,5 +1,5 @@
--- Schema version 1 of the eventfold SQLite store. Applied in one transaction;
--- PRAGMA user_version records which version a file has.
+-- Schema version 1 of the eventfold SQLite store. Each migration_N.sql runs in one
+-- transaction, and PRAGMA user_version records the version a file has.
 -- position: AUTOINCREMENT so a position is never reused, even after the newest
 -- rows are deleted. Writers are serialised by SQLite, so positions follow
 -- commit order and a tailing reader of read_all never skips an event.

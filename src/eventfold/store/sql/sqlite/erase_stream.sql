@@ -1,0 +1,2 @@
+-- params: stream
+DELETE FROM eventfold_events WHERE stream = ?1

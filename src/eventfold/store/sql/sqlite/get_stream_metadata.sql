@@ -1,2 +1,0 @@
--- params: stream
-SELECT metadata FROM eventfold_streams WHERE stream = ?
