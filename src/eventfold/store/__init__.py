@@ -14,7 +14,9 @@ checkers, so code and third-party backends can depend on the protocol only.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
+from uuid import UUID
 
 from eventfold.events import RecordedEvent
 from eventfold.serialization import Serializer
@@ -23,7 +25,9 @@ from eventfold.store._common import (
     NO_STREAM,
     STREAM_EXISTS,
     AppendResult,
+    Deletion,
     Expected,
+    Snapshot,
     StreamInfo,
     StreamState,
 )
@@ -34,8 +38,10 @@ __all__ = [
     "STREAM_EXISTS",
     "AppendResult",
     "AsyncEventStore",
+    "Deletion",
     "EventStore",
     "Expected",
+    "Snapshot",
     "StreamInfo",
     "StreamState",
 ]
@@ -74,6 +80,8 @@ class EventStore(Protocol):
         types: Sequence[str] | None = None,
         stream_prefix: str | None = None,
         limit: int | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
     ) -> Iterator[RecordedEvent]:
         """Yield events of the global log with position > ``after``, in log order."""
         ...
@@ -92,6 +100,46 @@ class EventStore(Protocol):
 
     def close(self) -> None:
         """Release connections; later calls raise StoreClosed."""
+        ...
+
+    def find_event(self, event_id: UUID) -> RecordedEvent | None:
+        """The event with that id, or None (also when its stream is deleted)."""
+        ...
+
+    def delete_stream(
+        self, stream: str, *, hard: bool = False, by: str = "", reason: str = ""
+    ) -> None:
+        """Soft-delete (restorable) or hard-delete (erase) a stream, recording who and why."""
+        ...
+
+    def restore_stream(self, stream: str) -> None:
+        """Undo a soft delete."""
+        ...
+
+    def truncate_stream(
+        self, stream: str, before_version: int, *, by: str = "", reason: str = ""
+    ) -> int:
+        """Erase events older than ``before_version`` (keeping the newest); return the count."""
+        ...
+
+    def save_snapshot(
+        self, stream: str, version: int, state_type: str, schema_version: int, data: bytes
+    ) -> None:
+        """Store a snapshot of the state right after ``version``."""
+        ...
+
+    def load_snapshot(self, stream: str, *, max_version: int | None = None) -> Snapshot | None:
+        """The newest snapshot at or below ``max_version``."""
+        ...
+
+    def delete_snapshots(
+        self,
+        stream: str | None = None,
+        *,
+        state_type: str | None = None,
+        keep_schema_version: int | None = None,
+    ) -> int:
+        """Delete snapshots; return how many."""
         ...
 
 
@@ -128,6 +176,8 @@ class AsyncEventStore(Protocol):
         types: Sequence[str] | None = None,
         stream_prefix: str | None = None,
         limit: int | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
     ) -> AsyncIterator[RecordedEvent]:
         """Yield events of the global log with position > ``after``, in log order."""
         ...
@@ -146,4 +196,46 @@ class AsyncEventStore(Protocol):
 
     async def close(self) -> None:
         """Release connections; later calls raise StoreClosed."""
+        ...
+
+    async def find_event(self, event_id: UUID) -> RecordedEvent | None:
+        """The event with that id, or None (also when its stream is deleted)."""
+        ...
+
+    async def delete_stream(
+        self, stream: str, *, hard: bool = False, by: str = "", reason: str = ""
+    ) -> None:
+        """Soft-delete (restorable) or hard-delete (erase) a stream, recording who and why."""
+        ...
+
+    async def restore_stream(self, stream: str) -> None:
+        """Undo a soft delete."""
+        ...
+
+    async def truncate_stream(
+        self, stream: str, before_version: int, *, by: str = "", reason: str = ""
+    ) -> int:
+        """Erase events older than ``before_version`` (keeping the newest); return the count."""
+        ...
+
+    async def save_snapshot(
+        self, stream: str, version: int, state_type: str, schema_version: int, data: bytes
+    ) -> None:
+        """Store a snapshot of the state right after ``version``."""
+        ...
+
+    async def load_snapshot(
+        self, stream: str, *, max_version: int | None = None
+    ) -> Snapshot | None:
+        """The newest snapshot at or below ``max_version``."""
+        ...
+
+    async def delete_snapshots(
+        self,
+        stream: str | None = None,
+        *,
+        state_type: str | None = None,
+        keep_schema_version: int | None = None,
+    ) -> int:
+        """Delete snapshots; return how many."""
         ...
