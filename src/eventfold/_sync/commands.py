@@ -7,10 +7,13 @@ This module is the async source of ``eventfold._sync.commands``.
 from __future__ import annotations
 
 import copy
+import logging
 import random
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any, Generic, TypeVar, cast, overload
+
+import msgspec
 
 from eventfold._command_types import (
     IDEMPOTENCY_KEY,
@@ -22,8 +25,9 @@ from eventfold._command_types import (
 from eventfold._runner import Clock
 from eventfold.aggregate import Aggregate
 from eventfold.decider import Decider
-from eventfold.errors import InvalidRequest, WrongExpectedVersion
+from eventfold.errors import EventfoldError, InvalidRequest, WrongExpectedVersion
 from eventfold.events import NewEvent, uuid7
+from eventfold.snapshots import SnapshotPolicy
 from eventfold.store import EventStore
 from eventfold.store._common import check_non_negative
 
@@ -31,6 +35,7 @@ __all__ = ["CommandHandler"]
 
 S = TypeVar("S")
 C = TypeVar("C")
+logger = logging.getLogger("eventfold.commands")
 A = TypeVar("A", bound=Aggregate)
 
 
@@ -41,7 +46,10 @@ class CommandHandler(Generic[S, C]):
     ``AsyncCommandHandler(store, BankAccount)`` (commands are then callables
     taking the aggregate). On WrongExpectedVersion the command is re-run
     against the reloaded state, up to ``max_retries`` times, after a jittered
-    exponential back-off starting at ``retry_delay`` seconds.
+    exponential back-off starting at ``retry_delay`` seconds. With
+    ``snapshots=SnapshotPolicy(every=100)`` states are loaded from the newest
+    snapshot plus the events after it, and saved after appends that cross the
+    policy's threshold (a failed snapshot write is logged, never raised).
     """
 
     @overload
@@ -53,6 +61,7 @@ class CommandHandler(Generic[S, C]):
         max_retries: int = ...,
         retry_delay: float = ...,
         metadata: Mapping[str, Any] | None = ...,
+        snapshots: SnapshotPolicy[Any] | None = ...,
     ) -> None: ...
 
     @overload
@@ -64,6 +73,7 @@ class CommandHandler(Generic[S, C]):
         max_retries: int = ...,
         retry_delay: float = ...,
         metadata: Mapping[str, Any] | None = ...,
+        snapshots: SnapshotPolicy[Any] | None = ...,
     ) -> None: ...
 
     def __init__(
@@ -74,6 +84,7 @@ class CommandHandler(Generic[S, C]):
         max_retries: int = 5,
         retry_delay: float = 0.002,
         metadata: Mapping[str, Any] | None = None,
+        snapshots: SnapshotPolicy[Any] | None = None,
     ) -> None:
         if isinstance(model, type) and issubclass(model, Aggregate):
             self.decider: Decider[Any, Any, Any] = model.decider()
@@ -89,6 +100,9 @@ class CommandHandler(Generic[S, C]):
         self.max_retries = max_retries
         self.retry_delay = float(retry_delay)
         self.metadata = dict(metadata or {})
+        self.snapshots = snapshots
+        if snapshots is not None:
+            snapshots.bind(self.decider.initial_state)
 
     def load(
         self,
@@ -104,21 +118,19 @@ class CommandHandler(Generic[S, C]):
         events recorded at or before that instant (an aware datetime). Both
         together apply both bounds.
         """
-        if as_of_version is None and as_of_time is None:
-            state, version, _ = self._load(stream, None)
+        if as_of_version is not None:
+            check_non_negative("as_of_version", as_of_version)
+        if as_of_time is None:
+            state, version = self._load(stream, as_of_version)
             return Loaded(state, version)
-        limit = (
-            None if as_of_version is None else check_non_negative("as_of_version", as_of_version)
-        )
-        if as_of_time is not None and (
-            not isinstance(as_of_time, datetime) or as_of_time.tzinfo is None
-        ):
+        if not isinstance(as_of_time, datetime) or as_of_time.tzinfo is None:
             raise InvalidRequest("as_of_time must be a timezone-aware datetime")
+        # Snapshots are not indexed by time: fold from the start.
         evolve = self.decider.evolve
         state = self.decider.initial_state()
         version = 0
-        for recorded in self.store.read(stream, limit=limit):
-            if as_of_time is not None and recorded.recorded_at > as_of_time:
+        for recorded in self.store.read(stream, limit=as_of_version):
+            if recorded.recorded_at > as_of_time:
                 break
             state = evolve(state, recorded.data)
             version = recorded.version
@@ -165,9 +177,12 @@ class CommandHandler(Generic[S, C]):
         decider = self.decider
         attempt = 0
         while True:
-            state, version, replay = self._load(stream, idempotency_key)
-            if replay is not None:
-                return CommandResult(state, tuple(replay[0]), replay[1], replay[2], True)
+            state, version = self._load(stream, None)
+            if idempotency_key is not None:
+                replay = self._replay(stream, idempotency_key)
+                if replay is not None:
+                    events_then, version_then, position_then = replay
+                    return CommandResult(state, events_then, version_then, position_then, True)
             events = decider.decide(command, state)
             if not events:
                 return CommandResult(state, (), version)
@@ -190,23 +205,89 @@ class CommandHandler(Generic[S, C]):
                 attempt += 1
                 continue
             state = decider.after_decision(state, events)
+            policy = self.snapshots
+            if policy is not None and policy.is_due(state, result.from_version, result.to_version):
+                self._save_snapshot(stream, result.to_version, state)
             return CommandResult(state, tuple(events), result.to_version, result.position)
 
-    def _load(
-        self, stream: str, key: str | None
-    ) -> tuple[Any, int, tuple[list[Any], int, int] | None]:
+    def rebuild_snapshot(self, stream: str) -> int:
+        """Fold ``stream`` from its first event and save a fresh snapshot; return its version.
+
+        The maintenance step after a state class changed (with
+        ``SnapshotPolicy.prune`` to delete the stale ones). Returns 0 when the
+        stream is empty or its state cannot be snapshotted.
+        """
+        policy = self.snapshots
+        if policy is None:
+            raise InvalidRequest("this handler has no snapshot policy")
+        state, version = self._load(stream, None, use_snapshot=False)
+        if version == 0 or not self._save_snapshot(stream, version, state):
+            return 0
+        return version
+
+    def prune_snapshots(self) -> int:
+        """Delete this policy's snapshots written for another schema version; return how many."""
+        policy = self.snapshots
+        if policy is None or policy.state_type is None:
+            raise InvalidRequest("this handler has no snapshot policy")
+        return self.store.delete_snapshots(
+            state_type=policy.state_type, keep_schema_version=policy.schema_version
+        )
+
+    def _load(self, stream: str, upto: int | None, *, use_snapshot: bool = True) -> tuple[Any, int]:
         decider = self.decider
         evolve = decider.evolve
-        state = decider.initial_state()
+        state = None
         version = 0
-        replayed: list[Any] = []
-        replay_version = replay_position = 0
-        for recorded in self.store.read(stream):
+        policy = self.snapshots
+        if policy is not None and use_snapshot:
+            snapshot = self.store.load_snapshot(stream, max_version=upto)
+            if (
+                snapshot is not None
+                and snapshot.state_type == policy.state_type
+                and snapshot.schema_version == policy.schema_version
+            ):
+                try:
+                    state, version = policy.decode(snapshot.data), snapshot.version
+                except (ValueError, msgspec.MsgspecError):
+                    logger.warning("ignoring undecodable snapshot of %s@%s", stream, version)
+                    state, version = None, 0
+        if state is None:
+            state = decider.initial_state()
+        limit = None if upto is None else upto - version
+        for recorded in self.store.read(stream, from_version=version + 1, limit=limit):
             state = evolve(state, recorded.data)
             version = recorded.version
-            if key is not None and recorded.metadata.get(IDEMPOTENCY_KEY) == key:
-                replayed.append(recorded.data)
-                replay_version, replay_position = recorded.version, recorded.position
-        if replayed:
-            return state, version, (replayed, replay_version, replay_position)
-        return state, version, None
+        return state, version
+
+    def _replay(self, stream: str, key: str) -> tuple[tuple[Any, ...], int, int] | None:
+        # The first event of a keyed command has an id derived from the key: one
+        # indexed lookup finds it however old it is (snapshots skip old events).
+        first = self.store.find_event(idempotent_event_id(stream, key, 0))
+        if first is None or first.stream != stream:
+            return None
+        events: list[Any] = []
+        last = first
+        for recorded in self.store.read(stream, from_version=first.version):
+            if recorded.metadata.get(IDEMPOTENCY_KEY) != key:
+                break
+            events.append(recorded.data)
+            last = recorded
+        return tuple(events), last.version, last.position
+
+    def _save_snapshot(self, stream: str, version: int, state: Any) -> bool:
+        policy = self.snapshots
+        if policy is None or policy.state_type is None:
+            return False
+        data = policy.encode(state)
+        if data is None:
+            return False
+        try:
+            self.store.save_snapshot(
+                stream, version, policy.state_type, policy.schema_version, data
+            )
+        except EventfoldError as exc:
+            # The events are committed; a missing snapshot only costs a longer load.
+            logger.warning("snapshot of %s@%s not saved: %s", stream, version, exc)
+            return False
+        return True
