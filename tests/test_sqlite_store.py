@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing
 import sqlite3
+import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -199,3 +200,15 @@ def test_schema_v1_file_is_migrated_in_place(tmp_path: Path) -> None:
         assert store.get_stream("old").deleted is not None  # type: ignore[union-attr]
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA user_version").fetchone() == (2,)
+
+
+def test_connections_of_finished_threads_are_closed(tmp_path: Path) -> None:
+    with SqliteEventStore(tmp_path / "threads.db") as store:
+        for i in range(20):
+            worker = threading.Thread(target=store.append, args=(f"s-{i}", [Deposited(amount=i)]))
+            worker.start()
+            worker.join()
+        store.append("main", [Deposited(amount=0)])
+        # The main thread's connection plus at most the last worker's.
+        assert len(store._db._connections) <= 2
+        assert sum(1 for _ in store.read_all()) == 21

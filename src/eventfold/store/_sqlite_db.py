@@ -113,7 +113,9 @@ class SqliteDatabase:
         self.durability = durability
         self.busy_timeout = busy_timeout
         self._local = threading.local()
-        self._connections: list[sqlite3.Connection] = []
+        # Each connection with the thread that owns it, so that connections of
+        # finished threads can be closed instead of piling up.
+        self._connections: list[tuple[threading.Thread, sqlite3.Connection]] = []
         self._connections_lock = threading.Lock()
         self._write_lock = threading.Lock()
         self._closed = False
@@ -137,7 +139,11 @@ class SqliteDatabase:
             if self._closed:
                 conn.close()
                 raise StoreClosed(f"SQLite store {self.path!r} is closed")
-            self._connections.append(conn)
+            finished = [c for t, c in self._connections if not t.is_alive()]
+            self._connections = [(t, c) for t, c in self._connections if t.is_alive()]
+            self._connections.append((threading.current_thread(), conn))
+        for stale in finished:
+            stale.close()
         return conn
 
     def connection(self) -> sqlite3.Connection:
@@ -172,7 +178,7 @@ class SqliteDatabase:
         with self._connections_lock:
             self._closed = True
             connections, self._connections = self._connections, []
-        for conn in connections:
+        for _, conn in connections:
             conn.close()
 
     # -- transactions -------------------------------------------------------------------
