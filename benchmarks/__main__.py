@@ -12,6 +12,10 @@ SUITES = {
         "benchmarks.sqlite_bench",
         "raw sqlite3 vs eventsourcing 9.5.6 vs eventfold's SqliteEventStore",
     ),
+    "postgres": (
+        "benchmarks.postgres_bench",
+        "raw psycopg vs eventsourcing 9.5.6 vs eventfold's PostgresEventStore",
+    ),
 }
 
 

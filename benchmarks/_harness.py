@@ -161,13 +161,14 @@ def print_table(
 ) -> None:
     """Print one scenario: a row per contender, then the throughput ratios."""
     out = file or sys.stdout
-    header = f"{'contender':<15}{'ops':>8}{'events/s':>14}{'ops/s':>12}{'p50':>13}{'p99':>13}"
+    width = max([15, *(len(m.contender) + 2 for m in results.values())])
+    header = f"{'contender':<{width}}{'ops':>8}{'events/s':>14}{'ops/s':>12}{'p50':>13}{'p99':>13}"
     print(f"\n== {title}", file=out)
     print(header, file=out)
     print("-" * len(header), file=out)
     for m in results.values():
         print(
-            f"{m.contender:<15}{m.ops:>8}{_fmt_rate(m.events_per_s):>14}"
+            f"{m.contender:<{width}}{m.ops:>8}{_fmt_rate(m.events_per_s):>14}"
             f"{_fmt_rate(m.ops_per_s):>12}{_fmt_us(m.latency_us(50)):>13}"
             f"{_fmt_us(m.latency_us(99)):>13}",
             file=out,

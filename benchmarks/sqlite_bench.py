@@ -45,12 +45,18 @@ except ImportError as exc:  # pragma: no cover - a setup problem, not a benchmar
 
 import eventfold
 from eventfold import CommandHandler, Decider, Event, SqliteEventStore
+from eventfold.snapshots import SnapshotPolicy
 
 RAW, ES, EF = "raw-sqlite3", "eventsourcing", "eventfold"
+ES_SNAP, EF_SNAP = "eventsourcing+snap", "eventfold+snap"
 CONTENDERS = (RAW, ES, EF)
 SYNCHRONOUS = {"full": "FULL", "normal": "NORMAL"}
 PAGE_SIZE = 500  # eventfold's default page size; raw and eventsourcing page alike
 STREAM_EVENTS = 1_000  # events per stream in the read database (1 opened + 999 deposits)
+LONG_STREAM_EVENTS = 10_000  # the stream of the snapshot scenario (1 opened + 9,999 deposits)
+SNAPSHOT_TAIL = 10  # events written after the snapshot: a snapshot load reads these
+SNAPSHOT_EVERY = 1_000  # eventfold's policy; only handle() consults it, loads do not
+SETUP_BATCH = 500  # events per transaction when filling databases (untimed)
 
 
 @dataclass(frozen=True)
@@ -60,6 +66,7 @@ class Counts:
     append_10: int
     append_100: int
     load: int
+    load_long: int  # loads of the LONG_STREAM_EVENTS stream, per contender
     read_all_streams: int  # read database: this many streams of STREAM_EVENTS events
     read_all_passes: int
     rounds: int  # contenders alternate this many times (order rotates)
@@ -71,6 +78,7 @@ FULL_COUNTS = Counts(
     append_10=5_000,
     append_100=600,
     load=200,
+    load_long=100,
     read_all_streams=20,
     read_all_passes=12,
     rounds=10,
@@ -81,6 +89,7 @@ QUICK_COUNTS = Counts(
     append_10=500,
     append_100=60,
     load=30,
+    load_long=10,
     read_all_streams=5,
     read_all_passes=6,
     rounds=5,
@@ -163,12 +172,14 @@ class SynchronousSQLiteFactory(SQLiteFactory):
             old.close()
 
 
-def make_es_app(path: Path, durability: str) -> EsBank:
+def make_es_app(path: Path, durability: str, *, snapshotting: bool = False) -> EsBank:
     return EsBank(
         env={
             "PERSISTENCE_MODULE": f"{__name__}:SynchronousSQLiteFactory",
             "SQLITE_DBNAME": str(path),
             "SQLITE_SYNCHRONOUS": SYNCHRONOUS[durability],
+            # Explicit either way, so an IS_SNAPSHOTTING_ENABLED in os.environ changes nothing.
+            "IS_SNAPSHOTTING_ENABLED": "y" if snapshotting else "n",
         }
     )
 
@@ -311,13 +322,15 @@ class Bench:
         self.stack.callback(store.close)
         return store
 
-    def open_es(self, durability: str) -> EsBank:
-        app = make_es_app(self._path("es"), durability)
+    def open_es(self, durability: str, *, snapshotting: bool = False) -> EsBank:
+        app = make_es_app(
+            self._path("es-snap" if snapshotting else "es"), durability, snapshotting=snapshotting
+        )
         self.stack.callback(app.close)
         return app
 
-    def open_ef(self, durability: str) -> SqliteEventStore:
-        store = SqliteEventStore(self._path("ef"), durability=durability)  # type: ignore[arg-type]
+    def open_ef(self, durability: str, label: str = "ef") -> SqliteEventStore:
+        store = SqliteEventStore(self._path(label), durability=durability)  # type: ignore[arg-type]
         self.stack.callback(store.close)
         return store
 
@@ -398,13 +411,7 @@ class Bench:
                 for _ in range(k):
                     account.deposit(10)
                 app.save(account)
-        # The files were just written: checkpoint so every contender reads a settled file.
-        for path in (raw.path, app.factory.datastore.pool.db_name, store.path):  # type: ignore[attr-defined]
-            conn = sqlite3.connect(path, isolation_level=None)
-            try:
-                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            finally:
-                conn.close()
+        _checkpoint(raw.path, _es_path(app), store.path)
         return raw, app, store, streams, es_ids
 
     def load_stream(
@@ -492,6 +499,129 @@ class Bench:
             warmup=1,
         )
 
+    # (6) load of a long stream, with and without snapshot -----------------------------------
+
+    def load_snapshots(self, durability: str) -> dict[str, Measurement]:
+        """Load a LONG_STREAM_EVENTS stream: folded from event 1, or from a snapshot.
+
+        Each contender has its own file holding one stream of the same events:
+        1 opened, then deposits. The two "+snap" contenders save a snapshot after
+        ``LONG_STREAM_EVENTS - SNAPSHOT_TAIL`` events and then get the last
+        SNAPSHOT_TAIL events, so their load reads a snapshot and SNAPSHOT_TAIL
+        events. Writing is setup, in SETUP_BATCH-event transactions, not timed.
+        """
+        total, tail = LONG_STREAM_EVENTS, SNAPSHOT_TAIL
+        head = total - tail
+        stream = "account-1"
+        raw = self.open_raw(durability)
+        es, es_snap = self.open_es(durability), self.open_es(durability, snapshotting=True)
+        ef, ef_snap = self.open_ef(durability), self.open_ef(durability, "ef-snap")
+        handler: CommandHandler[int, object] = CommandHandler(ef, DECIDER)
+        snap_handler: CommandHandler[int, object] = CommandHandler(
+            ef_snap, DECIDER, snapshots=SnapshotPolicy(every=SNAPSHOT_EVERY)
+        )
+
+        raw_version = raw.append(stream, "bench.Opened", [{}], 0)
+        ef_versions = {
+            s: s.append(stream, [Opened()], expected=0).to_version for s in (ef, ef_snap)
+        }
+        accounts = {app: EsAccount() for app in (es, es_snap)}
+        for app, account in accounts.items():
+            app.save(account)
+
+        def write(deposits: int) -> None:
+            nonlocal raw_version
+            while deposits:
+                k = min(SETUP_BATCH, deposits)
+                deposits -= k
+                raw_version = raw.append(
+                    stream, "bench.Deposited", [{"amount": 10}] * k, raw_version
+                )
+                for s in (ef, ef_snap):
+                    ef_versions[s] = s.append(
+                        stream, [Deposited(amount=10) for _ in range(k)], expected=ef_versions[s]
+                    ).to_version
+                for app, account in accounts.items():
+                    for _ in range(k):
+                        account.deposit(10)
+                    app.save(account)
+
+        write(head - 1)
+        # The snapshots, at the same version for both libraries.
+        _check(snap_handler.rebuild_snapshot(stream) == head, EF_SNAP)
+        es_snap.take_snapshot(accounts[es_snap].id)
+        write(tail)
+        _checkpoint(raw.path, _es_path(es), _es_path(es_snap), ef.path, ef_snap.path)
+
+        # Untimed checks: each contender's load gives the right state, and the
+        # "+snap" contenders have their snapshot where it was put.
+        policy = snap_handler.snapshots
+        snapshot = ef_snap.load_snapshot(stream)
+        _check(
+            snapshot is not None
+            and policy is not None
+            and snapshot.version == head
+            and snapshot.state_type == policy.state_type
+            and snapshot.schema_version == policy.schema_version,
+            EF_SNAP,
+        )
+        if es_snap.snapshots is None:
+            raise RuntimeError(f"{ES_SNAP} has no snapshot store")
+        es_snapshots = list(es_snap.snapshots.get(accounts[es_snap].id, desc=True, limit=1))
+        _check(len(es_snapshots) == 1 and es_snapshots[0].originator_version == head, ES_SNAP)
+        _check(es.snapshots is None, ES)
+        expected_balance = 10 * (total - 1)
+        _check(raw.load(stream) == (expected_balance, total), RAW)
+        for name, app in ((ES, es), (ES_SNAP, es_snap)):
+            account = app.repository.get(accounts[app].id)
+            _check(account.balance == expected_balance and account.version == total, name)
+        for name, h in ((EF, handler), (EF_SNAP, snap_handler)):
+            loaded = h.load(stream)
+            _check(loaded.state == expected_balance and loaded.version == total, name)
+
+        es_id, es_snap_id = accounts[es].id, accounts[es_snap].id
+        return run_rounds(
+            f"load {total:,}-event stream, with and without snapshot (at {head:,}, +{tail})",
+            durability,
+            total,
+            {
+                RAW: lambda: raw.load(stream),
+                ES: lambda: es.repository.get(es_id),
+                ES_SNAP: lambda: es_snap.repository.get(es_snap_id),
+                EF: lambda: handler.load(stream),
+                EF_SNAP: lambda: snap_handler.load(stream),
+            },
+            count=self.counts.load_long,
+            rounds=min(self.counts.rounds, self.counts.load_long),
+            warmup=2,
+        )
+
+
+def _es_path(app: EsBank) -> str:
+    return app.factory.datastore.pool.db_name  # type: ignore[attr-defined,no-any-return]
+
+
+def _checkpoint(*paths: str) -> None:
+    """The files were just written: checkpoint so every contender reads a settled file."""
+    for path in paths:
+        conn = sqlite3.connect(path, isolation_level=None)
+        try:
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        finally:
+            conn.close()
+
+
+def scenario_ratios(results: dict[str, Measurement]) -> dict[str, float]:
+    """eventfold against the others; the snapshot scenario pairs like with like."""
+    if EF_SNAP in results:
+        return {
+            **ratios(results, EF_SNAP, [ES_SNAP]),
+            **ratios(results, EF, [ES]),
+            **ratios(results, EF_SNAP, [EF]),
+            **ratios(results, EF, [RAW]),
+        }
+    return ratios(results, EF, [RAW, ES])
+
 
 def _check(ok: bool, contender: str) -> None:
     if not ok:
@@ -535,6 +665,7 @@ def run(args: argparse.Namespace) -> int:
         ("append-10", lambda b: [b.appends(10, main, counts.append_10)]),
         ("append-100", lambda b: [b.appends(100, main, counts.append_100)]),
         ("reads", lambda b: _reads(b, main)),
+        ("snapshots", lambda b: [b.load_snapshots(main)]),
     ]
 
     info = system_info(
@@ -555,7 +686,7 @@ def run(args: argparse.Namespace) -> int:
         for _, step in plan:
             for results in step(bench):
                 gc.collect()
-                ratio_values = ratios(results, EF, [RAW, ES])
+                ratio_values = scenario_ratios(results)
                 first = next(iter(results.values()))
                 title = f"{first.scenario}  [synchronous={SYNCHRONOUS[first.durability]}]"
                 print_table(title, results, ratio_values)

@@ -7,4 +7,10 @@ if [ ! -x .venv/bin/python ]; then
     .venv/bin/python -m pip install --quiet --upgrade pip
     .venv/bin/python -m pip install --quiet -e '.[test,postgres]'
 fi
+# In CI the suite also restarts the local PostgreSQL server under running
+# writers (tests/test_postgres_load.py); on a developer machine that is opt-in.
+if [ -n "${CI:-}" ] && [ -z "${EVENTFOLD_TEST_PG_RESTART:-}" ] \
+    && command -v pg_ctlcluster >/dev/null 2>&1 && [ -d /etc/postgresql ]; then
+    export EVENTFOLD_TEST_PG_RESTART="pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql | head -n 1) main restart"
+fi
 exec .venv/bin/python -m pytest -q "$@"

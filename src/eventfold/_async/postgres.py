@@ -1,0 +1,393 @@
+"""The PostgreSQL event store, on psycopg 3 and a psycopg-pool connection pool.
+
+Global order without a global lock. Appends run concurrently (only two
+appends to the same stream contend, on its unique (stream, version) index).
+Each row records its transaction id (``tx``, from ``pg_current_xact_id()``)
+and a sequence number (``seq``). A reader of ``read_all`` exposes only rows
+whose transaction is older than its snapshot's xmin, the oldest transaction
+still running anywhere in the cluster: all those transactions have ended, so
+no row can later appear before them, and every transaction still to commit
+has a larger id. Rows are read in (tx, seq) order and the public position is
+``(tx << 64) | seq``. The trade-off: a long-running transaction (of any
+application on the server) holds back every reader until it ends; readers are
+delayed, never wrong. The other choice, a table lock or single counter row
+that makes commit order the position order, serialises every writer.
+
+This module is the async source; ``eventfold._sync.postgres`` is generated
+from it by ``tools/unasync.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio  # unasync: import threading
+import math
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager  # unasync: from contextlib import contextmanager
+from typing import Any, TypeAlias
+from uuid import UUID
+
+from eventfold._async.store import AsyncStoreBase
+from eventfold.errors import ConfigurationError, InvalidRequest, WrongExpectedVersion
+from eventfold.events import RecordedEvent
+from eventfold.serialization import Serializer
+from eventfold.store._common import (
+    AppendResult,
+    EncodedEvent,
+    Expected,
+    Row,
+    StreamInfo,
+    check_non_negative,
+    expectation_met,
+    idempotent_result,
+)
+from eventfold.store._postgres import (
+    LATEST_SCHEMA_VERSION,
+    AsyncConnection,
+    AsyncConnectionPool,
+    PostgresStatements,
+    insert_params,
+    join_position,
+    schema_version_error,
+    split_position,
+    to_row,
+    translate_errors,
+)
+
+__all__ = ["AsyncPostgresEventStore", "migrate"]
+
+AsyncPool: TypeAlias = AsyncConnectionPool[AsyncConnection[Any]]
+
+# An append with expectation ANY or STREAM_EXISTS that loses the race for a
+# version to another writer tries again; each lost race means another append
+# to the stream succeeded, so this bound is only a guard against a livelock.
+_APPEND_ATTEMPTS = 64
+_XID8_MAX = 2**64 - 1
+_BIGINT_MAX = 2**63 - 1
+
+
+class _Rollback(Exception):
+    """Raised inside an append transaction to roll it back (rows were skipped)."""
+
+
+async def migrate(conninfo_or_pool: str | AsyncPool, *, schema: str = "eventfold") -> int:
+    """Create or upgrade the eventfold tables in ``schema``; return the schema version.
+
+    Idempotent and safe to run from several processes at once (they take
+    turns on an advisory lock held by the migration transaction only). Run
+    it at deployment, before the first store uses the database.
+    """
+    statements = PostgresStatements(schema)
+    with translate_errors(schema):
+        if isinstance(conninfo_or_pool, str):
+            async with await AsyncConnection.connect(conninfo_or_pool, autocommit=True) as conn:
+                return await _migrate(conn, statements)
+        async with conninfo_or_pool.connection() as conn:
+            return await _migrate(conn, statements)
+
+
+async def _migrate(conn: AsyncConnection[Any], statements: PostgresStatements) -> int:
+    async with conn.transaction():
+        await conn.execute(statements["migrate_lock"])
+        await conn.execute(statements["bootstrap"])
+        current: int = await _scalar(conn, statements["schema_version"])
+        if current > LATEST_SCHEMA_VERSION:
+            error = schema_version_error(statements.schema, current)
+            assert error is not None
+            raise error
+        for version, script in statements.migrations(current):
+            await conn.execute(script)
+            await conn.execute(statements["record_migration"], {"version": version})
+    return max(current, LATEST_SCHEMA_VERSION)
+
+
+async def _scalar(
+    conn: AsyncConnection[Any], query: bytes, params: dict[str, Any] | None = None
+) -> Any:
+    cursor = await conn.execute(query, params)
+    row = await cursor.fetchone()
+    assert row is not None
+    value: Any = row[0]
+    return value
+
+
+class AsyncPostgresEventStore(AsyncStoreBase):
+    """An event store in a PostgreSQL database (schema created by :func:`migrate`).
+
+    :param conninfo: a libpq connection string (``postgresql://user@host/db``);
+        the store then owns a pool of ``min_size``..``max_size`` connections.
+    :param pool: instead of ``conninfo``, a pool you own (and close).
+    :param schema: the PostgreSQL schema holding the store's tables.
+    :param connect_timeout: seconds to wait for a connection (new or from
+        the pool) before StoreUnavailable / StoreTimeout.
+    :param notify: announce each append with NOTIFY, which wakes
+        :meth:`subscribe` at once. PostgreSQL serialises the commits of
+        notifying transactions within a database, so with many concurrent
+        writers ``notify=False`` gives more appends per second; subscribers
+        then see new events within their ``poll_interval``.
+    """
+
+    def __init__(
+        self,
+        conninfo: str | None = None,
+        *,
+        pool: AsyncPool | None = None,
+        schema: str = "eventfold",
+        min_size: int = 1,
+        max_size: int = 10,
+        connect_timeout: float = 10.0,
+        notify: bool = True,
+        serializer: Serializer | None = None,
+        page_size: int = 500,
+    ) -> None:
+        super().__init__(serializer=serializer, page_size=page_size)
+        if (conninfo is None) == (pool is None):
+            raise ConfigurationError("pass either a conninfo string or pool=, not both")
+        if not 1 <= min_size <= max_size:
+            raise ConfigurationError(
+                f"need 1 <= min_size <= max_size, not min_size={min_size} max_size={max_size}"
+            )
+        if not isinstance(connect_timeout, (int, float)) or connect_timeout <= 0:
+            raise ConfigurationError(
+                f"connect_timeout must be seconds > 0, not {connect_timeout!r}"
+            )
+        self._sql = PostgresStatements(schema, notify=notify)
+        self._errors = translate_errors(schema)
+        self._connect_kwargs: dict[str, Any] = {
+            "autocommit": True,
+            # libpq takes whole seconds and treats values below 2 as 2.
+            "connect_timeout": max(2, math.ceil(connect_timeout)),
+        }
+        self._owns_pool = pool is None
+        # Dedicated connections (the first schema check, LISTEN) connect with this.
+        self._conninfo = conninfo
+        if pool is not None and isinstance(pool.conninfo, str):
+            self._conninfo = pool.conninfo
+        if pool is None:
+            assert conninfo is not None
+            pool = AsyncConnectionPool(
+                conninfo,
+                min_size=min_size,
+                max_size=max_size,
+                timeout=connect_timeout,
+                kwargs=self._connect_kwargs,
+                open=False,
+                name=f"eventfold-{schema}",
+            )
+        self._pool: AsyncPool = pool
+        self._ready = False
+        self._ready_lock = asyncio.Lock()  # unasync: self._ready_lock = threading.Lock()
+
+    @property
+    def schema(self) -> str:
+        """The PostgreSQL schema holding the store's tables."""
+        return self._sql.schema
+
+    @property
+    def pool(self) -> AsyncPool:
+        """The connection pool the store uses."""
+        return self._pool
+
+    async def migrate(self) -> int:
+        """Create or upgrade this store's schema; see :func:`migrate`."""
+        self._check_open()
+        if self._owns_pool and self._conninfo is not None:
+            return await migrate(self._conninfo, schema=self.schema)
+        return await migrate(self._pool, schema=self.schema)
+
+    # -- connections ------------------------------------------------------------------
+
+    @asynccontextmanager  # unasync: @contextmanager
+    async def _connection(self) -> AsyncIterator[AsyncConnection[Any]]:
+        if not self._ready:
+            await self._prepare()
+        async with self._pool.connection() as conn:
+            yield conn
+
+    async def _prepare(self) -> None:
+        """Check the schema once, then open the pool (if the store owns it)."""
+        async with self._ready_lock:
+            if self._ready:
+                return
+            if self._owns_pool and self._conninfo is not None:
+                # A direct connection first: when the server cannot be reached, a pool
+                # only reports a timeout, whereas this reports why (refused, bad
+                # password, unknown database) and does so at once.
+                async with await AsyncConnection.connect(
+                    self._conninfo, **self._connect_kwargs
+                ) as conn:
+                    await self._check_schema(conn)
+                await self._pool.open()
+            else:
+                async with self._pool.connection() as conn:
+                    await self._check_schema(conn)
+            self._ready = True
+
+    async def _check_schema(self, conn: AsyncConnection[Any]) -> None:
+        found = await _scalar(conn, self._sql["schema_version"])
+        error = schema_version_error(self.schema, found)
+        if error is not None:
+            raise error
+
+    # -- backend I/O ------------------------------------------------------------------
+
+    async def _append(
+        self, stream: str, batch: list[EncodedEvent], expected: Expected
+    ) -> AppendResult:
+        actual = 0
+        with translate_errors(self.schema, stream, expected):
+            async with self._connection() as conn:
+                for _ in range(_APPEND_ATTEMPTS):
+                    result = await self._try_append(conn, stream, batch, expected)
+                    if result is not None:
+                        return result
+                    # The expectation failed or the insert skipped rows: the batch may
+                    # be a retry of one already stored, else a conflict or a lost race.
+                    retried = await self._find_batch(conn, stream, batch)
+                    if retried is not None:
+                        return retried
+                    actual = await _scalar(conn, self._sql["stream_version"], {"stream": stream})
+                    if not expectation_met(expected, actual):
+                        raise WrongExpectedVersion(stream, expected, actual)
+                    # Still met: another writer took our versions first (ANY,
+                    # STREAM_EXISTS); try again on top of its events.
+        raise WrongExpectedVersion(stream, expected, actual)
+
+    async def _try_append(
+        self,
+        conn: AsyncConnection[Any],
+        stream: str,
+        batch: list[EncodedEvent],
+        expected: Expected,
+    ) -> AppendResult | None:
+        """One attempt in one transaction; None if it wrote nothing (see _append)."""
+        try:
+            async with conn.transaction():
+                # A cheap index probe first, so that a wrong expectation costs no
+                # insert; the unique (stream, version) index settles races after it.
+                actual = await _scalar(conn, self._sql["stream_version"], {"stream": stream})
+                if not expectation_met(expected, actual):
+                    return None
+                if not batch:
+                    return AppendResult(stream, actual + 1, actual, 0)
+                cursor = await conn.execute(
+                    self._sql["insert_events"], insert_params(stream, actual + 1, batch)
+                )
+                row = await cursor.fetchone()
+                assert row is not None
+                inserted, last_seq, tx, _ = row
+                if inserted != len(batch):
+                    raise _Rollback
+                return AppendResult(
+                    stream, actual + 1, actual + len(batch), join_position(tx, last_seq)
+                )
+        except _Rollback:
+            return None
+
+    async def _find_batch(
+        self, conn: AsyncConnection[Any], stream: str, batch: list[EncodedEvent]
+    ) -> AppendResult | None:
+        if not batch:
+            return None
+        cursor = await conn.execute(
+            self._sql["find_event_ids"], {"ids": [UUID(bytes=e.id) for e in batch]}
+        )
+        found = {
+            event_id.bytes: (found_stream, version, join_position(tx, seq))
+            for event_id, found_stream, version, tx, seq in await cursor.fetchall()
+        }
+        return idempotent_result(stream, batch, found)
+
+    async def _rows(self, query: bytes, params: dict[str, Any]) -> list[Row]:
+        with self._errors:
+            async with self._connection() as conn, conn.cursor(binary=True) as cursor:
+                # Binary results: bytea arrives as raw bytes instead of hex text.
+                await cursor.execute(query, params)
+                return [to_row(record) for record in await cursor.fetchall()]
+
+    async def _read_page(
+        self, stream: str, cursor: int, backwards: bool, count: int
+    ) -> Sequence[Row]:
+        query = self._sql["read_backward" if backwards else "read_forward"]
+        return await self._rows(query, {"stream": stream, "version": cursor, "limit": count})
+
+    async def _read_all_page(
+        self, after: int, types: list[str] | None, prefix: str | None, count: int
+    ) -> Sequence[Row]:
+        tx, seq = split_position(after)
+        if tx > _XID8_MAX:
+            return []  # past any transaction id PostgreSQL can issue
+        params: dict[str, Any] = {"tx": str(tx), "seq": min(seq, _BIGINT_MAX), "limit": count}
+        if types is None and prefix is None:
+            return await self._rows(self._sql["read_all"], params)
+        params.update(types=types, prefix=prefix)
+        return await self._rows(self._sql["read_all_filtered"], params)
+
+    async def _get_stream(self, stream: str) -> StreamInfo | None:
+        with self._errors:
+            async with self._connection() as conn:
+                cursor = await conn.execute(self._sql["get_stream"], {"stream": stream})
+                row = await cursor.fetchone()
+        assert row is not None
+        version, metadata = row
+        if version == 0:
+            return None
+        return StreamInfo(stream, version, self.serializer.decode_metadata(metadata))
+
+    async def _set_stream_metadata(self, stream: str, metadata: bytes | None) -> None:
+        with self._errors:
+            async with self._connection() as conn:
+                await conn.execute(
+                    self._sql["set_stream_metadata"], {"stream": stream, "metadata": metadata}
+                )
+
+    async def _last_position(self) -> int:
+        with self._errors:
+            async with self._connection() as conn:
+                cursor = await conn.execute(self._sql["last_position"])
+                row = await cursor.fetchone()
+        return 0 if row is None else join_position(row[0], row[1])
+
+    async def _close(self) -> None:
+        if self._owns_pool:
+            await self._pool.close()
+
+    # -- live subscription --------------------------------------------------------------
+
+    async def subscribe(
+        self, *, after: int = 0, poll_interval: float = 5.0
+    ) -> AsyncIterator[RecordedEvent]:
+        """Yield every event after position ``after``, then new events as they commit.
+
+        Catches up through :meth:`read_all`, then waits on a dedicated
+        connection that LISTENs for appends to this schema; ``poll_interval``
+        seconds without a notification trigger a read anyway (an event can
+        become visible without a notification when an older transaction that
+        held readers back ends). Runs until the consumer stops iterating.
+        Delivery is at-least-once from the consumer's own checkpoint: store
+        the position of each handled event and pass it as ``after`` next time.
+        """
+        self._check_open()
+        cursor = check_non_negative("after", after)
+        if not isinstance(poll_interval, (int, float)) or poll_interval <= 0:
+            raise InvalidRequest(f"poll_interval must be seconds > 0, not {poll_interval!r}")
+        if self._conninfo is None:
+            raise ConfigurationError("subscribe() needs a pool whose conninfo is a string")
+        with self._errors:
+            if not self._ready:
+                await self._prepare()
+            listener = await AsyncConnection.connect(self._conninfo, **self._connect_kwargs)
+        try:
+            with self._errors:
+                # LISTEN before the first read: a commit after that read is announced.
+                await listener.execute(self._sql["listen"])
+            while True:
+                async for event in self.read_all(after=cursor):
+                    yield event
+                    cursor = event.position
+                with self._errors:
+                    # One notification (or the poll interval) wakes the reader; any
+                    # queued behind it only cause one cheap, empty read each.
+                    async for _ in listener.notifies(timeout=poll_interval, stop_after=1):
+                        pass
+        finally:
+            await listener.close()

@@ -1,0 +1,305 @@
+"""I/O-free parts of the PostgreSQL store, shared by its sync and async flavours.
+
+Composing the SQL for a schema, mapping rows and positions, and translating
+psycopg's exceptions live here once; ``eventfold._async.postgres`` (and the
+sync code generated from it) only moves rows.
+
+Positions. A row is identified in the global log by the pair (tx, seq): the
+id of the transaction that wrote it and a number from a sequence. Rows become
+visible to ``read_all`` in (tx, seq) order, not in seq order (a transaction
+that took its seq numbers first may commit last), so the cursor must carry
+both. The public position is the single int ``(tx << 64) | seq``: opaque,
+totally ordered the same way as the pair, and decoded back into the pair by
+:func:`split_position`. The price: positions are large (above 2**64), so code
+that stores checkpoints must keep them as Python ints / ``numeric``, not in a
+64-bit column.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from types import TracebackType
+from typing import Any, Final
+from uuid import UUID
+
+try:
+    import psycopg
+    import psycopg_pool
+    from psycopg import AsyncConnection, Connection, sql
+    from psycopg import errors as pg_errors
+    from psycopg_pool import AsyncConnectionPool, ConnectionPool
+except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
+    raise ImportError(
+        "the PostgreSQL event store needs psycopg 3 and psycopg-pool: "
+        "pip install 'eventfold[postgres]'"
+    ) from exc
+
+from eventfold.errors import (
+    ConfigurationError,
+    EventfoldError,
+    StoreClosed,
+    StoreError,
+    StoreTimeout,
+    StoreUnavailable,
+    WrongExpectedVersion,
+)
+from eventfold.store._common import EncodedEvent, Expected, Row
+from eventfold.store._sql import load_statements
+
+__all__ = [
+    "LATEST_SCHEMA_VERSION",
+    "AsyncConnection",
+    "AsyncConnectionPool",
+    "Connection",
+    "ConnectionPool",
+    "PostgresStatements",
+    "check_schema_name",
+    "schema_version_error",
+    "insert_params",
+    "join_position",
+    "split_position",
+    "to_row",
+    "translate_errors",
+]
+
+#: The schema version this eventfold writes; ``migrate()`` brings a database here.
+LATEST_SCHEMA_VERSION: Final = 1
+_SEQ_BITS: Final = 64
+_SEQ_MASK: Final = (1 << _SEQ_BITS) - 1
+_SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,47}")
+_TEXT = load_statements("postgres")
+
+
+def check_schema_name(schema: object) -> str:
+    """Return ``schema`` if it is a plain lowercase SQL identifier, else ConfigurationError.
+
+    Plain names (letters, digits, ``_``; at most 48 characters so that the
+    notification channel derived from it fits PostgreSQL's 63-byte limit)
+    need no quoting when you query the tables by hand.
+    """
+    if not isinstance(schema, str) or not _SCHEMA_NAME.fullmatch(schema):
+        raise ConfigurationError(
+            f"schema must be a lowercase SQL identifier (letters, digits, _; at most 48 "
+            f"characters, not starting with a digit), not {schema!r}"
+        )
+    return schema
+
+
+class PostgresStatements:
+    """Every SQL statement of the store, composed for one schema.
+
+    This is the only place where a schema name enters SQL text, and it enters
+    as a quoted :class:`psycopg.sql.Identifier`. Statements are rendered to
+    bytes once, so executing one costs no composition. ``notify=False``
+    leaves ``pg_notify`` out of the append statement.
+    """
+
+    def __init__(self, schema: str, *, notify: bool = True) -> None:
+        self.schema = check_schema_name(schema)
+        #: The LISTEN/NOTIFY channel on which appends to this schema are announced.
+        self.channel = f"{schema}.events"
+        notify_call = sql.SQL("pg_notify({}, '')").format(sql.Literal(self.channel))
+        values = {
+            "schema": sql.Identifier(schema),
+            "schema_name": sql.Literal(schema),
+            "channel": sql.Literal(self.channel),
+            "channel_name": sql.Identifier(self.channel),
+            "notify": notify_call if notify else sql.SQL("NULL"),
+        }
+        self._rendered: dict[str, bytes] = {
+            name: sql.SQL(text).format(**values).as_bytes(None) for name, text in _TEXT.items()
+        }
+
+    def __getitem__(self, name: str) -> bytes:
+        return self._rendered[name]
+
+    def migrations(self, current: int) -> list[tuple[int, bytes]]:
+        """The migration scripts after version ``current``, in order."""
+        return [
+            (version, self._rendered[f"migration_{version}"])
+            for version in range(current + 1, LATEST_SCHEMA_VERSION + 1)
+        ]
+
+
+# -- positions and rows ----------------------------------------------------------------
+
+
+def join_position(tx: int, seq: int) -> int:
+    """The public position of the row (tx, seq)."""
+    return (tx << _SEQ_BITS) | seq
+
+
+def split_position(position: int) -> tuple[int, int]:
+    """The (tx, seq) pair of a public position (0 gives (0, 0): before everything)."""
+    return position >> _SEQ_BITS, position & _SEQ_MASK
+
+
+def to_row(record: Sequence[Any]) -> Row:
+    """Map a selected row (tx, seq, stream, version, id bytes, ...) to the shared Row layout."""
+    tx, seq, stream, version, id_bytes, type_name, schema_version, data, meta, recorded = record
+    return (
+        join_position(tx, seq),
+        stream,
+        version,
+        id_bytes,
+        type_name,
+        schema_version,
+        data,
+        meta,
+        recorded,
+    )
+
+
+def insert_params(stream: str, first: int, batch: Sequence[EncodedEvent]) -> dict[str, Any]:
+    """Parameters of ``insert_events.sql``: the batch as one array per column."""
+    return {
+        "stream": stream,
+        "first": first,
+        "ids": [UUID(bytes=e.id) for e in batch],
+        "types": [e.type for e in batch],
+        "schema_versions": [e.schema_version for e in batch],
+        "datas": [e.data for e in batch],
+        "metadatas": [e.metadata for e in batch],
+    }
+
+
+# -- errors ------------------------------------------------------------------------------
+
+# SQLSTATE classes and codes, see https://www.postgresql.org/docs/current/errcodes-appendix.html
+_UNAVAILABLE_STATES: Final = frozenset(
+    {
+        "57P01",  # admin_shutdown: the server is stopping or restarting
+        "57P02",  # crash_shutdown
+        "57P03",  # cannot_connect_now: starting up, shutting down, recovering
+        "53300",  # too_many_connections
+    }
+)
+_TIMEOUT_STATES: Final = frozenset(
+    {
+        "57014",  # query_canceled: statement_timeout or a cancel request
+        "55P03",  # lock_not_available: lock_timeout
+        "25P03",  # idle_in_transaction_session_timeout
+    }
+)
+_RETRYABLE_STATES: Final = frozenset({"40001", "40P01"})  # serialization failure, deadlock
+_MISSING_STATES: Final = frozenset({"42P01", "3F000"})  # undefined_table, invalid_schema_name
+_VERSION_TAKEN = re.compile(r"=\((?P<stream>.*), (?P<version>\d+)\) already exists")
+# libpq reports failed connection attempts without a SQLSTATE: recognise by message.
+_SETUP_MESSAGES: Final = (
+    (re.compile(r"password authentication failed"), "check the user and password in the conninfo"),
+    (re.compile(r"no pg_hba\.conf entry"), "allow this client in the server's pg_hba.conf"),
+    (re.compile(r'role ".*" does not exist'), "create the role or fix the user in the conninfo"),
+    (re.compile(r'database ".*" does not exist'), "create the database or fix its name"),
+    (re.compile(r"permission denied"), "grant this role CONNECT on the database"),
+)
+
+
+def _run_migrate(schema: str) -> str:
+    return (
+        f"run eventfold.store.postgres.migrate(conninfo, schema={schema!r}) "
+        "(or store.migrate()) once before using the store"
+    )
+
+
+def _missing_schema(schema: str) -> str:
+    return f"the eventfold schema {schema!r} is missing in this database: {_run_migrate(schema)}"
+
+
+class translate_errors:
+    """Translate psycopg exceptions into the eventfold hierarchy: the one boundary.
+
+    Every database call of the store runs inside this context manager.
+    ``stream`` and ``expected`` name the append being made, for the
+    WrongExpectedVersion raised if a (stream, version) uniqueness violation
+    ever escapes the append logic.
+    """
+
+    __slots__ = ("expected", "schema", "stream")
+
+    def __init__(
+        self, schema: str, stream: str | None = None, expected: Expected | None = None
+    ) -> None:
+        self.schema = schema
+        self.stream = stream
+        self.expected = expected
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc is None or isinstance(exc, EventfoldError):
+            return
+        if isinstance(exc, psycopg.Error):
+            raise self._translate(exc) from exc
+        if isinstance(exc, psycopg_pool.PoolClosed):
+            raise StoreClosed("the PostgreSQL connection pool is closed") from exc
+        if isinstance(exc, psycopg_pool.PoolTimeout):
+            raise StoreTimeout(
+                f"no PostgreSQL connection became free in time ({exc}): the pool is "
+                "exhausted (raise max_size) or the server is unreachable"
+            ) from exc
+        if isinstance(exc, psycopg_pool.TooManyRequests):
+            raise StoreTimeout(f"too many requests waiting for a connection: {exc}") from exc
+
+    def _translate(self, exc: psycopg.Error) -> EventfoldError:
+        state = exc.sqlstate
+        message = str(exc).strip()
+        if state is None:
+            return _connection_error(exc, message)
+        if state in _MISSING_STATES:
+            return ConfigurationError(f"{_missing_schema(self.schema)} ({message})")
+        if state in _UNAVAILABLE_STATES or state.startswith("08"):
+            return StoreUnavailable(f"PostgreSQL is unavailable, retry later: {message}")
+        if state in _TIMEOUT_STATES:
+            return StoreTimeout(f"PostgreSQL cancelled the statement ({state}): {message}")
+        if state.startswith("28") or state == "42501":
+            return ConfigurationError(
+                f"PostgreSQL refused this role ({state}): {message}; fix the conninfo "
+                "or grant the role access to the database and schema"
+            )
+        if isinstance(exc, pg_errors.UniqueViolation):
+            taken = _version_taken(exc)
+            if taken is not None and self.stream is not None:
+                return WrongExpectedVersion(self.stream, self.expected, taken)
+        error = StoreError(f"PostgreSQL error {state}: {message}")
+        error.retryable = state in _RETRYABLE_STATES
+        return error
+
+
+def _version_taken(exc: psycopg.Error) -> int | None:
+    """The version named by a violation of events_stream_version, if that is what it is."""
+    if exc.diag.constraint_name != "events_stream_version":
+        return None
+    match = _VERSION_TAKEN.search(exc.diag.message_detail or "")
+    return int(match["version"]) if match else None
+
+
+def _connection_error(exc: psycopg.Error, message: str) -> EventfoldError:
+    if isinstance(exc, psycopg.OperationalError):
+        for pattern, advice in _SETUP_MESSAGES:
+            if pattern.search(message):
+                return ConfigurationError(f"cannot connect to PostgreSQL: {message}; {advice}")
+    if isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError)):
+        return StoreUnavailable(f"cannot reach PostgreSQL, retry later: {message}")
+    return StoreError(f"PostgreSQL error: {message}")
+
+
+def schema_version_error(schema: str, found: int) -> ConfigurationError | None:
+    """The error for a database at schema version ``found``, or None if it is current."""
+    if found == LATEST_SCHEMA_VERSION:
+        return None
+    if found > LATEST_SCHEMA_VERSION:
+        return ConfigurationError(
+            f"schema {schema!r} is at eventfold schema version {found}; this eventfold "
+            f"knows up to {LATEST_SCHEMA_VERSION}: upgrade eventfold"
+        )
+    return ConfigurationError(
+        f"schema {schema!r} is at eventfold schema version {found}, this eventfold needs "
+        f"{LATEST_SCHEMA_VERSION}: {_run_migrate(schema)}"
+    )

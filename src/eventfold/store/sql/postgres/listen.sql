@@ -1,0 +1,2 @@
+-- params: none. Subscribe this connection to the append notifications.
+LISTEN {channel_name}

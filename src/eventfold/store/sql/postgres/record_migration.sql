@@ -1,0 +1,2 @@
+-- params: version
+INSERT INTO {schema}.schema_version (version) VALUES (%(version)s)

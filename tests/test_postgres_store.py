@@ -1,0 +1,419 @@
+"""The PostgreSQL store: conformance suites, migration, error translation, ordering, LISTEN."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import threading
+from collections.abc import AsyncIterator, Iterator
+
+import psycopg
+import pytest
+import pytest_asyncio
+from psycopg import sql
+from psycopg_pool import ConnectionPool
+
+from eventfold import (
+    NO_STREAM,
+    ConfigurationError,
+    NewEvent,
+    StoreError,
+    StoreTimeout,
+    StoreUnavailable,
+    WrongExpectedVersion,
+)
+from eventfold.serialization import Serializer
+from eventfold.store._common import encode_batch
+from eventfold.store._postgres import PostgresStatements, insert_params, translate_errors
+from eventfold.store.postgres import (
+    LATEST_SCHEMA_VERSION,
+    AsyncPostgresEventStore,
+    PostgresEventStore,
+    async_migrate,
+    migrate,
+)
+from eventfold.testing import AsyncEventStoreSuite, EventStoreConcurrencySuite, EventStoreSuite
+from eventfold.testing._events import Deposited
+from tests.pg import free_loopback_port, new_schema_name, pg_database
+
+__all__ = ["pg_database"]  # the session fixture, used by name
+
+
+@pytest.fixture
+def schema(pg_database: str) -> str:
+    """A freshly migrated, empty schema."""
+    name = new_schema_name()
+    assert migrate(pg_database, schema=name) == LATEST_SCHEMA_VERSION
+    return name
+
+
+@pytest.fixture
+def pg_store(pg_database: str, schema: str) -> Iterator[PostgresEventStore]:
+    with PostgresEventStore(pg_database, schema=schema) as store:
+        yield store
+
+
+class TestPostgresEventStore(EventStoreSuite, EventStoreConcurrencySuite):
+    @pytest.fixture
+    def store(self, pg_store: PostgresEventStore) -> PostgresEventStore:
+        return pg_store
+
+
+class TestAsyncPostgresEventStore(AsyncEventStoreSuite):
+    @pytest_asyncio.fixture
+    async def store(self, pg_database: str) -> AsyncIterator[AsyncPostgresEventStore]:
+        name = new_schema_name()
+        assert await async_migrate(pg_database, schema=name) == LATEST_SCHEMA_VERSION
+        async with AsyncPostgresEventStore(pg_database, schema=name) as store:
+            yield store
+
+
+# -- migration --------------------------------------------------------------------------
+
+
+def _versions_recorded(url: str, schema: str) -> list[int]:
+    with psycopg.connect(url) as conn:
+        query = sql.SQL("SELECT version FROM {}.schema_version ORDER BY version")
+        return [r[0] for r in conn.execute(query.format(sql.Identifier(schema)))]
+
+
+def test_migration_is_idempotent_and_keeps_data(pg_database: str) -> None:
+    name = new_schema_name()
+    assert migrate(pg_database, schema=name) == LATEST_SCHEMA_VERSION
+    with PostgresEventStore(pg_database, schema=name) as store:
+        store.append("s", [Deposited(amount=1)])
+        assert store.migrate() == LATEST_SCHEMA_VERSION
+        assert migrate(pg_database, schema=name) == LATEST_SCHEMA_VERSION
+        assert [e.data for e in store.read("s")] == [Deposited(amount=1)]
+    assert _versions_recorded(pg_database, name) == list(range(1, LATEST_SCHEMA_VERSION + 1))
+
+
+def test_concurrent_migrations_take_turns(pg_database: str) -> None:
+    name = new_schema_name()
+    results: list[int] = []
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(4)
+
+    def run() -> None:
+        barrier.wait()
+        try:
+            results.append(migrate(pg_database, schema=name))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert results == [LATEST_SCHEMA_VERSION] * 4
+    assert _versions_recorded(pg_database, name) == list(range(1, LATEST_SCHEMA_VERSION + 1))
+
+
+def test_missing_schema_says_to_migrate(pg_database: str) -> None:
+    with PostgresEventStore(pg_database, schema=new_schema_name()) as store:
+        with pytest.raises(ConfigurationError, match=r"migrate\("):
+            store.append("s", [Deposited(amount=1)])
+        assert store.migrate() == LATEST_SCHEMA_VERSION
+        assert store.append("s", [Deposited(amount=1)]).to_version == 1
+
+
+def test_schema_dropped_while_in_use_says_to_migrate(pg_database: str, schema: str) -> None:
+    with PostgresEventStore(pg_database, schema=schema) as store:
+        store.append("s", [Deposited(amount=1)])
+        with psycopg.connect(pg_database, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
+        with pytest.raises(ConfigurationError, match="migrate") as info:
+            list(store.read("s"))
+        assert isinstance(info.value.__cause__, psycopg.errors.UndefinedTable)
+
+
+def test_newer_schema_is_refused(pg_database: str, schema: str) -> None:
+    with psycopg.connect(pg_database) as conn:
+        query = sql.SQL("INSERT INTO {}.schema_version (version) VALUES (99)")
+        conn.execute(query.format(sql.Identifier(schema)))
+    with (
+        PostgresEventStore(pg_database, schema=schema) as store,
+        pytest.raises(ConfigurationError, match="upgrade eventfold"),
+    ):
+        store.last_position()
+    with pytest.raises(ConfigurationError, match="version 99"):
+        migrate(pg_database, schema=schema)
+
+
+@pytest.mark.parametrize("name", ["", "Upper", "1abc", "a-b", 'x"; DROP TABLE y; --', "a" * 49, 7])
+def test_schema_name_must_be_a_plain_identifier(name: object) -> None:
+    with pytest.raises(ConfigurationError, match="schema"):
+        PostgresEventStore("postgresql://unused", schema=name)  # type: ignore[arg-type]
+
+
+def test_conninfo_or_pool_not_both(pg_database: str) -> None:
+    with pytest.raises(ConfigurationError, match="conninfo"):
+        PostgresEventStore()
+    with pytest.raises(ConfigurationError, match="max_size"):
+        PostgresEventStore(pg_database, min_size=3, max_size=2)
+
+
+def test_store_on_a_pool_it_does_not_own(pg_database: str, schema: str) -> None:
+    with ConnectionPool(pg_database, min_size=1, max_size=2, open=True) as pool:
+        with PostgresEventStore(pool=pool, schema=schema) as store:
+            assert store.pool is pool
+            store.append("s", [Deposited(amount=1), Deposited(amount=2)], expected=NO_STREAM)
+            assert [e.version for e in store.read("s")] == [1, 2]
+        assert not pool.closed  # the caller owns and closes it
+        with pool.connection() as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+# -- error translation ----------------------------------------------------------------------
+
+
+def test_connection_refused_is_store_unavailable() -> None:
+    url = f"postgresql://postgres@127.0.0.1:{free_loopback_port()}/test"
+    with (
+        PostgresEventStore(url, schema="eventfold", connect_timeout=2) as store,
+        pytest.raises(StoreUnavailable) as info,
+    ):
+        store.last_position()
+    assert info.value.retryable
+    assert isinstance(info.value.__cause__, psycopg.OperationalError)
+
+
+def test_terminated_connection_is_store_unavailable_then_replaced(
+    pg_database: str, schema: str
+) -> None:
+    with PostgresEventStore(pg_database, schema=schema, max_size=1) as store:
+        store.append("s", [Deposited(amount=1)])
+        with store.pool.connection() as conn:
+            pid = conn.info.backend_pid
+        with psycopg.connect(pg_database, autocommit=True) as admin:
+            # What a server shutdown or restart does to every session (57P01).
+            admin.execute("SELECT pg_terminate_backend(%s)", [pid])
+        with pytest.raises(StoreUnavailable) as info:
+            store.append("s", [Deposited(amount=2)], expected=1)
+        assert info.value.retryable
+        # The pool dropped the dead connection: the retry succeeds on a new one.
+        assert store.append("s", [Deposited(amount=2)], expected=1).to_version == 2
+
+
+def test_unknown_database_is_a_configuration_error(pg_database: str) -> None:
+    url = psycopg.conninfo.make_conninfo(pg_database, dbname="eventfold_no_such_db")
+    with (
+        PostgresEventStore(url) as store,
+        pytest.raises(ConfigurationError, match="create the database"),
+    ):
+        store.append("s", [Deposited(amount=1)])
+    with pytest.raises(ConfigurationError, match="does not exist"):
+        migrate(url)
+
+
+def test_unknown_role_is_a_configuration_error(pg_database: str) -> None:
+    url = psycopg.conninfo.make_conninfo(pg_database, user="eventfold_no_such_role")
+    with PostgresEventStore(url) as store, pytest.raises(ConfigurationError, match="role"):
+        store.last_position()
+
+
+def test_statement_timeout_is_store_timeout(pg_database: str, schema: str) -> None:
+    url = psycopg.conninfo.make_conninfo(pg_database, options="-c statement_timeout=200")
+    with PostgresEventStore(url, schema=schema) as store:
+        store.append("s", [Deposited(amount=1)])
+        with psycopg.connect(pg_database) as blocker:
+            # Holding an exclusive lock makes the store's next statement wait
+            # until statement_timeout cancels it: no timing guesswork.
+            query = sql.SQL("LOCK TABLE {}.events IN ACCESS EXCLUSIVE MODE")
+            blocker.execute(query.format(sql.Identifier(schema)))
+            with pytest.raises(StoreTimeout) as info:
+                store.append("s", [Deposited(amount=2)])
+            assert info.value.retryable
+            assert isinstance(info.value.__cause__, psycopg.errors.QueryCanceled)
+        assert [e.version for e in store.read("s")] == [1]
+        store.append("s", [Deposited(amount=2)], expected=1)
+        assert [e.version for e in store.read("s")] == [1, 2]
+
+
+def test_version_unique_violation_is_wrong_expected_version(pg_database: str, schema: str) -> None:
+    statements = PostgresStatements(schema)
+    batch = encode_batch(Serializer(), [Deposited(amount=1)])
+    with psycopg.connect(pg_database, autocommit=True) as conn:
+        conn.execute(statements["insert_events"], insert_params("s", 1, batch))
+        insert = sql.SQL(
+            "INSERT INTO {}.events (stream, version, id, type, schema_version, data) "
+            "VALUES ('s', 1, gen_random_uuid(), 't', 1, '')"
+        ).format(sql.Identifier(schema))
+        with pytest.raises(WrongExpectedVersion) as info, translate_errors(schema, "s", 0):
+            conn.execute(insert)
+        assert (info.value.stream, info.value.expected, info.value.actual) == ("s", 0, 1)
+        assert isinstance(info.value.__cause__, psycopg.errors.UniqueViolation)
+
+
+def test_other_database_errors_are_store_errors(pg_database: str) -> None:
+    with (
+        psycopg.connect(pg_database) as conn,
+        pytest.raises(StoreError) as info,
+        translate_errors("eventfold"),
+    ):
+        conn.execute("SELECT 1 / 0")
+    assert type(info.value) is StoreError
+    assert not info.value.retryable
+    assert "22012" in str(info.value)
+
+
+# -- ordering: readers never find an event behind their position -----------------------------
+
+
+def test_older_open_transaction_holds_readers_back_and_order_is_kept(
+    pg_database: str, pg_store: PostgresEventStore
+) -> None:
+    pg_store.append("before", [Deposited(amount=0)])
+    cursor = pg_store.last_position()
+    statements = PostgresStatements(pg_store.schema)
+    early = encode_batch(pg_store.serializer, [Deposited(amount=1)])
+    with psycopg.connect(pg_database) as slow:
+        # `slow` gets the older transaction id, but commits after the store's append.
+        slow.execute(statements["insert_events"], insert_params("slow", 1, early))
+        result = pg_store.append("fast", [Deposited(amount=2)])
+        assert result.position > cursor
+        # Not visible yet: it would be ahead of the slow transaction's event.
+        assert list(pg_store.read_all(after=cursor)) == []
+        assert pg_store.last_position() == cursor
+        assert [e.stream for e in pg_store.read("fast")] == ["fast"]  # stream reads see it
+    # `slow` committed on leaving the block: both appear, after the cursor, in tx order.
+    tail = list(pg_store.read_all(after=cursor))
+    assert [e.stream for e in tail] == ["slow", "fast"]
+    assert all(e.position > cursor for e in tail)
+    assert tail[-1].position == result.position == pg_store.last_position()
+
+
+def test_batch_positions_follow_versions(pg_store: PostgresEventStore) -> None:
+    result = pg_store.append("s", [Deposited(amount=i) for i in range(100)])
+    events = list(pg_store.read_all())
+    assert [e.version for e in events] == list(range(1, 101))
+    positions = [e.position for e in events]
+    assert positions == sorted(set(positions))
+    assert result.position == positions[-1]
+    assert list(pg_store.read_all(after=positions[49])) == events[50:]
+
+
+def test_positions_far_beyond_the_log_read_nothing(pg_store: PostgresEventStore) -> None:
+    pg_store.append("s", [Deposited(amount=1)])
+    assert list(pg_store.read_all(after=2**64 - 1)) != []  # tx 0, seq max: before everything
+    assert list(pg_store.read_all(after=pg_store.last_position())) == []
+    assert list(pg_store.read_all(after=2**200)) == []
+
+
+def test_idempotent_retry_after_version_race(pg_store: PostgresEventStore) -> None:
+    batch = [NewEvent(data=Deposited(amount=i)) for i in range(3)]
+    first = pg_store.append("s", batch, expected=NO_STREAM)
+    pg_store.append("s", [Deposited(amount=9)])
+    assert pg_store.append("s", batch, expected=0) == first
+    assert [e.version for e in pg_store.read("s")] == [1, 2, 3, 4]
+
+
+# -- live subscription -------------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_subscription_is_woken_by_notify_not_by_polling(pg_database: str) -> None:
+    name = new_schema_name()
+    await async_migrate(pg_database, schema=name)
+    async with AsyncPostgresEventStore(pg_database, schema=name) as store:
+        await store.append("s", [Deposited(amount=1)])
+        reads = 0
+        original = store._read_all_page
+
+        async def counting(*args: object) -> object:
+            nonlocal reads
+            reads += 1
+            return await original(*args)  # type: ignore[arg-type]
+
+        store._read_all_page = counting  # type: ignore[assignment,method-assign]
+        # A poll interval far beyond the test's patience: only NOTIFY can deliver in time.
+        subscription = store.subscribe(poll_interval=120)
+        first = await asyncio.wait_for(anext(subscription), 10)
+        assert first.data == Deposited(amount=1)
+        pending = asyncio.ensure_future(anext(subscription))
+        # Appended through another store (another pool, other connections).
+        with PostgresEventStore(pg_database, schema=name) as writer:
+            written = await asyncio.to_thread(writer.append, "t", [Deposited(amount=2)])
+        second = await asyncio.wait_for(pending, 10)
+        assert (second.stream, second.position) == ("t", written.position)
+        assert reads <= 4, f"{reads} reads for two events: the subscriber is polling"
+        await subscription.aclose()
+
+
+def test_sync_subscription_catches_up_then_follows(pg_store: PostgresEventStore) -> None:
+    pg_store.append("a", [Deposited(amount=1), Deposited(amount=2)])
+    subscription = pg_store.subscribe(poll_interval=120)
+    caught_up = [next(subscription), next(subscription)]
+    assert [e.version for e in caught_up] == [1, 2]
+    done = threading.Event()
+    appended: list[int] = []
+
+    def append_later() -> None:
+        appended.append(pg_store.append("b", [Deposited(amount=3)]).position)
+        done.set()
+
+    thread = threading.Thread(target=append_later)
+    thread.start()
+    live = next(subscription)
+    thread.join()
+    assert done.is_set()
+    assert (live.stream, live.position) == ("b", appended[0])
+    subscription.close()
+
+
+# -- packaging ------------------------------------------------------------------------------
+
+
+def _python(code: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def test_import_eventfold_does_not_import_psycopg() -> None:
+    proc = _python("import sys, eventfold; print('psycopg' in sys.modules)")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "False"
+
+
+def test_missing_psycopg_names_the_extra() -> None:
+    proc = _python(
+        "import sys; sys.modules['psycopg'] = None\n"
+        "try:\n"
+        "    import eventfold.store.postgres\n"
+        "except ImportError as exc:\n"
+        "    print(exc)\n"
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "pip install 'eventfold[postgres]'" in proc.stdout
+
+
+@pytest.mark.parametrize("notify", [True, False])
+def test_one_notification_per_append_unless_disabled(
+    pg_database: str, schema: str, notify: bool
+) -> None:
+    with (
+        PostgresEventStore(pg_database, schema=schema, notify=notify) as store,
+        psycopg.connect(pg_database, autocommit=True) as listener,
+    ):
+        listener.execute(sql.SQL("LISTEN {}").format(sql.Identifier(f"{schema}.events")))
+        store.append("s", [Deposited(amount=i) for i in range(3)])
+        store.append("t", [Deposited(amount=9)])
+        # Two transactions: two notifications, not one per event (or none at all).
+        heard = [n.channel for n in listener.notifies(timeout=0.5, stop_after=3)]
+        assert heard == ([f"{schema}.events"] * 2 if notify else [])
+
+
+def test_subscription_without_notify_polls(pg_database: str, schema: str) -> None:
+    with PostgresEventStore(pg_database, schema=schema, notify=False) as store:
+        first = store.append("s", [Deposited(amount=1)])
+        subscription = store.subscribe(poll_interval=0.05)
+        assert next(subscription).position == first.position
+        # Appended while the subscriber is parked after its catch-up read: no
+        # notification comes, the poll interval finds it.
+        second = store.append("s", [Deposited(amount=2)])
+        assert next(subscription).position == second.position
+        subscription.close()
