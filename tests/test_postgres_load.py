@@ -15,7 +15,9 @@ import shlex
 import signal
 import subprocess
 import threading
+import time
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -24,9 +26,7 @@ import pytest
 from eventfold import ANY, NewEvent, RecordedEvent, StoreError
 from eventfold.store.postgres import PostgresEventStore, migrate
 from eventfold.testing._events import Deposited
-from tests.pg import new_schema_name, pg_database
-
-__all__ = ["pg_database"]  # the session fixture, used by name
+from tests.pg import new_schema_name
 
 pytestmark = pytest.mark.slow
 
@@ -35,32 +35,53 @@ WRITERS = 8
 APPENDS = 150
 HOT_EVERY = 15  # every 15th append of each writer goes to the one hot stream
 KILL_BATCH = 50
+RETRY_SECONDS = 60.0
 
 
 def _append_retrying(
     store: PostgresEventStore, stream: str, batch: list[NewEvent[Any]]
 ) -> list[str]:
-    """Append, retrying retryable errors with the same event ids; return the errors seen."""
+    """Append, retrying retryable errors with the same event ids; return the errors seen.
+
+    Retries back off exponentially (as an application's retry policy would)
+    for up to RETRY_SECONDS, long enough for a server restart.
+    """
     errors: list[str] = []
+    deadline = time.monotonic() + RETRY_SECONDS
+    delay = 0.01
     while True:
         try:
             store.append(stream, batch, expected=ANY)
             return errors
         except StoreError as exc:
             # Same ids again: if the lost answer was a commit, the retry is a no-op.
-            if not exc.retryable or len(errors) >= 500:
+            if not exc.retryable or time.monotonic() > deadline:
                 raise
             errors.append(type(exc).__name__)
+            time.sleep(delay)
+            delay = min(delay * 2, 0.5)
+
+
+def _reporting(acks: Any, writer: int, body: Callable[[], None]) -> None:
+    """Run a writer's body; always end with its marker, naming a failure if any."""
+    try:
+        body()
+    except BaseException as exc:
+        acks.put((writer, None, [f"writer {writer} died: {exc!r}"]))
+        raise
+    acks.put((writer, None, []))
 
 
 def _writer(url: str, schema: str, writer: int, appends: int, acks: Any) -> None:
-    with PostgresEventStore(url, schema=schema, max_size=2) as store:
-        for i in range(appends):
-            stream = "hot" if i % HOT_EVERY == 0 else f"w{writer}-{i % 5}"
-            batch = [NewEvent(data=Deposited(amount=i)) for _ in range(1 + i % 3)]
-            errors = _append_retrying(store, stream, batch)
-            acks.put((writer, [e.id.hex for e in batch], errors))
-    acks.put((writer, None, []))
+    def body() -> None:
+        with PostgresEventStore(url, schema=schema, max_size=2) as store:
+            for i in range(appends):
+                stream = "hot" if i % HOT_EVERY == 0 else f"w{writer}-{i % 5}"
+                batch = [NewEvent(data=Deposited(amount=i)) for _ in range(1 + i % 3)]
+                errors = _append_retrying(store, stream, batch)
+                acks.put((writer, [e.id.hex for e in batch], errors))
+
+    _reporting(acks, writer, body)
 
 
 def _tail(url: str, schema: str, writers_done: threading.Event, seen: list[RecordedEvent]) -> None:
@@ -89,6 +110,7 @@ def _collect_acks(acks: Any, writers: int) -> tuple[set[str], list[str]]:
         _, ids, seen_errors = acks.get(timeout=120)
         if ids is None:
             running -= 1
+            assert not seen_errors, seen_errors  # a writer died: say why, do not hang
         else:
             acked.update(ids)
             errors += seen_errors
@@ -207,12 +229,14 @@ RESTART = os.environ.get("EVENTFOLD_TEST_PG_RESTART")
 
 
 def _restart_writer(url: str, schema: str, writer: int, appends: int, acks: Any) -> None:
-    with PostgresEventStore(url, schema=schema, max_size=2, connect_timeout=30) as store:
-        for i in range(appends):
-            batch = [NewEvent(data=Deposited(amount=i)) for _ in range(2)]
-            errors = _append_retrying(store, f"r{writer}-{i % 3}", batch)
-            acks.put((writer, [e.id.hex for e in batch], errors))
-    acks.put((writer, None, []))
+    def body() -> None:
+        with PostgresEventStore(url, schema=schema, max_size=2, connect_timeout=30) as store:
+            for i in range(appends):
+                batch = [NewEvent(data=Deposited(amount=i)) for _ in range(2)]
+                errors = _append_retrying(store, f"r{writer}-{i % 3}", batch)
+                acks.put((writer, [e.id.hex for e in batch], errors))
+
+    _reporting(acks, writer, body)
 
 
 @pytest.mark.skipif(not RESTART, reason="set EVENTFOLD_TEST_PG_RESTART to restart the server")

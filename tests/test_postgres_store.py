@@ -33,11 +33,15 @@ from eventfold.store.postgres import (
     async_migrate,
     migrate,
 )
-from eventfold.testing import AsyncEventStoreSuite, EventStoreConcurrencySuite, EventStoreSuite
+from eventfold.testing import (
+    AsyncEventStoreLifecycleSuite,
+    AsyncEventStoreSuite,
+    EventStoreConcurrencySuite,
+    EventStoreLifecycleSuite,
+    EventStoreSuite,
+)
 from eventfold.testing._events import Deposited
-from tests.pg import free_loopback_port, new_schema_name, pg_database
-
-__all__ = ["pg_database"]  # the session fixture, used by name
+from tests.pg import free_loopback_port, new_schema_name
 
 
 @pytest.fixture
@@ -54,13 +58,13 @@ def pg_store(pg_database: str, schema: str) -> Iterator[PostgresEventStore]:
         yield store
 
 
-class TestPostgresEventStore(EventStoreSuite, EventStoreConcurrencySuite):
+class TestPostgresEventStore(EventStoreSuite, EventStoreLifecycleSuite, EventStoreConcurrencySuite):
     @pytest.fixture
     def store(self, pg_store: PostgresEventStore) -> PostgresEventStore:
         return pg_store
 
 
-class TestAsyncPostgresEventStore(AsyncEventStoreSuite):
+class TestAsyncPostgresEventStore(AsyncEventStoreSuite, AsyncEventStoreLifecycleSuite):
     @pytest_asyncio.fixture
     async def store(self, pg_database: str) -> AsyncIterator[AsyncPostgresEventStore]:
         name = new_schema_name()
@@ -417,3 +421,25 @@ def test_subscription_without_notify_polls(pg_database: str, schema: str) -> Non
         second = store.append("s", [Deposited(amount=2)])
         assert next(subscription).position == second.position
         subscription.close()
+
+
+def test_schema_version_1_is_migrated_to_the_latest(pg_database: str) -> None:
+    schema = new_schema_name()
+    statements = PostgresStatements(schema)
+    with psycopg.connect(pg_database) as conn:
+        conn.execute(statements["bootstrap"])
+        conn.execute(statements["migration_1"])
+        conn.execute(statements["record_migration"], {"version": 1})
+    with (
+        PostgresEventStore(pg_database, schema=schema) as store,
+        pytest.raises(ConfigurationError, match="needs 2"),
+    ):
+        store.last_position()
+    assert migrate(pg_database, schema=schema) == LATEST_SCHEMA_VERSION == 2
+    with PostgresEventStore(pg_database, schema=schema) as store:
+        store.append("s", [Deposited(amount=1)])
+        store.delete_stream("s", reason="schema 2 supports deletion")
+        info = store.get_stream("s")
+        assert info is not None and info.deleted is not None
+        store.save_snapshot("s", 1, "T", 1, b"{}")
+        assert store.load_snapshot("s") is not None

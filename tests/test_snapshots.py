@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,6 @@ from eventfold import (
     Decider,
     InvalidRequest,
     MemoryEventStore,
-    SqliteEventStore,
     StoreError,
 )
 from eventfold.snapshots import SnapshotPolicy
@@ -40,13 +38,9 @@ tally: Decider[Tally, Credit, Any] = Decider(
 )
 
 
-@pytest.fixture(params=["memory", "sqlite"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[EventStore]:
-    if request.param == "memory":
-        yield MemoryEventStore()
-    else:
-        with SqliteEventStore(tmp_path / "snap.db", durability="off") as sqlite:
-            yield sqlite
+@pytest.fixture
+def store(any_store: EventStore) -> EventStore:
+    return any_store
 
 
 def test_snapshots_are_saved_every_n_versions(store: EventStore) -> None:

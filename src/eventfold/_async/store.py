@@ -308,37 +308,37 @@ class AsyncStoreBase(abc.ABC):
     async def _close(self) -> None:
         """Release backend resources."""
 
+    @abc.abstractmethod
     async def _find_event(self, event_id: bytes) -> Row | None:
         """The row of an event by id, unless its stream is deleted."""
-        raise NotImplementedError(f"{type(self).__name__} does not implement _find_event")
 
+    @abc.abstractmethod
     async def _delete_stream(self, stream: str, hard: bool, by: str, reason: str) -> None:
         """Mark the stream deleted (and erase its events if ``hard``)."""
-        raise NotImplementedError(f"{type(self).__name__} does not implement _delete_stream")
 
+    @abc.abstractmethod
     async def _restore_stream(self, stream: str) -> None:
         """Clear a soft delete; raise StreamNotFound/StreamDeleted when impossible."""
-        raise NotImplementedError(f"{type(self).__name__} does not implement _restore_stream")
 
+    @abc.abstractmethod
     async def _truncate_stream(self, stream: str, before: int, by: str, reason: str) -> int:
         """Erase events with version < ``before`` (keeping the newest); return the count."""
-        raise NotImplementedError(f"{type(self).__name__} does not implement _truncate_stream")
 
+    @abc.abstractmethod
     async def _save_snapshot(
         self, stream: str, version: int, state_type: str, schema_version: int, data: bytes
     ) -> None:
         """Insert or replace the snapshot of (stream, version)."""
-        raise NotImplementedError(f"{type(self).__name__} does not implement _save_snapshot")
 
+    @abc.abstractmethod
     async def _load_snapshot(self, stream: str, max_version: int) -> Snapshot | None:
         """The snapshot of ``stream`` with the highest version <= ``max_version``."""
-        raise NotImplementedError(f"{type(self).__name__} does not implement _load_snapshot")
 
+    @abc.abstractmethod
     async def _delete_snapshots(
         self, stream: str | None, state_type: str | None, keep_schema_version: int | None
     ) -> int:
         """Delete matching snapshots; return how many."""
-        raise NotImplementedError(f"{type(self).__name__} does not implement _delete_snapshots")
 
 
 def _check_limit(limit: int | None) -> int:

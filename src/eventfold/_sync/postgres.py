@@ -28,7 +28,14 @@ from typing import Any, TypeAlias
 from uuid import UUID
 
 from eventfold._sync.store import StoreBase
-from eventfold.errors import ConfigurationError, InvalidRequest, WrongExpectedVersion
+from eventfold.errors import (
+    ConfigurationError,
+    InvalidRequest,
+    StoreError,
+    StreamDeleted,
+    StreamNotFound,
+    WrongExpectedVersion,
+)
 from eventfold.events import RecordedEvent
 from eventfold.serialization import Serializer
 from eventfold.store._common import (
@@ -36,10 +43,15 @@ from eventfold.store._common import (
     EncodedEvent,
     Expected,
     Row,
+    Snapshot,
     StreamInfo,
     check_non_negative,
+    decode_deletion,
+    encode_deletion,
     expectation_met,
     idempotent_result,
+    stream_info_from,
+    us_to_datetime,
 )
 from eventfold.store._postgres import (
     LATEST_SCHEMA_VERSION,
@@ -91,9 +103,8 @@ def _migrate(conn: Connection[Any], statements: PostgresStatements) -> int:
         conn.execute(statements["migrate_lock"])
         conn.execute(statements["bootstrap"])
         current: int = _scalar(conn, statements["schema_version"])
-        if current > LATEST_SCHEMA_VERSION:
-            error = schema_version_error(statements.schema, current)
-            assert error is not None
+        error = schema_version_error(statements.schema, current)
+        if current > LATEST_SCHEMA_VERSION and error is not None:
             raise error
         for version, script in statements.migrations(current):
             conn.execute(script)
@@ -102,11 +113,20 @@ def _migrate(conn: Connection[Any], statements: PostgresStatements) -> int:
 
 
 def _scalar(conn: Connection[Any], query: bytes, params: dict[str, Any] | None = None) -> Any:
-    cursor = conn.execute(query, params)
-    row = cursor.fetchone()
-    assert row is not None
+    row = _one(conn, query, params)
     value: Any = row[0]
     return value
+
+
+def _one(
+    conn: Connection[Any], query: bytes, params: dict[str, Any] | None = None
+) -> tuple[Any, ...]:
+    """The single row of a query that always returns one (an aggregate)."""
+    cursor = conn.execute(query, params)
+    row = cursor.fetchone()
+    if row is None:
+        raise StoreError("PostgreSQL returned no row for a single-row query")
+    return tuple(row)
 
 
 class PostgresEventStore(StoreBase):
@@ -161,8 +181,7 @@ class PostgresEventStore(StoreBase):
         self._conninfo = conninfo
         if pool is not None and isinstance(pool.conninfo, str):
             self._conninfo = pool.conninfo
-        if pool is None:
-            assert conninfo is not None
+        if pool is None and conninfo is not None:
             pool = ConnectionPool(
                 conninfo,
                 min_size=min_size,
@@ -172,6 +191,8 @@ class PostgresEventStore(StoreBase):
                 open=False,
                 name=f"eventfold-{schema}",
             )
+        if pool is None:
+            raise ConfigurationError("pass either a conninfo string or pool=")
         self._pool: Pool = pool
         self._ready = False
         self._ready_lock = threading.Lock()
@@ -240,7 +261,9 @@ class PostgresEventStore(StoreBase):
                     retried = self._find_batch(conn, stream, batch)
                     if retried is not None:
                         return retried
-                    actual = _scalar(conn, self._sql["stream_version"], {"stream": stream})
+                    actual, deleted = _one(conn, self._sql["stream_state"], {"stream": stream})
+                    if deleted:
+                        raise StreamDeleted(stream, self._hard_deleted(conn, stream))
                     if not expectation_met(expected, actual):
                         raise WrongExpectedVersion(stream, expected, actual)
                     # Still met: another writer took our versions first (ANY,
@@ -259,7 +282,9 @@ class PostgresEventStore(StoreBase):
             with conn.transaction():
                 # A cheap index probe first, so that a wrong expectation costs no
                 # insert; the unique (stream, version) index settles races after it.
-                actual = _scalar(conn, self._sql["stream_version"], {"stream": stream})
+                actual, deleted = _one(conn, self._sql["stream_state"], {"stream": stream})
+                if deleted:
+                    raise _Rollback
                 if not expectation_met(expected, actual):
                     return None
                 if not batch:
@@ -268,7 +293,8 @@ class PostgresEventStore(StoreBase):
                     self._sql["insert_events"], insert_params(stream, actual + 1, batch)
                 )
                 row = cursor.fetchone()
-                assert row is not None
+                if row is None:
+                    raise StoreError("PostgreSQL returned no row for the append")
                 inserted, last_seq, tx, _ = row
                 if inserted != len(batch):
                     raise _Rollback
@@ -318,13 +344,8 @@ class PostgresEventStore(StoreBase):
     def _get_stream(self, stream: str) -> StreamInfo | None:
         with self._errors:
             with self._connection() as conn:
-                cursor = conn.execute(self._sql["get_stream"], {"stream": stream})
-                row = cursor.fetchone()
-        assert row is not None
-        version, metadata = row
-        if version == 0:
-            return None
-        return StreamInfo(stream, version, self.serializer.decode_metadata(metadata))
+                row = _one(conn, self._sql["get_stream"], {"stream": stream})
+        return stream_info_from(self.serializer, stream, *row)
 
     def _set_stream_metadata(self, stream: str, metadata: bytes | None) -> None:
         with self._errors:
@@ -343,6 +364,102 @@ class PostgresEventStore(StoreBase):
     def _close(self) -> None:
         if self._owns_pool:
             self._pool.close()
+
+    def _hard_deleted(self, conn: Connection[Any], stream: str) -> bool:
+        row = _one(conn, self._sql["get_stream"], {"stream": stream})
+        deletion = decode_deletion(row[3])
+        return deletion is not None and deletion[0].hard
+
+    def _find_event(self, event_id: bytes) -> Row | None:
+        rows = self._rows(self._sql["find_event"], {"id": UUID(bytes=event_id)})
+        return rows[0] if rows else None
+
+    def _delete_stream(self, stream: str, hard: bool, by: str, reason: str) -> None:
+        params = {"stream": stream}
+        with self._errors:
+            with self._connection() as conn, conn.transaction():
+                conn.execute(self._sql["lock_stream"], params)
+                version, _, _, deletion, _ = _one(conn, self._sql["get_stream"], params)
+                current = decode_deletion(deletion)
+                if version == 0 and current is None:
+                    raise StreamNotFound(stream)
+                if current is not None and (current[0].hard or not hard):
+                    return  # already deleted at least as thoroughly
+                if current is not None:
+                    version = current[1]
+                record = encode_deletion(by, reason, hard, version)
+                conn.execute(self._sql["mark_deleted"], {**params, "deletion": record})
+                if hard:
+                    conn.execute(self._sql["erase_stream"], params)
+
+    def _restore_stream(self, stream: str) -> None:
+        params = {"stream": stream}
+        with self._errors:
+            with self._connection() as conn, conn.transaction():
+                conn.execute(self._sql["lock_stream"], params)
+                version, _, _, deletion, _ = _one(conn, self._sql["get_stream"], params)
+                current = decode_deletion(deletion)
+                if current is None:
+                    if version == 0:
+                        raise StreamNotFound(stream)
+                    return
+                if current[0].hard:
+                    raise StreamDeleted(stream, hard=True)
+                conn.execute(self._sql["restore_stream"], params)
+
+    def _truncate_stream(self, stream: str, before: int, by: str, reason: str) -> int:
+        params = {"stream": stream}
+        with self._errors:
+            with self._connection() as conn, conn.transaction():
+                conn.execute(self._sql["lock_stream"], params)
+                version, _, _, deletion, _ = _one(conn, self._sql["get_stream"], params)
+                current = decode_deletion(deletion)
+                if current is not None:
+                    raise StreamDeleted(stream, current[0].hard)
+                if version == 0:
+                    raise StreamNotFound(stream)
+                keep_from = min(before, version)  # the newest event always stays
+                cursor = conn.execute(self._sql["erase_before"], {**params, "before": keep_from})
+                if cursor.rowcount:
+                    record = encode_deletion(by, reason, True, keep_from)
+                    conn.execute(self._sql["mark_truncated"], {**params, "truncation": record})
+                return cursor.rowcount
+
+    def _save_snapshot(
+        self, stream: str, version: int, state_type: str, schema_version: int, data: bytes
+    ) -> None:
+        params = {
+            "stream": stream,
+            "version": version,
+            "state_type": state_type,
+            "schema_version": schema_version,
+            "data": data,
+        }
+        with self._errors:
+            with self._connection() as conn:
+                conn.execute(self._sql["save_snapshot"], params)
+
+    def _load_snapshot(self, stream: str, max_version: int) -> Snapshot | None:
+        params = {"stream": stream, "max_version": min(max_version, _BIGINT_MAX)}
+        with self._errors:
+            with self._connection() as conn:
+                cursor = conn.execute(self._sql["load_snapshot"], params)
+                row = cursor.fetchone()
+        if row is None:
+            return None
+        version, state_type, schema_version, data, recorded_at = row
+        return Snapshot(
+            stream, version, state_type, schema_version, bytes(data), us_to_datetime(recorded_at)
+        )
+
+    def _delete_snapshots(
+        self, stream: str | None, state_type: str | None, keep_schema_version: int | None
+    ) -> int:
+        params = {"stream": stream, "state_type": state_type, "keep": keep_schema_version}
+        with self._errors:
+            with self._connection() as conn:
+                cursor = conn.execute(self._sql["delete_snapshots"], params)
+                return cursor.rowcount
 
     # -- live subscription --------------------------------------------------------------
 

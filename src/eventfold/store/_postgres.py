@@ -64,7 +64,7 @@ __all__ = [
 ]
 
 #: The schema version this eventfold writes; ``migrate()`` brings a database here.
-LATEST_SCHEMA_VERSION: Final = 1
+LATEST_SCHEMA_VERSION: Final = 2
 _SEQ_BITS: Final = 64
 _SEQ_MASK: Final = (1 << _SEQ_BITS) - 1
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,47}")

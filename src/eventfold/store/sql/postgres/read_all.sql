@@ -8,5 +8,6 @@ SELECT tx::text::bigint, seq, stream, version, uuid_send(id), type, schema_versi
 FROM {schema}.events AS e
 WHERE (tx, seq) > (%(tx)s::text::xid8, %(seq)s::bigint)
   AND tx < pg_snapshot_xmin(pg_current_snapshot())
+  AND e.stream NOT IN (SELECT s.stream FROM {schema}.streams AS s WHERE s.deletion IS NOT NULL)
 ORDER BY e.tx, e.seq
 LIMIT %(limit)s

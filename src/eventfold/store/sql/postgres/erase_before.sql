@@ -1,0 +1,2 @@
+-- params: stream, before
+DELETE FROM {schema}.events WHERE stream = %(stream)s AND version < %(before)s

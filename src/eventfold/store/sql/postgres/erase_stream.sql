@@ -1,0 +1,2 @@
+-- params: stream
+DELETE FROM {schema}.events WHERE stream = %(stream)s

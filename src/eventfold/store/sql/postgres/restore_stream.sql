@@ -1,0 +1,2 @@
+-- params: stream
+UPDATE {schema}.streams SET deletion = NULL WHERE stream = %(stream)s
