@@ -16,6 +16,9 @@ from typer.testing import CliRunner
 from eventfold import Serializer, SqliteEventStore, TypeRegistry
 from eventfold.cli import INSTALL_HINT, main
 from eventfold.cli._app import app
+from eventfold.store.postgres import PostgresEventStore
+from eventfold.testing._events import Deposited
+from tests.pg import free_loopback_port, new_schema_name
 
 runner = CliRunner()
 
@@ -271,3 +274,74 @@ def test_importing_eventfold_does_not_import_the_cli_dependencies() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
     assert done.stdout.strip() == "[]"
+
+
+# -- PostgreSQL and maintenance ------------------------------------------------------------
+
+
+def test_migrate_then_browse_a_postgres_store(pg_database: str) -> None:
+    schema = new_schema_name()
+    first = runner.invoke(app, ["migrate", "--postgres", pg_database, "--schema", schema])
+    again = runner.invoke(app, ["migrate", "--postgres", pg_database, "--schema", schema])
+    assert first.exit_code == 0, first.output
+    assert again.exit_code == 0, again.output
+    assert f"schema {schema} is at eventfold schema version 2" in again.stdout
+    with PostgresEventStore(pg_database, schema=schema) as store:
+        store.append("order-1", [Deposited(amount=5), Deposited(amount=6)])
+    listed = runner.invoke(
+        app, ["streams", "--postgres", pg_database, "--schema", schema], env={"COLUMNS": "200"}
+    )
+    assert listed.exit_code == 0, listed.output
+    assert [row[:3] for row in table_rows(listed.stdout)] == [
+        ["order-1", "2", "eventfold.testing.Deposited"]
+    ]
+    shown = runner.invoke(
+        app,
+        ["show", "order-1", "--postgres", pg_database, "--schema", schema],
+        env={"COLUMNS": "200"},
+    )
+    assert [msgspec.json.decode(r[2]) for r in table_rows(shown.stdout)] == [
+        {"amount": 5},
+        {"amount": 6},
+    ]
+
+
+def test_migrate_reports_an_unreachable_server() -> None:
+    url = f"postgresql://postgres@127.0.0.1:{free_loopback_port()}/test"
+    result = runner.invoke(app, ["migrate", "--postgres", url])
+    assert result.exit_code == 1
+    assert "error:" in result.stderr
+
+
+def test_a_store_must_be_named_once(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["streams"])
+    assert result.exit_code == 1
+    assert "--db PATH" in result.stderr
+
+
+def test_snapshots_prune_deletes_only_stale_ones(tmp_path: Path) -> None:
+    path = tmp_path / "snap.db"
+    with SqliteEventStore(path) as store:
+        store.save_snapshot("a", 1, "Account", 1, b"{}")
+        store.save_snapshot("a", 2, "Account", 2, b"{}")
+        store.save_snapshot("b", 1, "Other", 1, b"{}")
+    result = runner.invoke(
+        app,
+        [
+            "snapshots",
+            "prune",
+            "--db",
+            str(path),
+            "--state-type",
+            "Account",
+            "--keep-schema-version",
+            "2",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "deleted 1 snapshots" in result.stdout
+    with SqliteEventStore(path) as store:
+        kept = store.load_snapshot("a")
+        assert kept is not None and kept.schema_version == 2
+        assert store.load_snapshot("a", max_version=1) is None
+        assert store.load_snapshot("b") is not None

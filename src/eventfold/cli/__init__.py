@@ -1,7 +1,9 @@
 """The ``eventfold`` command line (extra ``[cli]``: typer and rich).
 
 ``eventfold demo`` runs the bank-account example on a SQLite file;
-``eventfold streams`` and ``eventfold show`` browse any eventfold SQLite file.
+``eventfold streams`` and ``eventfold show`` browse a store (``--db`` SQLite
+file or ``--postgres`` conninfo); ``eventfold migrate`` creates or upgrades a
+PostgreSQL schema; ``eventfold snapshots prune`` deletes stale snapshots.
 Importing this package does not import typer or rich; :func:`main` does.
 """
 

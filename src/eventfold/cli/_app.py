@@ -12,7 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from eventfold import EventfoldError, RecordedEvent, SqliteEventStore
+from eventfold import EventfoldError, EventStore, RecordedEvent, SqliteEventStore
 from eventfold.cli._demo import DemoError, run_demo
 from eventfold.cli._render import browse_serializer, history_table, timestamp
 
@@ -20,16 +20,25 @@ __all__ = ["app"]
 
 app = typer.Typer(
     name="eventfold",
-    help="Event sourcing for Python: run the demo, browse SQLite event stores.",
+    help="Event sourcing for Python: run the demo, browse and maintain event stores.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
 
-ExistingDb = Annotated[
-    Path,
+Db = Annotated[
+    Path | None,
     typer.Option("--db", help="An eventfold SQLite file.", exists=True, dir_okay=False),
 ]
+Postgres = Annotated[
+    str | None,
+    typer.Option(
+        "--postgres",
+        help="A PostgreSQL conninfo (postgresql://user@host/db) instead of --db.",
+        envvar="EVENTFOLD_POSTGRES",
+    ),
+]
+Schema = Annotated[str, typer.Option(help="The PostgreSQL schema of the store.")]
 
 
 def _fail(message: str) -> NoReturn:
@@ -37,11 +46,24 @@ def _fail(message: str) -> NoReturn:
     raise typer.Exit(1)
 
 
-def _open(db: Path) -> SqliteEventStore:
+def _open(db: Path | None, postgres: str | None, schema: str = "eventfold") -> EventStore:
+    """The store named by --db or --postgres, decoding payloads without event classes."""
+    if (db is None) == (postgres is None):
+        _fail("name one store: --db PATH (SQLite) or --postgres CONNINFO")
     try:
-        return SqliteEventStore(db, serializer=browse_serializer())
-    except EventfoldError as exc:
+        if postgres is not None:
+            from eventfold.store.postgres import PostgresEventStore  # noqa: PLC0415 - extra
+
+            return PostgresEventStore(
+                postgres, schema=schema, serializer=browse_serializer(), max_size=2
+            )
+        return SqliteEventStore(db, serializer=browse_serializer())  # type: ignore[arg-type]
+    except (EventfoldError, ImportError) as exc:
         _fail(str(exc))
+
+
+def _where(db: Path | None, postgres: str | None, schema: str) -> str:
+    return str(db) if db is not None else f"PostgreSQL schema {schema}"
 
 
 @app.command()
@@ -63,12 +85,13 @@ def demo(
 
 
 @app.command()
-def streams(db: ExistingDb) -> None:
+def streams(db: Db = None, postgres: Postgres = None, schema: Schema = "eventfold") -> None:
     """List the streams of an event store with their versions (from the global log)."""
     last_events: dict[str, RecordedEvent] = {}
     total = 0
+    store = _open(db, postgres, schema)
     try:
-        with _open(db) as store:
+        with store:
             for event in store.read_all():
                 last_events[event.stream] = event
                 total += 1
@@ -76,7 +99,7 @@ def streams(db: ExistingDb) -> None:
         _fail(str(exc))
     console = Console(highlight=False)
     if not last_events:
-        console.print(f"no events in {escape(str(db))}", soft_wrap=True)
+        console.print(f"no events in {escape(_where(db, postgres, schema))}", soft_wrap=True)
         return
     table = Table(caption=f"{len(last_events)} streams, {total} events", caption_justify="left")
     table.add_column("stream")
@@ -93,14 +116,71 @@ def streams(db: ExistingDb) -> None:
 @app.command()
 def show(
     stream: Annotated[str, typer.Argument(help="The stream's name.")],
-    db: ExistingDb,
+    db: Db = None,
+    postgres: Postgres = None,
+    schema: Schema = "eventfold",
 ) -> None:
     """Print a stream's history: version, event type, data, recorded at."""
+    store = _open(db, postgres, schema)
     try:
-        with _open(db) as store:
+        with store:
             events = list(store.read(stream))
     except EventfoldError as exc:
         _fail(str(exc))
     if not events:
-        _fail(f"stream {stream!r} has no events in {db}")
+        _fail(f"stream {stream!r} has no events in {_where(db, postgres, schema)}")
     Console(highlight=False).print(history_table(stream, events))
+
+
+@app.command()
+def migrate(
+    postgres: Annotated[
+        str,
+        typer.Option(
+            "--postgres",
+            help="PostgreSQL conninfo (postgresql://user@host/db).",
+            envvar="EVENTFOLD_POSTGRES",
+        ),
+    ],
+    schema: Schema = "eventfold",
+) -> None:
+    """Create or upgrade the eventfold tables in a PostgreSQL schema (idempotent)."""
+    try:
+        from eventfold.store.postgres import migrate as migrate_schema  # noqa: PLC0415 - extra
+
+        version = migrate_schema(postgres, schema=schema)
+    except (EventfoldError, ImportError) as exc:
+        _fail(str(exc))
+    Console(highlight=False).print(
+        f"schema {escape(schema)} is at eventfold schema version {version}"
+    )
+
+
+snapshots_app = typer.Typer(help="Maintain snapshots.", no_args_is_help=True)
+app.add_typer(snapshots_app, name="snapshots")
+
+
+@snapshots_app.command("prune")
+def snapshots_prune(
+    db: Db = None,
+    postgres: Postgres = None,
+    schema: Schema = "eventfold",
+    stream: Annotated[str | None, typer.Option(help="Only this stream's snapshots.")] = None,
+    state_type: Annotated[
+        str | None, typer.Option(help="Only snapshots of this state type.")
+    ] = None,
+    keep_schema_version: Annotated[
+        int | None,
+        typer.Option(help="Keep snapshots of this schema version: delete only the stale ones."),
+    ] = None,
+) -> None:
+    """Delete snapshots (all, or of a stream / state type, or only stale schema versions)."""
+    store = _open(db, postgres, schema)
+    try:
+        with store:
+            deleted = store.delete_snapshots(
+                stream, state_type=state_type, keep_schema_version=keep_schema_version
+            )
+    except EventfoldError as exc:
+        _fail(str(exc))
+    Console(highlight=False).print(f"deleted {deleted} snapshots")

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from datetime import datetime
-from typing import Any, Protocol, runtime_checkable
+from types import TracebackType
+from typing import Any, Protocol, Self, runtime_checkable
 from uuid import UUID
 
 from eventfold.events import RecordedEvent
@@ -100,6 +101,19 @@ class EventStore(Protocol):
 
     def close(self) -> None:
         """Release connections; later calls raise StoreClosed."""
+        ...
+
+    def __enter__(self) -> Self:
+        """Use the store as a context manager that closes it."""
+        ...
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Close the store."""
         ...
 
     def find_event(self, event_id: UUID) -> RecordedEvent | None:
@@ -196,6 +210,19 @@ class AsyncEventStore(Protocol):
 
     async def close(self) -> None:
         """Release connections; later calls raise StoreClosed."""
+        ...
+
+    async def __aenter__(self) -> Self:
+        """Use the store as an async context manager that closes it."""
+        ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Close the store."""
         ...
 
     async def find_event(self, event_id: UUID) -> RecordedEvent | None:
