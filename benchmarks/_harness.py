@@ -23,6 +23,7 @@ from typing import Any
 __all__ = [
     "Measurement",
     "percentile",
+    "print_latency_table",
     "print_table",
     "ratios",
     "run_rounds",
@@ -50,6 +51,8 @@ class Measurement:
     contender: str
     events_per_op: int
     latencies_ns: list[int] = field(default_factory=list, repr=False)
+    #: scenario-specific figures (e.g. conflict counts), copied into the JSON output
+    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def ops(self) -> int:
@@ -88,6 +91,7 @@ class Measurement:
             "p50_us": round(self.latency_us(50), 2),
             "p99_us": round(self.latency_us(99), 2),
             "mean_us": round(self.seconds / self.ops * 1e6, 2) if self.ops else None,
+            **self.extra,
         }
 
 
@@ -195,3 +199,30 @@ def system_info(**extra: Any) -> dict[str, Any]:
 def write_json(path: str | os.PathLike[str], payload: Mapping[str, Any]) -> None:
     """Write ``payload`` as pretty JSON to ``path``."""
     Path(path).write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")
+
+
+def print_latency_table(
+    title: str,
+    results: Mapping[str, Measurement],
+    ratio_values: Mapping[str, float],
+    *,
+    file: Any = None,
+) -> None:
+    """Print a latency-only scenario: samples and percentiles per contender, then ratios."""
+    out = file or sys.stdout
+    width = max([15, *(len(m.contender) + 2 for m in results.values())])
+    header = f"{'contender':<{width}}{'samples':>8}{'p50':>13}{'p90':>13}{'p99':>13}{'max':>13}"
+    print(f"\n== {title}", file=out)
+    print(header, file=out)
+    print("-" * len(header), file=out)
+    for m in results.values():
+        print(
+            f"{m.contender:<{width}}{m.ops:>8}{_fmt_us(m.latency_us(50)):>13}"
+            f"{_fmt_us(m.latency_us(90)):>13}{_fmt_us(m.latency_us(99)):>13}"
+            f"{_fmt_us(m.latency_us(100)):>13}",
+            file=out,
+        )
+    if ratio_values:
+        text = "   ".join(f"{name} = {value:.2f}x" for name, value in ratio_values.items())
+        print(f"ratios (latency, <1: eventfold is faster): {text}", file=out)
+    out.flush()

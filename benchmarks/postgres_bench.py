@@ -3,8 +3,11 @@
 Run with ``python -m benchmarks postgres [--quick] [--json PATH] [--conninfo URL]``.
 A scratch database is created on the server named by ``--conninfo`` (a role
 allowed to CREATE DATABASE) and dropped at the end. Scenarios: one writer
-appending 1, 10 and 100 events per transaction; 8 writer threads appending to
-distinct streams; read_all of the whole log with decoding.
+appending 1, 10 and 100 events per transaction; 8 writers appending to
+distinct streams, as threads and as processes; 8 writer threads on one hot
+stream (read version, append with it, retry on conflict); load and fold of a
+1,000-event stream; read_all of the whole log with decoding; and the latency
+of a live subscriber from commit to delivery.
 """
 
 from __future__ import annotations
@@ -12,13 +15,18 @@ from __future__ import annotations
 import argparse
 import gc
 import importlib.metadata
+import itertools
+import multiprocessing
 import os
 import sys
+import threading
 import time
+import traceback
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +34,8 @@ import msgspec
 
 from benchmarks._harness import (
     Measurement,
+    percentile,
+    print_latency_table,
     print_table,
     ratios,
     run_rounds,
@@ -44,6 +54,8 @@ try:
     from eventsourcing.application import Application
     from eventsourcing.domain import Aggregate as EsAggregate
     from eventsourcing.domain import event as es_event
+    from eventsourcing.persistence import RecordConflictError
+    from eventsourcing.projection import ApplicationSubscription
     from eventsourcing.system import NotificationLogReader
 except ImportError as exc:  # pragma: no cover
     raise SystemExit(
@@ -51,12 +63,15 @@ except ImportError as exc:  # pragma: no cover
     ) from exc
 
 import eventfold
-from eventfold import Event
+from eventfold import CommandHandler, Decider, Event, WrongExpectedVersion
 from eventfold.store.postgres import PostgresEventStore, migrate
 
 RAW, ES, EF = "raw-psycopg", "eventsourcing", "eventfold"
 PAGE_SIZE = 500
 WRITERS = 8
+STREAM_EVENTS = 1_000  # the load scenario's streams: 1 "opened", then 999 deposits
+LATENCY_GAP_S = 0.002  # the latency writer sleeps this long after each commit
+WORKER_TIMEOUT_S = 120.0  # a helper process that says nothing for this long has failed
 
 
 @dataclass(frozen=True)
@@ -64,20 +79,91 @@ class Counts:
     append_1: int
     append_10: int
     append_100: int
-    concurrent_bursts: int  # each burst: WRITERS threads x burst_appends appends
+    concurrent_bursts: int  # each burst: WRITERS threads (or processes) x burst_appends appends
     burst_appends: int
+    hot_bursts: int  # each burst: WRITERS threads x hot_appends appends to one fresh stream
+    hot_appends: int
+    loads: int  # loads of a STREAM_EVENTS stream, per contender
+    load_streams: int
     read_all_events: int
     read_all_passes: int
+    latency_samples: int  # subscriber latency samples per contender, after the warm-up
+    latency_warmup: int
     rounds: int
 
 
-FULL_COUNTS = Counts(3_000, 1_000, 200, 30, 20, 50_000, 6, 5)
-QUICK_COUNTS = Counts(300, 100, 20, 4, 10, 5_000, 3, 3)
+FULL_COUNTS = Counts(
+    append_1=3_000,
+    append_10=1_000,
+    append_100=200,
+    concurrent_bursts=30,
+    burst_appends=20,
+    hot_bursts=20,
+    hot_appends=10,
+    loads=200,
+    load_streams=5,
+    read_all_events=50_000,
+    read_all_passes=6,
+    latency_samples=1_000,
+    latency_warmup=50,
+    rounds=5,
+)
+QUICK_COUNTS = Counts(
+    append_1=300,
+    append_10=100,
+    append_100=20,
+    concurrent_bursts=4,
+    burst_appends=10,
+    hot_bursts=4,
+    hot_appends=5,
+    loads=30,
+    load_streams=2,
+    read_all_events=5_000,
+    read_all_passes=3,
+    latency_samples=150,
+    latency_warmup=20,
+    rounds=3,
+)
+
+
+class Opened(Event):
+    __event_type__ = "bench.pg.Opened"
 
 
 class Deposited(Event):
     __event_type__ = "bench.pg.Deposited"  # distinct from the SQLite suite's class
     amount: int
+
+
+def _evolve(balance: int, event: object) -> int:
+    if type(event) is Deposited:
+        return balance + event.amount
+    return balance
+
+
+def _decide(command: object, balance: int) -> list[Event]:
+    return [Deposited(amount=10)]
+
+
+DECIDER: Decider[int, object, Event] = Decider(_decide, _evolve, int)
+DEPOSIT = object()  # the one command: decide() answers it with Deposited(amount=10)
+
+
+class CountingStore(PostgresEventStore):
+    """eventfold's store, counting the appends refused with WrongExpectedVersion, per stream."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.conflicts: Counter[str] = Counter()
+        self._lock = threading.Lock()
+
+    def append(self, stream: str, events: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        try:
+            return super().append(stream, events, **kwargs)
+        except WrongExpectedVersion:
+            with self._lock:
+                self.conflicts[stream] += 1
+            raise
 
 
 class EsAccount(EsAggregate):
@@ -114,6 +200,7 @@ CREATE TABLE events (
 )
 """
 RAW_VERSION = "SELECT coalesce(max(version), 0) FROM events WHERE stream = %s"
+RAW_COUNT = "SELECT count(*), coalesce(max(version), 0) FROM events WHERE stream = %s"
 RAW_INSERT = (
     "INSERT INTO events (stream, version, id, type, schema_version, data) "
     "VALUES (%s, %s, %s, %s, 1, %s)"
@@ -122,33 +209,72 @@ RAW_READ_ALL = (
     "SELECT position, stream, version, id, type, schema_version, data, metadata "
     "FROM events WHERE position > %s ORDER BY position LIMIT %s"
 )
+RAW_LOAD = (
+    "SELECT position, stream, version, id, type, schema_version, data, metadata "
+    "FROM events WHERE stream = %s ORDER BY version"
+)
+RAW_DEPOSITED, RAW_OPENED = "bench.Deposited", "bench.Opened"
 _encode = msgspec.json.encode
 _decode = msgspec.json.decode
+
+
+class Conflict(RuntimeError):
+    """A raw append whose expected version was stale, or that lost the race for it."""
 
 
 class RawStore:
     """A careful hand-written psycopg event table: check version, insert, commit."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, create: bool = True) -> None:
+        self.url = url
         self.conn = psycopg.connect(url, autocommit=True)
-        self.conn.execute(RAW_SCHEMA)
+        if create:
+            self.conn.execute(RAW_SCHEMA)
 
-    def append(self, stream: str, amounts: list[int], expected: int, conn: Any = None) -> int:
+    def append(
+        self,
+        stream: str,
+        amounts: list[int],
+        expected: int,
+        conn: Any = None,
+        *,
+        type_name: str = RAW_DEPOSITED,
+        notify: str | None = None,
+    ) -> int:
+        """Append in one transaction; ``notify``: also NOTIFY that channel in it."""
         conn = conn or self.conn
         rows = [(uuid.uuid4(), _encode({"amount": a})) for a in amounts]
-        with conn.transaction(), conn.cursor() as cur:
-            cur.execute(RAW_VERSION, (stream,))
-            (actual,) = cur.fetchone()
-            if actual != expected:
-                raise RuntimeError(f"{stream}: expected {expected}, found {actual}")
-            cur.executemany(
-                RAW_INSERT,
-                [
-                    (stream, actual + i, eid, "bench.Deposited", d)
-                    for i, (eid, d) in enumerate(rows, 1)
-                ],
-            )
+        try:
+            with conn.transaction(), conn.cursor() as cur:
+                cur.execute(RAW_VERSION, (stream,))
+                (actual,) = cur.fetchone()
+                if actual != expected:
+                    raise Conflict(f"{stream}: expected {expected}, found {actual}")
+                cur.executemany(
+                    RAW_INSERT,
+                    [(stream, actual + i, eid, type_name, d) for i, (eid, d) in enumerate(rows, 1)],
+                )
+                if notify is not None:
+                    cur.execute("SELECT pg_notify(%s, '')", (notify,))
+        except psycopg.errors.UniqueViolation as exc:
+            raise Conflict(f"{stream}: another writer took version {expected + 1}") from exc
         return actual + len(rows)
+
+    def load(self, stream: str, conn: Any = None) -> tuple[int, int]:
+        """SELECT the stream, decode every payload, fold: (balance, version)."""
+        balance = version = 0
+        with (conn or self.conn).cursor(binary=True) as cur:
+            for row in cur.execute(RAW_LOAD, (stream,)).fetchall():
+                payload = _decode(row[6])
+                if row[4] == RAW_DEPOSITED:
+                    balance += payload["amount"]
+                version = row[2]
+        return balance, version
+
+    def count(self, stream: str) -> tuple[int, int]:
+        """(number of events, highest version) of ``stream``."""
+        count, version = self.conn.execute(RAW_COUNT, (stream,)).fetchone()
+        return count, version
 
     def read_all(self) -> Iterator[dict[str, Any]]:
         after = 0
@@ -185,13 +311,38 @@ def scratch_database(admin_url: str) -> Iterator[str]:
             )
 
 
-class Bench:
-    """Owns the stores of each contender, each in its own schema of one scratch database."""
+def es_env(url: str, schema: str, pool_size: int, *, create: bool = True) -> dict[str, str]:
+    """eventsourcing's settings for a PostgreSQL schema of the database at ``url``.
 
-    def __init__(self, url: str, counts: Counts, stack: ExitStack) -> None:
+    ``create=False`` for helper processes: the parent created the tables, and
+    eight processes re-creating its insert function at once make PostgreSQL
+    fail with "tuple concurrently updated".
+    """
+    params = psycopg.conninfo.conninfo_to_dict(url)
+    return {
+        "CREATE_TABLE": "y" if create else "n",
+        "PERSISTENCE_MODULE": "eventsourcing.postgres",
+        "POSTGRES_DBNAME": str(params.get("dbname", "postgres")),
+        "POSTGRES_HOST": str(params.get("host", "127.0.0.1")),
+        "POSTGRES_PORT": str(params.get("port", "5432")),
+        "POSTGRES_USER": str(params.get("user", "postgres")),
+        "POSTGRES_PASSWORD": str(params.get("password", "")),
+        "POSTGRES_SCHEMA": schema,
+        "POSTGRES_POOL_SIZE": str(pool_size),
+    }
+
+
+class Bench:
+    """Owns the stores of each contender, each in its own schema of one scratch database.
+
+    ``stack`` closes what a scenario opened; the runner gives each scenario a
+    fresh one, so connections do not pile up towards the server's limit.
+    """
+
+    def __init__(self, url: str, counts: Counts) -> None:
         self.url = url
         self.counts = counts
-        self.stack = stack
+        self.stack = ExitStack()
         self._n = 0
 
     def _schema(self, label: str) -> str:
@@ -204,34 +355,23 @@ class Bench:
         with psycopg.connect(self.url, autocommit=True) as conn:
             conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
         store = RawStore(url)
-        store.url = url  # type: ignore[attr-defined]
         self.stack.callback(store.close)
         return store
 
-    def open_es(self) -> EsBank:
-        params = psycopg.conninfo.conninfo_to_dict(self.url)
+    def open_es(self, pool_size: int = WRITERS) -> EsBank:
         schema = self._schema("es")
         with psycopg.connect(self.url, autocommit=True) as conn:
             conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
-        app = EsBank(
-            env={
-                "PERSISTENCE_MODULE": "eventsourcing.postgres",
-                "POSTGRES_DBNAME": str(params.get("dbname", "postgres")),
-                "POSTGRES_HOST": str(params.get("host", "127.0.0.1")),
-                "POSTGRES_PORT": str(params.get("port", "5432")),
-                "POSTGRES_USER": str(params.get("user", "postgres")),
-                "POSTGRES_PASSWORD": str(params.get("password", "")),
-                "POSTGRES_SCHEMA": schema,
-                "POSTGRES_POOL_SIZE": str(WRITERS),
-            }
-        )
+        app = EsBank(env=es_env(self.url, schema, pool_size))
         self.stack.callback(app.close)
         return app
 
-    def open_ef(self) -> PostgresEventStore:
+    def open_ef(
+        self, cls: type[PostgresEventStore] = PostgresEventStore, max_size: int = WRITERS
+    ) -> PostgresEventStore:
         schema = self._schema("ef")
         migrate(self.url, schema=schema)
-        store = PostgresEventStore(self.url, schema=schema, max_size=WRITERS)
+        store = cls(self.url, schema=schema, max_size=max_size)
         self.stack.callback(store.close)
         return store
 
@@ -270,9 +410,7 @@ class Bench:
         raw, app, store = self.open_raw(), self.open_es(), self.open_ef()
         pool = self.stack.enter_context(ThreadPoolExecutor(WRITERS))
         k = self.counts.burst_appends
-        raw_conns = [psycopg.connect(raw.url, autocommit=True) for _ in range(WRITERS)]  # type: ignore[attr-defined]
-        for conn in raw_conns:
-            self.stack.callback(conn.close)
+        raw_conns = self._raw_connections(raw)
         raw_versions = [0] * WRITERS
         ef_versions = [0] * WRITERS
         es_accounts = [EsAccount() for _ in range(WRITERS)]
@@ -302,8 +440,8 @@ class Bench:
                     f"w{w}", [Deposited(amount=10)], expected=ef_versions[w]
                 ).to_version
 
-        return run_rounds(
-            f"{WRITERS} writers x {k} appends of 1 event, distinct streams",
+        results = run_rounds(
+            f"{WRITERS} writer threads x {k} appends of 1 event, distinct streams",
             "synchronous_commit=on",
             WRITERS * k,
             {RAW: burst(raw_work), ES: burst(es_work), EF: burst(ef_work)},
@@ -311,6 +449,270 @@ class Bench:
             rounds=self.counts.rounds,
             warmup=1,
         )
+        per_stream = (self.counts.concurrent_bursts + 1) * k  # + the warm-up burst
+        _check_streams(raw, app, store, [f"w{w}" for w in range(WRITERS)], es_accounts, per_stream)
+        return results
+
+    def _raw_connections(self, raw: RawStore) -> list[Any]:
+        conns = [psycopg.connect(raw.url, autocommit=True) for _ in range(WRITERS)]
+        for conn in conns:
+            self.stack.callback(conn.close)
+        return conns
+
+    def processes(self) -> dict[str, Measurement]:
+        """WRITERS spawned processes, each appending to its own stream with its own store."""
+        raw, app, store = self.open_raw(), self.open_es(1), self.open_ef(max_size=1)
+        k = self.counts.burst_appends
+        accounts = [EsAccount() for _ in range(WRITERS)]
+        app.save(*accounts)
+        spec = {
+            "url": self.url,
+            "raw_url": raw.url,
+            "es_env": es_env(self.url, app.env["POSTGRES_SCHEMA"], 1, create=False),
+            "ef_schema": store.schema,
+        }
+        ctx = multiprocessing.get_context("spawn")
+        workers: list[tuple[Any, Any]] = []
+        try:
+            for w in range(WRITERS):
+                parent, child = ctx.Pipe()
+                proc = ctx.Process(
+                    target=_writer_process,
+                    args=(w, child, spec, accounts[w].id),
+                    name=f"bench-writer-{w}",
+                    daemon=True,
+                )
+                proc.start()
+                child.close()
+                workers.append((proc, parent))
+            for proc, pipe in workers:
+                _expect(pipe, proc)
+
+            def burst(name: str) -> Callable[[], None]:
+                def op() -> None:
+                    for _, pipe in workers:
+                        pipe.send((name, k))
+                    for proc, pipe in workers:
+                        _expect(pipe, proc)
+
+                return op
+
+            results = run_rounds(
+                f"{WRITERS} writer processes x {k} appends of 1 event, distinct streams",
+                "synchronous_commit=on",
+                WRITERS * k,
+                {RAW: burst(RAW), ES: burst(ES), EF: burst(EF)},
+                count=self.counts.concurrent_bursts,
+                rounds=self.counts.rounds,
+                warmup=1,
+            )
+        finally:
+            _stop_workers(workers)
+        per_stream = (self.counts.concurrent_bursts + 1) * k
+        _check_streams(raw, app, store, [f"p{w}" for w in range(WRITERS)], accounts, per_stream)
+        return results
+
+    def hot_stream(self) -> dict[str, Measurement]:
+        """WRITERS threads on one stream: read the version, append with it, retry on conflict."""
+        raw, app = self.open_raw(), self.open_es()
+        store = self.open_ef(CountingStore)
+        assert isinstance(store, CountingStore)
+        pool = self.stack.enter_context(ThreadPoolExecutor(WRITERS))
+        raw_conns = self._raw_connections(raw)
+        k = self.counts.hot_appends
+        # A fresh stream per burst (the warm-up burst too), so every burst does the same
+        # work: each load folds at most 1 + WRITERS * k events.
+        streams = [f"hot-{i}" for i in range(self.counts.hot_bursts + 1)]
+        es_accounts = [EsAccount() for _ in streams]
+        app.save(*es_accounts)
+        for stream in streams:
+            raw.append(stream, [0], 0, type_name=RAW_OPENED)
+            store.append(stream, [Opened()], expected=0)
+        # Every contender retries at once, without back-off, until its append succeeds.
+        handler: CommandHandler[int, object] = CommandHandler(
+            store, DECIDER, max_retries=1_000_000, retry_delay=0.0
+        )
+        conflicts: dict[str, Counter[str]] = {RAW: Counter(), ES: Counter(), EF: store.conflicts}
+        lock = threading.Lock()
+        turn = {RAW: -1, ES: -1, EF: -1}
+
+        def burst(name: str, work: Callable[[int, int], None]) -> Callable[[], None]:
+            def op() -> None:
+                turn[name] += 1
+                for future in [pool.submit(work, w, turn[name]) for w in range(WRITERS)]:
+                    future.result()
+
+            return op
+
+        def raw_work(w: int, i: int) -> None:
+            conn, stream = raw_conns[w], streams[i]
+            for _ in range(k):
+                while True:
+                    _, version = raw.load(stream, conn)
+                    try:
+                        raw.append(stream, [10], version, conn)
+                        break
+                    except Conflict:
+                        with lock:
+                            conflicts[RAW][stream] += 1
+
+        def es_work(w: int, i: int) -> None:
+            account_id = es_accounts[i].id
+            for _ in range(k):
+                while True:
+                    account = app.repository.get(account_id)
+                    account.deposit(10)
+                    try:
+                        app.save(account)
+                        break
+                    except RecordConflictError:
+                        with lock:
+                            conflicts[ES][streams[i]] += 1
+
+        def ef_work(w: int, i: int) -> None:
+            stream = streams[i]
+            for _ in range(k):
+                handler.handle(stream, DEPOSIT)
+
+        results = run_rounds(
+            f"{WRITERS} writer threads x {k} appends of 1 event, ONE hot stream",
+            "synchronous_commit=on",
+            WRITERS * k,
+            {RAW: burst(RAW, raw_work), ES: burst(ES, es_work), EF: burst(EF, ef_work)},
+            count=self.counts.hot_bursts,
+            rounds=self.counts.rounds,
+            warmup=1,
+        )
+        for i, stream in enumerate(streams):
+            _check_streams(raw, app, store, [stream], [es_accounts[i]], WRITERS * k, opened=True)
+        appends = self.counts.hot_bursts * WRITERS * k
+        for name, m in results.items():
+            lost = sum(conflicts[name][s] for s in streams[1:])  # not the warm-up burst
+            m.extra.update(conflicts=lost, conflicts_per_append=round(lost / appends, 3))
+        return results
+
+    def load_stream(self) -> dict[str, Measurement]:
+        raw, app, store = self.open_raw(), self.open_es(), self.open_ef()
+        streams = [f"account-{n}" for n in range(self.counts.load_streams)]
+        es_ids: list[uuid.UUID] = []
+        chunk = 111  # 9 transactions of 111 deposits after the "opened" event
+        for stream in streams:
+            version = raw.append(stream, [0], 0, type_name=RAW_OPENED)
+            ef_version = store.append(stream, [Opened()], expected=0).to_version
+            account = EsAccount()
+            for _ in range((STREAM_EVENTS - 1) // chunk):
+                version = raw.append(stream, [10] * chunk, version)
+                ef_version = store.append(
+                    stream, [Deposited(amount=10) for _ in range(chunk)], expected=ef_version
+                ).to_version
+                for _ in range(chunk):
+                    account.deposit(10)
+                app.save(account)
+            es_ids.append(account.id)
+        expected = (10 * (STREAM_EVENTS - 1), STREAM_EVENTS)
+        handler: CommandHandler[int, object] = CommandHandler(store, DECIDER)
+        turn = {RAW: 0, ES: 0, EF: 0}
+
+        def pick(name: str) -> int:
+            turn[name] += 1
+            return turn[name] % len(streams)
+
+        def raw_op() -> None:
+            _check(raw.load(streams[pick(RAW)]) == expected, RAW)
+
+        def es_op() -> None:
+            account = app.repository.get(es_ids[pick(ES)])
+            _check((account.balance, account.version) == expected, ES)
+
+        def ef_op() -> None:
+            loaded = handler.load(streams[pick(EF)])
+            _check((loaded.state, loaded.version) == expected, EF)
+
+        return run_rounds(
+            f"load+fold {STREAM_EVENTS:,}-event stream",
+            "-",
+            STREAM_EVENTS,
+            {RAW: raw_op, ES: es_op, EF: ef_op},
+            count=self.counts.loads,
+            rounds=self.counts.rounds,
+            warmup=3,
+        )
+
+    def subscriber_latency(self) -> dict[str, Measurement]:
+        """Commit-to-delivery latency of a live subscriber in another process.
+
+        One writer (this process) appends one event, takes ``time.time_ns()``
+        as soon as the append returned, then sleeps LATENCY_GAP_S, so that
+        the latency does not include queueing behind earlier events.
+        """
+        raw, app, store = self.open_raw(), self.open_es(1), self.open_ef(max_size=1)
+        channel = f"raw_events_{self._n}"
+        samples, rounds = self.counts.latency_samples, self.counts.rounds
+        per_round = [self.counts.latency_warmup] + [
+            samples // rounds + (1 if i < samples % rounds else 0) for i in range(rounds)
+        ]
+        ends = list(itertools.accumulate(per_round))
+        account = EsAccount()
+        app.save(account)
+        state = {RAW: 0, EF: 0}
+
+        def raw_write(sample: int) -> None:
+            state[RAW] = raw.append("live", [sample], state[RAW], notify=channel)
+
+        def es_write(sample: int) -> None:
+            account.deposit(sample)
+            app.save(account)
+
+        def ef_write(sample: int) -> None:
+            state[EF] = store.append(
+                "live", [Deposited(amount=sample)], expected=state[EF]
+            ).to_version
+
+        writers = {RAW: raw_write, ES: es_write, EF: ef_write}
+        specs: dict[str, dict[str, Any]] = {
+            RAW: {"raw_url": raw.url, "channel": channel},
+            ES: {"es_env": es_env(self.url, app.env["POSTGRES_SCHEMA"], 2, create=False)},
+            EF: {"url": self.url, "schema": store.schema},
+        }
+        ctx = multiprocessing.get_context("spawn")
+        subscribers: dict[str, tuple[Any, Any]] = {}
+        title = f"subscriber latency, commit -> delivery in another process ({samples} samples)"
+        results = {name: Measurement(title, "-", name, 1) for name in writers}
+        try:
+            for name in writers:
+                parent, child = ctx.Pipe()
+                proc = ctx.Process(
+                    target=_subscriber_process,
+                    args=(name, child, specs[name], [end - 1 for end in ends]),
+                    name=f"bench-subscriber-{name}",
+                    daemon=True,
+                )
+                proc.start()
+                child.close()
+                subscribers[name] = (proc, parent)
+            for proc, pipe in subscribers.values():
+                _expect(pipe, proc)
+            names = list(writers)
+            for round_index, n in enumerate(per_round):
+                first = ends[round_index] - n
+                shift = round_index % len(names)
+                for name in names[shift:] + names[:shift]:
+                    write, committed = writers[name], []
+                    for sample in range(first, first + n):
+                        write(sample)
+                        committed.append(time.time_ns())
+                        time.sleep(LATENCY_GAP_S)
+                    proc, pipe = subscribers[name]
+                    delivered = _expect(pipe, proc)
+                    # No lost, doubled or reordered events.
+                    _check([s for s, _ in delivered] == list(range(first, first + n)), name)
+                    if round_index:  # round 0 is the warm-up
+                        results[name].latencies_ns.extend(
+                            at - sent for (_, at), sent in zip(delivered, committed, strict=True)
+                        )
+        finally:
+            _stop_workers(list(subscribers.values()))
+        return results
 
     def read_all(self) -> dict[str, Measurement]:
         raw, app, store = self.open_raw(), self.open_es(), self.open_ef()
@@ -365,6 +767,165 @@ def _check(ok: bool, contender: str) -> None:
         raise RuntimeError(f"{contender} read back something else than was written")
 
 
+def _check_streams(
+    raw: RawStore,
+    app: EsBank,
+    store: PostgresEventStore,
+    streams: list[str],
+    accounts: list[EsAccount],
+    deposits: int,
+    *,
+    opened: bool = False,
+) -> None:
+    """Untimed: each stream holds exactly ``deposits`` deposits of 10, none lost, none doubled.
+
+    eventsourcing's aggregates (and, with ``opened``, the other streams) start
+    with one creation event.
+    """
+    first = 1 if opened else 0
+    balance = 10 * deposits
+    handler: CommandHandler[int, object] = CommandHandler(store, DECIDER)
+    for stream, account in zip(streams, accounts, strict=True):
+        version = first + deposits
+        _check(raw.count(stream) == (version, version), RAW)
+        _check(raw.load(stream) == (balance, version), RAW)
+        loaded = handler.load(stream)
+        _check((loaded.state, loaded.version) == (balance, version), EF)
+        events = list(store.read(stream))
+        _check([e.version for e in events] == list(range(1, version + 1)), EF)
+        es_account = app.repository.get(account.id)
+        _check((es_account.balance, es_account.version) == (balance, 1 + deposits), ES)
+
+
+# -- helper processes (spawned: they import this module afresh) -----------------------------
+
+
+def _expect(pipe: Any, proc: Any, timeout: float = WORKER_TIMEOUT_S) -> Any:
+    """The next message of a helper process; its traceback if it failed."""
+    if not pipe.poll(timeout):
+        raise RuntimeError(f"{proc.name} sent nothing for {timeout:.0f} s")
+    message = pipe.recv()
+    if isinstance(message, tuple) and message and message[0] == "error":
+        raise RuntimeError(f"{proc.name} failed:\n{message[1]}")
+    return message
+
+
+def _stop_workers(workers: list[tuple[Any, Any]]) -> None:
+    for _, pipe in workers:
+        with suppress(OSError):
+            pipe.send(None)
+    for proc, pipe in workers:
+        proc.join(30)
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
+        pipe.close()
+
+
+def _writer_process(w: int, pipe: Any, spec: dict[str, Any], es_id: uuid.UUID) -> None:
+    """One writer of the processes scenario: on each (contender, k), append k events."""
+    stream = f"p{w}"
+    with ExitStack() as stack:
+        try:
+            raw = RawStore(spec["raw_url"], create=False)
+            stack.callback(raw.close)
+            app = EsBank(env=spec["es_env"])
+            stack.callback(app.close)
+            store = PostgresEventStore(spec["url"], schema=spec["ef_schema"], max_size=1)
+            stack.callback(store.close)
+            account = app.repository.get(es_id)
+            raw_version = ef_version = 0
+            pipe.send("ready")
+            while (message := pipe.recv()) is not None:
+                name, k = message
+                if name == RAW:
+                    for _ in range(k):
+                        raw_version = raw.append(stream, [10], raw_version)
+                elif name == ES:
+                    for _ in range(k):
+                        account.deposit(10)
+                        app.save(account)
+                else:
+                    for _ in range(k):
+                        ef_version = store.append(
+                            stream, [Deposited(amount=10)], expected=ef_version
+                        ).to_version
+                pipe.send("done")
+        except BaseException:
+            with suppress(OSError):
+                pipe.send(("error", traceback.format_exc()))
+            raise
+
+
+def _subscriber_process(name: str, pipe: Any, spec: dict[str, Any], flush_after: list[int]) -> None:
+    """The subscriber of the latency scenario, for one contender.
+
+    Takes ``time.time_ns()`` as soon as the consumer holds a decoded event. The
+    writer's events carry their sample number as ``amount``; after the sample
+    numbers in ``flush_after`` (the end of each round), it sends the (sample,
+    time) pairs of the round to the parent, and stops after the last one.
+    """
+    flush, last = set(flush_after), flush_after[-1]
+    received: list[tuple[int, int]] = []
+    clock = time.time_ns
+
+    def record(sample: int, at: int) -> bool:
+        received.append((sample, at))
+        if sample in flush:
+            pipe.send(received.copy())
+            received.clear()
+        return sample == last
+
+    try:
+        if name == RAW:
+            with (
+                psycopg.connect(spec["raw_url"], autocommit=True) as listener,
+                psycopg.connect(spec["raw_url"], autocommit=True) as reader,
+                reader.cursor(binary=True) as cur,
+            ):
+                listener.execute(sql.SQL("LISTEN {}").format(sql.Identifier(spec["channel"])))
+                pipe.send("ready")
+                after, done = 0, False
+                while not done:
+                    rows = cur.execute(RAW_READ_ALL, (after, PAGE_SIZE)).fetchall()
+                    for row in rows:
+                        payload = _decode(row[6])
+                        at = clock()
+                        after = row[0]
+                        if row[4] == RAW_DEPOSITED:
+                            done = record(payload["amount"], at)
+                    if not done and len(rows) < PAGE_SIZE:
+                        for _ in listener.notifies(timeout=5.0, stop_after=1):
+                            pass
+        elif name == ES:
+            app = EsBank(env=spec["es_env"])
+            try:
+                with ApplicationSubscription(app, gt=None) as subscription:
+                    pipe.send("ready")
+                    for domain_event, _ in subscription:
+                        at = clock()
+                        if type(domain_event) is ES_DEPOSITED and record(domain_event.amount, at):
+                            break
+            finally:
+                app.close()
+        else:
+            store = PostgresEventStore(spec["url"], schema=spec["schema"], max_size=2)
+            try:
+                pipe.send("ready")
+                events = store.subscribe(after=0)
+                for event in events:
+                    at = clock()
+                    if type(event.data) is Deposited and record(event.data.amount, at):
+                        break
+                events.close()
+            finally:
+                store.close()
+    except BaseException:
+        with suppress(OSError):
+            pipe.send(("error", traceback.format_exc()))
+        raise
+
+
 # -- command line ---------------------------------------------------------------------------
 
 
@@ -380,6 +941,52 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _report_throughput(results: dict[str, Measurement]) -> dict[str, Any]:
+    ratio_values = ratios(results, EF, [RAW, ES])
+    first = next(iter(results.values()))
+    print_table(first.scenario, results, ratio_values)
+    if "conflicts" in first.extra:
+        text = "   ".join(
+            f"{m.contender} {m.extra['conflicts']} ({m.extra['conflicts_per_append']:.3f}/append)"
+            for m in results.values()
+        )
+        print(f"conflicts (each one a retry): {text}")
+    return {
+        "scenario": first.scenario,
+        "results": [m.as_dict() for m in results.values()],
+        "ratios": {k: round(v, 3) for k, v in ratio_values.items()},
+    }
+
+
+def _report_latency(results: dict[str, Measurement]) -> dict[str, Any]:
+    def p(name: str, q: float) -> float:
+        return percentile(sorted(results[name].latencies_ns), q) / 1000
+
+    ratio_values = {
+        f"p{q} {EF}/{other}": p(EF, q) / p(other, q) for q in (50, 99) for other in (RAW, ES)
+    }
+    first = next(iter(results.values()))
+    print_latency_table(first.scenario, results, ratio_values)
+    print(
+        "subscribers: raw = LISTEN connection + SELECT of the rows after the last seen position;"
+        " eventsourcing = eventsourcing.projection.ApplicationSubscription (PostgresSubscription,"
+        " LISTEN/NOTIFY); eventfold = PostgresEventStore.subscribe()"
+    )
+    return {
+        "scenario": first.scenario,
+        "results": [
+            {
+                "contender": m.contender,
+                "samples": m.ops,
+                **{f"p{q}_us": round(p(m.contender, q), 2) for q in (50, 90, 99, 100)},
+                "mean_us": round(m.seconds / m.ops * 1e6, 2) if m.ops else None,
+            }
+            for m in results.values()
+        ],
+        "ratios": {k: round(v, 3) for k, v in ratio_values.items()},
+    }
+
+
 def run(args: argparse.Namespace) -> int:
     counts = QUICK_COUNTS if args.quick else FULL_COUNTS
     info = system_info(
@@ -390,7 +997,7 @@ def run(args: argparse.Namespace) -> int:
     )
     started = time.perf_counter()
     records: list[dict[str, Any]] = []
-    with scratch_database(args.conninfo) as url, ExitStack() as stack:
+    with scratch_database(args.conninfo) as url:
         with psycopg.connect(url) as conn:
             server = conn.info.server_version
             info["postgres"] = f"{server // 10000}.{server % 10000}"
@@ -399,27 +1006,26 @@ def run(args: argparse.Namespace) -> int:
             f"PostgreSQL {info['postgres']} | psycopg {info['psycopg']} | "
             f"Python {info['python']} | {info['cpus']} CPUs | {'quick' if args.quick else 'full'} run"
         )
-        bench = Bench(url, counts, stack)
+        bench = Bench(url, counts)
         steps: list[Callable[[], dict[str, Measurement]]] = [
             lambda: bench.appends(1, counts.append_1),
             lambda: bench.appends(10, counts.append_10),
             lambda: bench.appends(100, counts.append_100),
             bench.concurrent,
+            bench.processes,
+            bench.hot_stream,
+            bench.load_stream,
             bench.read_all,
+            bench.subscriber_latency,
         ]
         for step in steps:
-            results = step()
+            with ExitStack() as bench.stack:
+                results = step()
             gc.collect()
-            ratio_values = ratios(results, EF, [RAW, ES])
-            first = next(iter(results.values()))
-            print_table(first.scenario, results, ratio_values)
-            records.append(
-                {
-                    "scenario": first.scenario,
-                    "results": [m.as_dict() for m in results.values()],
-                    "ratios": {k: round(v, 3) for k, v in ratio_values.items()},
-                }
-            )
+            if step == bench.subscriber_latency:
+                records.append(_report_latency(results))
+            else:
+                records.append(_report_throughput(results))
     elapsed = time.perf_counter() - started
     print(f"\ntotal {elapsed:.1f} s; ratios > 1 mean eventfold has the higher throughput")
     if args.json:

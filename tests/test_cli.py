@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from eventfold import Serializer, SqliteEventStore, TypeRegistry
 from eventfold.cli import INSTALL_HINT, main
 from eventfold.cli._app import app
-from eventfold.store.postgres import PostgresEventStore
+from eventfold.store.postgres import LATEST_SCHEMA_VERSION, PostgresEventStore
 from eventfold.testing._events import Deposited
 from tests.pg import free_loopback_port, new_schema_name
 
@@ -285,7 +285,7 @@ def test_migrate_then_browse_a_postgres_store(pg_database: str) -> None:
     again = runner.invoke(app, ["migrate", "--postgres", pg_database, "--schema", schema])
     assert first.exit_code == 0, first.output
     assert again.exit_code == 0, again.output
-    assert f"schema {schema} is at eventfold schema version 2" in again.stdout
+    assert f"schema {schema} is at eventfold schema version {LATEST_SCHEMA_VERSION}" in again.stdout
     with PostgresEventStore(pg_database, schema=schema) as store:
         store.append("order-1", [Deposited(amount=5), Deposited(amount=6)])
     listed = runner.invoke(

@@ -10,7 +10,13 @@ from pathlib import Path
 import pytest
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
-PAGES = ["concepts.md", "evolution.md", "snapshots.md", "corrections.md"]
+PAGES = [
+    "concepts.md",
+    "evolution.md",
+    "snapshots.md",
+    "corrections.md",
+    "projections.md",
+]
 
 
 @pytest.mark.parametrize("page", PAGES)

@@ -6,6 +6,7 @@ import asyncio
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import AsyncIterator, Iterator
 
 import psycopg
@@ -15,8 +16,11 @@ from psycopg import sql
 from psycopg_pool import ConnectionPool
 
 from eventfold import (
+    ANY,
     NO_STREAM,
+    STREAM_EXISTS,
     ConfigurationError,
+    InvalidRequest,
     NewEvent,
     StoreError,
     StoreTimeout,
@@ -24,8 +28,8 @@ from eventfold import (
     WrongExpectedVersion,
 )
 from eventfold.serialization import Serializer
-from eventfold.store._common import encode_batch
-from eventfold.store._postgres import PostgresStatements, insert_params, translate_errors
+from eventfold.store._common import AppendResult, Expected, encode_batch, expectation_met
+from eventfold.store._postgres import PostgresStatements, append_params, translate_errors
 from eventfold.store.postgres import (
     LATEST_SCHEMA_VERSION,
     AsyncPostgresEventStore,
@@ -241,7 +245,7 @@ def test_version_unique_violation_is_wrong_expected_version(pg_database: str, sc
     statements = PostgresStatements(schema)
     batch = encode_batch(Serializer(), [Deposited(amount=1)])
     with psycopg.connect(pg_database, autocommit=True) as conn:
-        conn.execute(statements["insert_events"], insert_params("s", 1, batch))
+        conn.execute(statements["append"], append_params("s", NO_STREAM, batch))
         insert = sql.SQL(
             "INSERT INTO {}.events (stream, version, id, type, schema_version, data) "
             "VALUES ('s', 1, gen_random_uuid(), 't', 1, '')"
@@ -276,7 +280,7 @@ def test_older_open_transaction_holds_readers_back_and_order_is_kept(
     early = encode_batch(pg_store.serializer, [Deposited(amount=1)])
     with psycopg.connect(pg_database) as slow:
         # `slow` gets the older transaction id, but commits after the store's append.
-        slow.execute(statements["insert_events"], insert_params("slow", 1, early))
+        slow.execute(statements["append"], append_params("slow", NO_STREAM, early))
         result = pg_store.append("fast", [Deposited(amount=2)])
         assert result.position > cursor
         # Not visible yet: it would be ahead of the slow transaction's event.
@@ -313,6 +317,124 @@ def test_idempotent_retry_after_version_race(pg_store: PostgresEventStore) -> No
     pg_store.append("s", [Deposited(amount=9)])
     assert pg_store.append("s", batch, expected=0) == first
     assert [e.version for e in pg_store.read("s")] == [1, 2, 3, 4]
+
+
+# -- appends: one statement in autocommit, never a partial batch ---------------------------
+
+
+def _count_rows(url: str, schema: str, stream: str) -> int:
+    with psycopg.connect(url) as conn:
+        query = sql.SQL("SELECT count(*) FROM {}.events WHERE stream = %s")
+        row = conn.execute(query.format(sql.Identifier(schema)), (stream,)).fetchone()
+    assert row is not None
+    count: int = row[0]
+    return count
+
+
+@pytest.mark.parametrize("taken_in", ["other", "s"])
+def test_batch_whose_second_id_is_stored_leaves_nothing(
+    pg_database: str, pg_store: PostgresEventStore, taken_in: str
+) -> None:
+    taken = NewEvent(data=Deposited(amount=0))
+    pg_store.append(taken_in, [taken])
+    before = pg_store.last_position()
+    first, third = NewEvent(data=Deposited(amount=1)), NewEvent(data=Deposited(amount=3))
+    with pytest.raises(InvalidRequest, match="reuses event ids"):
+        pg_store.append("s", [first, taken, third])
+    assert pg_store.find_event(first.id) is None
+    assert pg_store.find_event(third.id) is None
+    assert _count_rows(pg_database, pg_store.schema, "s") == (1 if taken_in == "s" else 0)
+    assert pg_store.last_position() == before
+    # The statement on its own, in autocommit: the unique violation undoes all of it.
+    statements = PostgresStatements(pg_store.schema)
+    batch = encode_batch(pg_store.serializer, [first, taken, third])
+    with (
+        psycopg.connect(pg_database, autocommit=True) as conn,
+        pytest.raises(psycopg.errors.UniqueViolation),
+    ):
+        conn.execute(statements["append"], append_params("s", ANY, batch))
+    assert _count_rows(pg_database, pg_store.schema, "s") == (1 if taken_in == "s" else 0)
+    assert pg_store.last_position() == before
+
+
+def _wait_until_blocked_by(url: str, pid: int) -> None:
+    with psycopg.connect(url, autocommit=True) as conn:
+        query = "SELECT count(*) FROM pg_stat_activity WHERE %s = ANY(pg_blocking_pids(pid))"
+        for _ in range(1000):
+            row = conn.execute(query, (pid,)).fetchone()
+            if row is not None and row[0]:
+                return
+            time.sleep(0.01)
+    raise AssertionError("the append never waited for the rival transaction")
+
+
+@pytest.mark.parametrize("expected", [NO_STREAM, 0, ANY])
+def test_version_race_between_two_connections(
+    pg_database: str, pg_store: PostgresEventStore, expected: Expected
+) -> None:
+    statements = PostgresStatements(pg_store.schema)
+    rival = encode_batch(pg_store.serializer, [Deposited(amount=1)])
+    outcome: dict[str, object] = {}
+
+    def append() -> None:
+        try:
+            batch = [Deposited(amount=2), Deposited(amount=3)]
+            outcome["result"] = pg_store.append("s", batch, expected=expected)
+        except Exception as exc:  # checked below
+            outcome["error"] = exc
+
+    pg_store.last_position()  # open the pool before the rival transaction starts
+    with psycopg.connect(pg_database) as other:
+        # The rival takes version 1 and holds it uncommitted: the store's statement
+        # probes version 0 too, then waits on the unique index for the rival.
+        other.execute(statements["append"], append_params("s", NO_STREAM, rival))
+        thread = threading.Thread(target=append)
+        thread.start()
+        _wait_until_blocked_by(pg_database, other.info.backend_pid)
+        other.commit()
+        thread.join(30)
+    versions = [(e.version, e.data.amount) for e in pg_store.read("s")]
+    if expected is ANY:
+        result = outcome["result"]
+        assert isinstance(result, AppendResult)
+        assert (result.from_version, result.to_version) == (2, 3)
+        assert versions == [(1, 1), (2, 2), (3, 3)]
+    else:
+        error = outcome["error"]
+        assert isinstance(error, WrongExpectedVersion)
+        assert (error.expected, error.actual) == (expected, 1)
+        assert versions == [(1, 1)]
+
+
+def test_failed_expectation_writes_and_announces_nothing(pg_database: str, schema: str) -> None:
+    with (
+        PostgresEventStore(pg_database, schema=schema) as store,
+        psycopg.connect(pg_database, autocommit=True) as listener,
+    ):
+        listener.execute(sql.SQL("LISTEN {}").format(sql.Identifier(f"{schema}.events")))
+        store.append("s", [Deposited(amount=1)])
+        before = store.last_position()
+        expectations: list[Expected] = [NO_STREAM, 0, 2, 2**63, 2**80]
+        for expected in expectations:
+            with pytest.raises(WrongExpectedVersion) as info:
+                store.append("s", [Deposited(amount=2)], expected=expected)
+            assert info.value.actual == 1
+        with pytest.raises(WrongExpectedVersion):
+            store.append("t", [Deposited(amount=2)], expected=STREAM_EXISTS)
+        assert store.last_position() == before
+        assert [e.version for e in store.read("s")] == [1]
+        heard = list(listener.notifies(timeout=0.3, stop_after=2))
+        assert len(heard) == 1  # the first append only
+
+
+@pytest.mark.parametrize(
+    "expected", [ANY, NO_STREAM, STREAM_EXISTS, 0, 1, 5, 2**63 - 1, 2**63, 2**80]
+)
+def test_append_params_encode_the_expectation(expected: Expected) -> None:
+    params = append_params("s", expected, [])
+    for actual in [0, 1, 4, 5, 6, 2**63 - 1]:
+        met = params["low"] <= actual <= params["high"]
+        assert met == expectation_met(expected, actual), actual
 
 
 # -- live subscription -------------------------------------------------------------------
@@ -432,10 +554,10 @@ def test_schema_version_1_is_migrated_to_the_latest(pg_database: str) -> None:
         conn.execute(statements["record_migration"], {"version": 1})
     with (
         PostgresEventStore(pg_database, schema=schema) as store,
-        pytest.raises(ConfigurationError, match="needs 2"),
+        pytest.raises(ConfigurationError, match=f"needs {LATEST_SCHEMA_VERSION}"),
     ):
         store.last_position()
-    assert migrate(pg_database, schema=schema) == LATEST_SCHEMA_VERSION == 2
+    assert migrate(pg_database, schema=schema) == LATEST_SCHEMA_VERSION
     with PostgresEventStore(pg_database, schema=schema) as store:
         store.append("s", [Deposited(amount=1)])
         store.delete_stream("s", reason="schema 2 supports deletion")

@@ -22,7 +22,7 @@ from eventfold import (
     StoreTimeout,
     WrongExpectedVersion,
 )
-from eventfold.store._sqlite_db import SQL
+from eventfold.store._sqlite_db import SCHEMA_VERSION, SQL
 from eventfold.testing import (
     AsyncEventStoreLifecycleSuite,
     AsyncEventStoreSuite,
@@ -199,7 +199,7 @@ def test_schema_v1_file_is_migrated_in_place(tmp_path: Path) -> None:
         store.delete_stream("old", reason="migrated file supports deletion")
         assert store.get_stream("old").deleted is not None  # type: ignore[union-attr]
     with sqlite3.connect(path) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone() == (2,)
+        assert conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
 
 
 def test_connections_of_finished_threads_are_closed(tmp_path: Path) -> None:

@@ -42,6 +42,8 @@ class AsyncMemoryEventStore(AsyncStoreBase):
         super().__init__(serializer=serializer, page_size=page_size)
         # A plain lock is right for both flavours: it is never held across an await.
         self._lock = threading.Lock()
+        # Notified on every append: lets in-process followers wait without polling.
+        self._appended = threading.Condition(self._lock)
         # Index = position - 1; erased events become None so positions never move.
         self._log: list[Row | None] = []
         self._streams: dict[str, list[Row]] = {}
@@ -89,6 +91,7 @@ class AsyncMemoryEventStore(AsyncStoreBase):
                 rows.append(row)
                 self._log.append(row)
                 ids[event.id] = (stream, version, position)
+            self._appended.notify_all()
             return AppendResult(stream, actual + 1, version, position)
 
     async def _read_page(

@@ -24,6 +24,7 @@ from eventfold._command_types import (
 )
 from eventfold._runner import Clock
 from eventfold.aggregate import Aggregate
+from eventfold.bus import EventBus
 from eventfold.decider import Decider
 from eventfold.errors import EventfoldError, InvalidRequest, WrongExpectedVersion
 from eventfold.events import NewEvent, uuid7
@@ -50,6 +51,8 @@ class CommandHandler(Generic[S, C]):
     ``snapshots=SnapshotPolicy(every=100)`` states are loaded from the newest
     snapshot plus the events after it, and saved after appends that cross the
     policy's threshold (a failed snapshot write is logged, never raised).
+    With ``bus=EventBus()`` the recorded events of each successful command are
+    published in process, after the append has committed.
     """
 
     @overload
@@ -62,6 +65,7 @@ class CommandHandler(Generic[S, C]):
         retry_delay: float = ...,
         metadata: Mapping[str, Any] | None = ...,
         snapshots: SnapshotPolicy[Any] | None = ...,
+        bus: EventBus | None = ...,
     ) -> None: ...
 
     @overload
@@ -74,6 +78,7 @@ class CommandHandler(Generic[S, C]):
         retry_delay: float = ...,
         metadata: Mapping[str, Any] | None = ...,
         snapshots: SnapshotPolicy[Any] | None = ...,
+        bus: EventBus | None = ...,
     ) -> None: ...
 
     def __init__(
@@ -85,6 +90,7 @@ class CommandHandler(Generic[S, C]):
         retry_delay: float = 0.002,
         metadata: Mapping[str, Any] | None = None,
         snapshots: SnapshotPolicy[Any] | None = None,
+        bus: EventBus | None = None,
     ) -> None:
         if isinstance(model, type) and issubclass(model, Aggregate):
             self.decider: Decider[Any, Any, Any] = model.decider()
@@ -101,6 +107,7 @@ class CommandHandler(Generic[S, C]):
         self.retry_delay = float(retry_delay)
         self.metadata = dict(metadata or {})
         self.snapshots = snapshots
+        self.bus = bus
         if snapshots is not None:
             snapshots.bind(self.decider.initial_state)
 
@@ -208,6 +215,15 @@ class CommandHandler(Generic[S, C]):
             policy = self.snapshots
             if policy is not None and policy.is_due(state, result.from_version, result.to_version):
                 self._save_snapshot(stream, result.to_version, state)
+            if self.bus is not None:
+                # Published only now that the append has committed.
+                recorded = [
+                    e
+                    for e in self.store.read(
+                        stream, from_version=result.from_version, limit=len(events)
+                    )
+                ]
+                self.bus.publish(recorded)
             return CommandResult(state, tuple(events), result.to_version, result.position)
 
     def rebuild_snapshot(self, stream: str) -> int:

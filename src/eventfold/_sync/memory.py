@@ -43,6 +43,8 @@ class MemoryEventStore(StoreBase):
         super().__init__(serializer=serializer, page_size=page_size)
         # A plain lock is right for both flavours: it is never held across an await.
         self._lock = threading.Lock()
+        # Notified on every append: lets in-process followers wait without polling.
+        self._appended = threading.Condition(self._lock)
         # Index = position - 1; erased events become None so positions never move.
         self._log: list[Row | None] = []
         self._streams: dict[str, list[Row]] = {}
@@ -88,6 +90,7 @@ class MemoryEventStore(StoreBase):
                 rows.append(row)
                 self._log.append(row)
                 ids[event.id] = (stream, version, position)
+            self._appended.notify_all()
             return AppendResult(stream, actual + 1, version, position)
 
     def _read_page(self, stream: str, cursor: int, backwards: bool, count: int) -> Sequence[Row]:

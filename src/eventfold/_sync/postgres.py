@@ -58,7 +58,8 @@ from eventfold.store._postgres import (
     Connection,
     ConnectionPool,
     PostgresStatements,
-    insert_params,
+    UniqueViolation,
+    append_params,
     join_position,
     schema_version_error,
     split_position,
@@ -76,10 +77,6 @@ Pool: TypeAlias = ConnectionPool[Connection[Any]]
 _APPEND_ATTEMPTS = 64
 _XID8_MAX = 2**64 - 1
 _BIGINT_MAX = 2**63 - 1
-
-
-class _Rollback(Exception):
-    """Raised inside an append transaction to roll it back (rows were skipped)."""
 
 
 def migrate(conninfo_or_pool: str | Pool, *, schema: str = "eventfold") -> int:
@@ -249,19 +246,24 @@ class PostgresEventStore(StoreBase):
     # -- backend I/O ------------------------------------------------------------------
 
     def _append(self, stream: str, batch: list[EncodedEvent], expected: Expected) -> AppendResult:
+        params = append_params(stream, expected, batch)
         actual = 0
         with translate_errors(self.schema, stream, expected):
             with self._connection() as conn:
                 for _ in range(_APPEND_ATTEMPTS):
-                    result = self._try_append(conn, stream, batch, expected)
-                    if result is not None:
-                        return result
-                    # The expectation failed or the insert skipped rows: the batch may
+                    # The happy path is this one statement: one round trip, no BEGIN/COMMIT.
+                    state = self._try_append(conn, stream, batch, expected, params)
+                    if isinstance(state, AppendResult):
+                        return state
+                    # Nothing was written: the expectation failed, the stream is
+                    # deleted, or a unique violation undid the statement. The batch may
                     # be a retry of one already stored, else a conflict or a lost race.
                     retried = self._find_batch(conn, stream, batch)
                     if retried is not None:
                         return retried
-                    actual, deleted = _one(conn, self._sql["stream_state"], {"stream": stream})
+                    if state is None:  # a unique violation: read the state it ran into
+                        state = _one(conn, self._sql["stream_state"], {"stream": stream})
+                    actual, deleted = state
                     if deleted:
                         raise StreamDeleted(stream, self._hard_deleted(conn, stream))
                     if not expectation_met(expected, actual):
@@ -276,33 +278,35 @@ class PostgresEventStore(StoreBase):
         stream: str,
         batch: list[EncodedEvent],
         expected: Expected,
-    ) -> AppendResult | None:
-        """One attempt in one transaction; None if it wrote nothing (see _append)."""
+        params: dict[str, Any],
+    ) -> AppendResult | tuple[Any, ...] | None:
+        """One attempt: the result, else (version, deleted) as probed, else None.
+
+        None means a unique violation (a lost race for a version, or a stored
+        event id) undid the statement. Nothing is stored unless an
+        AppendResult is returned.
+        """
         try:
-            with conn.transaction():
-                # A cheap index probe first, so that a wrong expectation costs no
-                # insert; the unique (stream, version) index settles races after it.
-                actual, deleted = _one(conn, self._sql["stream_state"], {"stream": stream})
-                if deleted:
-                    raise _Rollback
-                if not expectation_met(expected, actual):
-                    return None
-                if not batch:
-                    return AppendResult(stream, actual + 1, actual, 0)
-                cursor = conn.execute(
-                    self._sql["insert_events"], insert_params(stream, actual + 1, batch)
-                )
+            if conn.autocommit:
+                # A single statement is atomic on its own: no transaction block.
+                cursor = conn.execute(self._sql["append"], params)
                 row = cursor.fetchone()
-                if row is None:
-                    raise StoreError("PostgreSQL returned no row for the append")
-                inserted, last_seq, tx, _ = row
-                if inserted != len(batch):
-                    raise _Rollback
-                return AppendResult(
-                    stream, actual + 1, actual + len(batch), join_position(tx, last_seq)
-                )
-        except _Rollback:
+            else:  # a pool you own, without autocommit
+                with conn.transaction():
+                    cursor = conn.execute(self._sql["append"], params)
+                    row = cursor.fetchone()
+        except UniqueViolation:
             return None
+        if row is None:
+            raise StoreError("PostgreSQL returned no row for the append")
+        actual, deleted, inserted, last_seq, tx, _ = row
+        if deleted or not expectation_met(expected, actual):
+            return actual, deleted
+        if inserted != len(batch):  # cannot happen: the statement has no ON CONFLICT
+            raise StoreError(f"PostgreSQL stored {inserted} of {len(batch)} events")
+        if not batch:
+            return AppendResult(stream, actual + 1, actual, 0)
+        return AppendResult(stream, actual + 1, actual + len(batch), join_position(tx, last_seq))
 
     def _find_batch(
         self, conn: Connection[Any], stream: str, batch: list[EncodedEvent]

@@ -28,6 +28,7 @@ try:
     import psycopg_pool
     from psycopg import AsyncConnection, Connection, sql
     from psycopg import errors as pg_errors
+    from psycopg.errors import UniqueViolation
     from psycopg_pool import AsyncConnectionPool, ConnectionPool
 except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
     raise ImportError(
@@ -44,7 +45,14 @@ from eventfold.errors import (
     StoreUnavailable,
     WrongExpectedVersion,
 )
-from eventfold.store._common import EncodedEvent, Expected, Row
+from eventfold.store._common import (
+    ANY,
+    NO_STREAM,
+    STREAM_EXISTS,
+    EncodedEvent,
+    Expected,
+    Row,
+)
 from eventfold.store._sql import load_statements
 
 __all__ = [
@@ -56,7 +64,8 @@ __all__ = [
     "PostgresStatements",
     "check_schema_name",
     "schema_version_error",
-    "insert_params",
+    "UniqueViolation",
+    "append_params",
     "join_position",
     "split_position",
     "to_row",
@@ -64,9 +73,10 @@ __all__ = [
 ]
 
 #: The schema version this eventfold writes; ``migrate()`` brings a database here.
-LATEST_SCHEMA_VERSION: Final = 2
+LATEST_SCHEMA_VERSION: Final = 3
 _SEQ_BITS: Final = 64
 _SEQ_MASK: Final = (1 << _SEQ_BITS) - 1
+_BIGINT_MAX: Final = 2**63 - 1
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,47}")
 _TEXT = load_statements("postgres")
 
@@ -151,11 +161,27 @@ def to_row(record: Sequence[Any]) -> Row:
     )
 
 
-def insert_params(stream: str, first: int, batch: Sequence[EncodedEvent]) -> dict[str, Any]:
-    """Parameters of ``insert_events.sql``: the batch as one array per column."""
+def append_params(stream: str, expected: Expected, batch: Sequence[EncodedEvent]) -> dict[str, Any]:
+    """Parameters of ``append.sql``: the expectation as a version range, the batch as arrays.
+
+    ``low``..``high`` are the versions at which the stream satisfies
+    ``expected`` (0 = no stream), so that the statement and
+    :func:`~eventfold.store._common.expectation_met` agree.
+    """
+    if expected is ANY:
+        low, high = 0, _BIGINT_MAX
+    elif expected is NO_STREAM:
+        low, high = 0, 0
+    elif expected is STREAM_EXISTS:
+        low, high = 1, _BIGINT_MAX
+    elif isinstance(expected, int) and expected <= _BIGINT_MAX:
+        low = high = expected
+    else:
+        low, high = 1, 0  # beyond any version a stream can reach: never met
     return {
         "stream": stream,
-        "first": first,
+        "low": low,
+        "high": high,
         "ids": [UUID(bytes=e.id) for e in batch],
         "types": [e.type for e in batch],
         "schema_versions": [e.schema_version for e in batch],

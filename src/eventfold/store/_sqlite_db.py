@@ -51,7 +51,7 @@ from eventfold.store._sql import load_statements
 __all__ = ["Durability", "SqliteDatabase"]
 
 SQL = load_statements("sqlite")
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 #: ``full``: an acknowledged append survives power loss (fsync per commit).
 #: ``normal``: survives a crash of the process; the last commits may be lost
@@ -182,6 +182,17 @@ class SqliteDatabase:
             conn.close()
 
     # -- transactions -------------------------------------------------------------------
+
+    @contextmanager
+    def write_transaction(self) -> Iterator[sqlite3.Connection]:
+        """This thread's connection inside a write transaction (errors translated).
+
+        For read models kept in the same file as the events: what is written
+        through the connection commits or rolls back together.
+        """
+        conn = self.connection()
+        with self._translate, self._write_transaction(conn):
+            yield conn
 
     @contextmanager
     def _write_transaction(self, conn: sqlite3.Connection) -> Iterator[None]:

@@ -1,0 +1,339 @@
+"""Where projections keep checkpoints, leases and dead letters, per store.
+
+The runner in :mod:`eventfold.projections` talks to one of these adapters;
+each keeps its bookkeeping in the event store's own database, so that a read
+model written through :meth:`transaction`'s connection commits together with
+the checkpoint that says how far it got.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any, Protocol
+
+import msgspec
+
+from eventfold._sync.memory import MemoryEventStore
+from eventfold._sync.sqlite import SqliteEventStore
+from eventfold.errors import ConfigurationError
+from eventfold.events import RecordedEvent
+from eventfold.store import EventStore
+from eventfold.store._common import now_us, us_to_datetime
+from eventfold.store._sqlite_db import SQL
+
+__all__ = ["Checkpoint", "DeadLetter", "ProjectionBackend", "backend_for"]
+
+
+class Checkpoint(msgspec.Struct, frozen=True):
+    """How far a subscription got, and who holds its lease until when (µs)."""
+
+    position: int
+    owner: str | None
+    lease_expires_us: int
+
+
+class DeadLetter(msgspec.Struct, frozen=True):
+    """An event a projection could not handle and skipped, with the error."""
+
+    position: int
+    event_id: bytes
+    stream: str
+    version: int
+    type: str
+    error: str
+    recorded_at: datetime
+
+
+class ProjectionBackend(Protocol):
+    """What the projection runner needs from a store."""
+
+    #: Whether transaction() rolls back what the handler wrote when it fails.
+    transactional: bool
+
+    def transaction(self) -> Any:
+        """A context manager yielding the driver connection inside a transaction."""
+        ...
+
+    def get(self, name: str) -> Checkpoint | None:
+        """The checkpoint of ``name``."""
+        ...
+
+    def acquire(self, name: str, owner: str, ttl: float) -> bool:
+        """Take or renew the lease of ``name``; False while another live owner has it."""
+        ...
+
+    def release(self, name: str, owner: str) -> None:
+        """Give the lease up (a stopping runner)."""
+        ...
+
+    def owns(self, name: str, owner: str) -> bool:
+        """Whether ``owner`` holds the lease of ``name`` now."""
+        ...
+
+    def advance(self, conn: Any, name: str, position: int, owner: str, ttl: float) -> bool:
+        """Move the checkpoint in the open transaction; False if the lease was lost."""
+        ...
+
+    def dead_letter(self, conn: Any, name: str, event: RecordedEvent, error: str) -> None:
+        """Record a skipped event in the open transaction."""
+        ...
+
+    def dead_letters(self, name: str) -> list[DeadLetter]:
+        """The events ``name`` skipped, oldest first."""
+        ...
+
+    def reset(self, name: str) -> None:
+        """Forget the checkpoint of ``name`` (a rebuild starts from 0)."""
+        ...
+
+    def backlog(self, after: int) -> tuple[int, datetime | None]:
+        """Events after ``after`` and the recording time of the oldest of them."""
+        ...
+
+    def wait(self, after: int, timeout: float) -> None:
+        """Return when events after ``after`` may exist, or after ``timeout`` seconds."""
+        ...
+
+    def close(self) -> None:
+        """Release what waiting needed (a LISTEN connection)."""
+        ...
+
+    def set_alias(self, alias: str, target: str) -> None:
+        """Point ``alias`` at the projection ``target`` (one atomic write)."""
+        ...
+
+    def get_alias(self, alias: str) -> str | None:
+        """The projection ``alias`` points at."""
+        ...
+
+
+def backend_for(store: EventStore) -> ProjectionBackend:
+    """The adapter for ``store``."""
+    if isinstance(store, SqliteEventStore):
+        return SqliteProjectionBackend(store)
+    if isinstance(store, MemoryEventStore):
+        # One per store, so that runners in this process share checkpoints and leases.
+        backend = _memory_backends.get(store)
+        if backend is None:
+            backend = _memory_backends[store] = MemoryProjectionBackend(store)
+        return backend
+    # Imported here: the PostgreSQL adapter needs psycopg, an optional extra.
+    from eventfold._projection_postgres import (  # noqa: PLC0415
+        PostgresEventStore,
+        PostgresProjectionBackend,
+    )
+
+    if isinstance(store, PostgresEventStore):
+        return PostgresProjectionBackend(store)
+    raise ConfigurationError(f"projections do not support {type(store).__name__}")
+
+
+_memory_backends: weakref.WeakKeyDictionary[MemoryEventStore, MemoryProjectionBackend] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+class SqliteProjectionBackend:
+    """Checkpoints in the SQLite file, next to the events (schema version 3)."""
+
+    transactional = True
+
+    def __init__(self, store: SqliteEventStore) -> None:
+        self._db = store._db
+
+    def transaction(self) -> Any:
+        return self._db.write_transaction()
+
+    def get(self, name: str) -> Checkpoint | None:
+        with self._db.write_transaction() as conn:
+            row = conn.execute(SQL["checkpoint_get"], (name,)).fetchone()
+        return None if row is None else Checkpoint(row[0], row[1], row[2])
+
+    def acquire(self, name: str, owner: str, ttl: float) -> bool:
+        now = now_us()
+        with self._db.write_transaction() as conn:
+            conn.execute(SQL["checkpoint_acquire"], (name, owner, now, now + int(ttl * 1e6)))
+            row = conn.execute(SQL["checkpoint_get"], (name,)).fetchone()
+        return row is not None and row[1] == owner
+
+    def release(self, name: str, owner: str) -> None:
+        with self._db.write_transaction() as conn:
+            conn.execute(SQL["checkpoint_release"], (name, owner))
+
+    def owns(self, name: str, owner: str) -> bool:
+        checkpoint = self.get(name)
+        return checkpoint is not None and checkpoint.owner == owner
+
+    def advance(self, conn: Any, name: str, position: int, owner: str, ttl: float) -> bool:
+        now = now_us()
+        cursor = conn.execute(
+            SQL["checkpoint_advance"], (name, position, owner, now, now + int(ttl * 1e6))
+        )
+        return bool(cursor.rowcount)
+
+    def dead_letter(self, conn: Any, name: str, event: RecordedEvent, error: str) -> None:
+        conn.execute(
+            SQL["dead_letter_add"],
+            (
+                name,
+                event.position,
+                event.id.bytes,
+                event.stream,
+                event.version,
+                event.type,
+                error,
+                now_us(),
+            ),
+        )
+
+    def dead_letters(self, name: str) -> list[DeadLetter]:
+        with self._db.write_transaction() as conn:
+            rows = conn.execute(SQL["dead_letter_list"], (name,)).fetchall()
+        return [
+            DeadLetter(position, event_id, stream, version, type_, error, us_to_datetime(at))
+            for position, event_id, stream, version, type_, error, at in rows
+        ]
+
+    def reset(self, name: str) -> None:
+        with self._db.write_transaction() as conn:
+            conn.execute(SQL["checkpoint_reset"], (name,))
+
+    def backlog(self, after: int) -> tuple[int, datetime | None]:
+        count, oldest = self._db.connection().execute(SQL["count_after"], (after,)).fetchone()
+        return count, (us_to_datetime(oldest) if oldest is not None else None)
+
+    def wait(self, after: int, timeout: float) -> None:
+        # Another process's commit changes PRAGMA data_version; polling it is
+        # one cheap statement, done at a modest pace rather than spinning.
+        conn = self._db.connection()
+        (start,) = conn.execute(SQL["data_version"]).fetchone()
+        deadline = time.monotonic() + timeout
+        pause = 0.001
+        while time.monotonic() < deadline:
+            (current,) = conn.execute(SQL["data_version"]).fetchone()
+            if current != start or self._db_has_after(after):
+                return
+            time.sleep(min(pause, max(deadline - time.monotonic(), 0)))
+            pause = min(pause * 2, 0.05)
+
+    def close(self) -> None:
+        return None
+
+    def set_alias(self, alias: str, target: str) -> None:
+        with self._db.write_transaction() as conn:
+            conn.execute(SQL["alias_set"], (alias, target))
+
+    def get_alias(self, alias: str) -> str | None:
+        row = self._db.connection().execute(SQL["alias_get"], (alias,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def _db_has_after(self, after: int) -> bool:
+        # Commits through this very connection do not change data_version.
+        (last,) = self._db.connection().execute(SQL["last_position"]).fetchone()
+        return bool(last > after)
+
+
+class MemoryProjectionBackend:
+    """Checkpoints in process memory, beside a MemoryEventStore.
+
+    Its "transactions" cannot roll back a handler's effects, so the runner
+    handles and checkpoints one event at a time with it.
+    """
+
+    transactional = False
+
+    def __init__(self, store: MemoryEventStore) -> None:
+        self._store = store
+        self._lock = threading.RLock()
+        self._checkpoints: dict[str, Checkpoint] = {}
+        self._dead: dict[str, list[DeadLetter]] = {}
+        self._aliases: dict[str, str] = {}
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        with self._lock:
+            yield None
+
+    def get(self, name: str) -> Checkpoint | None:
+        with self._lock:
+            return self._checkpoints.get(name)
+
+    def acquire(self, name: str, owner: str, ttl: float) -> bool:
+        now = now_us()
+        with self._lock:
+            current = self._checkpoints.get(name)
+            if (
+                current is not None
+                and current.owner not in (None, owner)
+                and current.lease_expires_us >= now
+            ):
+                return False
+            position = current.position if current is not None else 0
+            self._checkpoints[name] = Checkpoint(position, owner, now + int(ttl * 1e6))
+            return True
+
+    def owns(self, name: str, owner: str) -> bool:
+        """Whether ``owner`` holds the lease (checked before effects that cannot roll back)."""
+        with self._lock:
+            current = self._checkpoints.get(name)
+            return current is not None and current.owner == owner
+
+    def release(self, name: str, owner: str) -> None:
+        with self._lock:
+            current = self._checkpoints.get(name)
+            if current is not None and current.owner == owner:
+                self._checkpoints[name] = Checkpoint(current.position, None, 0)
+
+    def advance(self, conn: Any, name: str, position: int, owner: str, ttl: float) -> bool:
+        with self._lock:
+            current = self._checkpoints.get(name)
+            if current is None or current.owner != owner:
+                return False
+            self._checkpoints[name] = Checkpoint(position, owner, now_us() + int(ttl * 1e6))
+            return True
+
+    def dead_letter(self, conn: Any, name: str, event: RecordedEvent, error: str) -> None:
+        letter = DeadLetter(
+            event.position,
+            event.id.bytes,
+            event.stream,
+            event.version,
+            event.type,
+            error,
+            us_to_datetime(now_us()),
+        )
+        with self._lock:
+            self._dead.setdefault(name, []).append(letter)
+
+    def dead_letters(self, name: str) -> list[DeadLetter]:
+        with self._lock:
+            return list(self._dead.get(name, []))
+
+    def reset(self, name: str) -> None:
+        with self._lock:
+            self._checkpoints.pop(name, None)
+
+    def backlog(self, after: int) -> tuple[int, datetime | None]:
+        events = list(self._store.read_all(after=after))
+        return len(events), (events[0].recorded_at if events else None)
+
+    def wait(self, after: int, timeout: float) -> None:
+        store = self._store
+        with store._appended:
+            store._appended.wait_for(lambda: len(store._log) > after, timeout)
+
+    def close(self) -> None:
+        return None
+
+    def set_alias(self, alias: str, target: str) -> None:
+        with self._lock:
+            self._aliases[alias] = target
+
+    def get_alias(self, alias: str) -> str | None:
+        with self._lock:
+            return self._aliases.get(alias)

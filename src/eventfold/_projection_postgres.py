@@ -1,0 +1,143 @@
+"""Projection bookkeeping in PostgreSQL (needs the ``postgres`` extra).
+
+Checkpoints, leases and dead letters live in the store's schema (schema
+version 3). Positions exceed bigint, so they are stored as ``numeric`` and
+passed as text. Lease times come from the database clock, so runners on
+different machines agree on when a lease has run out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any
+
+import psycopg
+
+from eventfold._projection_backends import Checkpoint, DeadLetter
+from eventfold._sync.postgres import PostgresEventStore
+from eventfold.errors import ConfigurationError
+from eventfold.events import RecordedEvent
+from eventfold.store._common import us_to_datetime
+from eventfold.store._postgres import split_position, translate_errors
+
+__all__ = ["PostgresEventStore", "PostgresProjectionBackend"]
+
+
+class PostgresProjectionBackend:
+    """Checkpoints, leases and dead letters in the store's PostgreSQL schema."""
+
+    transactional = True
+
+    def __init__(self, store: PostgresEventStore) -> None:
+        self._store = store
+        self._sql = store._sql
+        self._errors = translate_errors(store.schema)
+        self._listener: psycopg.Connection[Any] | None = None
+
+    @contextmanager
+    def transaction(self) -> Iterator[psycopg.Connection[Any]]:
+        with self._errors, self._store._connection() as conn, conn.transaction():
+            yield conn
+
+    def _one(self, name: str, params: dict[str, Any]) -> tuple[Any, ...] | None:
+        with self._errors, self._store._connection() as conn:
+            row = conn.execute(self._sql[name], params).fetchone()
+        return None if row is None else tuple(row)
+
+    def get(self, name: str) -> Checkpoint | None:
+        row = self._one("checkpoint_get", {"name": name})
+        return None if row is None else Checkpoint(int(row[0]), row[1], int(row[2] or 0))
+
+    def acquire(self, name: str, owner: str, ttl: float) -> bool:
+        row = self._one("checkpoint_acquire", {"name": name, "owner": owner, "ttl": ttl})
+        return row is not None and row[0] == owner
+
+    def release(self, name: str, owner: str) -> None:
+        with self._errors, self._store._connection() as conn:
+            conn.execute(self._sql["checkpoint_release"], {"name": name, "owner": owner})
+
+    def owns(self, name: str, owner: str) -> bool:
+        checkpoint = self.get(name)
+        return checkpoint is not None and checkpoint.owner == owner
+
+    def advance(self, conn: Any, name: str, position: int, owner: str, ttl: float) -> bool:
+        params = {"name": name, "position": str(position), "owner": owner, "ttl": ttl}
+        cursor = conn.execute(self._sql["checkpoint_advance"], params)
+        return bool(cursor.rowcount)
+
+    def dead_letter(self, conn: Any, name: str, event: RecordedEvent, error: str) -> None:
+        conn.execute(
+            self._sql["dead_letter_add"],
+            {
+                "name": name,
+                "position": str(event.position),
+                "event_id": event.id,
+                "stream": event.stream,
+                "version": event.version,
+                "type": event.type,
+                "error": error,
+            },
+        )
+
+    def dead_letters(self, name: str) -> list[DeadLetter]:
+        with self._errors, self._store._connection() as conn:
+            rows = conn.execute(self._sql["dead_letter_list"], {"name": name}).fetchall()
+        return [
+            DeadLetter(
+                int(position),
+                bytes(event_id),
+                stream,
+                version,
+                type_,
+                error,
+                us_to_datetime(at),
+            )
+            for position, event_id, stream, version, type_, error, at in rows
+        ]
+
+    def reset(self, name: str) -> None:
+        with self._errors, self._store._connection() as conn:
+            conn.execute(self._sql["checkpoint_reset"], {"name": name})
+
+    def backlog(self, after: int) -> tuple[int, datetime | None]:
+        tx, seq = split_position(after)
+        row = self._one("count_after", {"tx": str(tx), "seq": seq})
+        if row is None:
+            return 0, None
+        return int(row[0]), (us_to_datetime(row[1]) if row[1] is not None else None)
+
+    def wait(self, after: int, timeout: float) -> None:
+        with self._errors:
+            listener = self._listen()
+            # LISTEN is active before this check: a commit after it is announced.
+            if self._store.last_position() > after:
+                return
+            for _ in listener.notifies(timeout=timeout, stop_after=1):
+                pass
+
+    def _listen(self) -> psycopg.Connection[Any]:
+        if self._listener is None or self._listener.closed or self._listener.broken:
+            conninfo = self._store._conninfo
+            if conninfo is None:
+                raise ConfigurationError(
+                    "following a PostgreSQL store live needs a pool whose conninfo is a string"
+                )
+            self._listener = psycopg.Connection.connect(conninfo, autocommit=True)
+            self._listener.execute(self._sql["listen"])
+        return self._listener
+
+    def set_alias(self, alias: str, target: str) -> None:
+        with self._errors, self._store._connection() as conn:
+            conn.execute(self._sql["alias_set"], {"alias": alias, "target": target})
+
+    def get_alias(self, alias: str) -> str | None:
+        row = self._one("alias_get", {"alias": alias})
+        return None if row is None else str(row[0])
+
+    def close(self) -> None:
+        """Close the LISTEN connection."""
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None

@@ -1,0 +1,486 @@
+"""Projections (read models) fed by the global log, with checkpoints and error policies.
+
+A projection is declared as data: a name, the event types it handles, a
+handler, optional setup/teardown. A :class:`ProjectionRunner` feeds it from
+``read_all``: it catches up in batches, then waits for new events (LISTEN on
+PostgreSQL, a cheap change counter on SQLite, a condition in memory).
+
+Delivery and effects:
+
+* A projection writing to the event store's own database (the default on
+  SQLite and PostgreSQL) gets the driver connection in ``ctx.connection``: its
+  writes and the checkpoint advance commit in **one transaction** per batch,
+  so a crash at any point neither loses nor doubles an effect.
+* ``in_memory=True``: the read model lives in the process; it is rebuilt from
+  position 0 when the process starts, and the checkpoint is kept in memory.
+* ``external=True`` for effects elsewhere (commands to other streams, mail,
+  HTTP): each event is delivered **at least once**, the checkpoint advancing
+  after the handler returns; process managers use this with idempotent
+  commands.
+
+Only one runner per projection name works at a time: runners take a lease
+(fenced: a runner that lost it cannot move the checkpoint), and another
+process takes over when the holder stops renewing it.
+
+The runner is synchronous; asyncio applications run it in a thread
+(``asyncio.to_thread(runner.run, stop)``) like any background worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from eventfold._projection_backends import DeadLetter, ProjectionBackend, backend_for
+from eventfold.errors import EventfoldError, InvalidRequest, StoreError
+from eventfold.events import RecordedEvent
+from eventfold.store import EventStore
+
+__all__ = [
+    "DeadLetter",
+    "ErrorPolicy",
+    "LeaseLost",
+    "Progress",
+    "Projection",
+    "ProjectionContext",
+    "ProjectionRunner",
+    "ProjectionStatus",
+    "ProjectionStopped",
+    "active_projection",
+    "switch_projection",
+]
+
+logger = logging.getLogger("eventfold.projections")
+
+
+class ProjectionStopped(EventfoldError):
+    """A projection's handler failed on an event and its policy says stop."""
+
+    def __init__(self, name: str, event: RecordedEvent, error: BaseException) -> None:
+        self.name = name
+        self.event = event
+        self.error = error
+        super().__init__(
+            f"projection {name!r} stopped at position {event.position} "
+            f"({event.type} in {event.stream!r} v{event.version}): {error!r}"
+        )
+
+
+class LeaseLost(EventfoldError):
+    """Another runner took over this projection; this one must stop writing."""
+
+
+@dataclass(frozen=True)
+class ErrorPolicy:
+    """What to do when the handler raises on an event.
+
+    Retry up to ``retries`` times with exponential back-off from ``backoff``
+    seconds, then ``then``: ``"stop"`` (the runner raises ProjectionStopped
+    and the status shows the error; the event is retried when it runs again)
+    or ``"skip"`` (the event and error go to the dead-letter table, the
+    projection moves on).
+    """
+
+    retries: int = 0
+    backoff: float = 0.1
+    then: Literal["stop", "skip"] = "stop"
+
+    def __post_init__(self) -> None:
+        if self.retries < 0 or self.backoff < 0 or self.then not in ("stop", "skip"):
+            raise InvalidRequest(f"invalid error policy {self!r}")
+
+
+#: Stop at the first failure (the default).
+STOP = ErrorPolicy()
+#: Record the failing event as a dead letter and go on.
+SKIP = ErrorPolicy(then="skip")
+
+
+@dataclass
+class ProjectionContext:
+    """What a handler gets besides the event.
+
+    ``connection`` is the driver connection of the open transaction
+    (``sqlite3.Connection`` or ``psycopg.Connection``), or None for in-memory
+    projections and memory stores.
+    """
+
+    projection: Projection
+    connection: Any
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        """Run ``sql`` with ``?`` placeholders on SQLite or PostgreSQL alike.
+
+        A small helper for read models meant to run on both: psycopg wants
+        ``%s``, so each ``?`` becomes ``%s`` there (write no literal ``?``).
+        """
+        if self.connection is None:
+            raise InvalidRequest(f"projection {self.projection.name!r} has no SQL connection")
+        if isinstance(self.connection, sqlite3.Connection):
+            return self.connection.execute(sql, params)
+        return self.connection.execute(sql.replace("?", "%s"), params)
+
+
+Handler = Callable[[ProjectionContext, RecordedEvent], None]
+
+
+@dataclass(frozen=True)
+class Projection:
+    """A read model declared as data.
+
+    :param name: unique name; the checkpoint is stored under it.
+    :param handle: ``handle(ctx, event)``, called for each event in log order.
+    :param types: event type names to receive (None: all).
+    :param stream_prefix: only events of streams starting with this.
+    :param setup: ``setup(ctx)`` creates the read model (e.g. ``CREATE TABLE IF
+        NOT EXISTS``), run in a transaction before the first batch.
+    :param teardown: ``teardown(ctx)`` drops it; :meth:`ProjectionRunner.rebuild`
+        calls it before replaying from position 0.
+    :param in_memory: the read model lives in process memory (see module doc).
+    :param external: the handler's effects live outside the store's database
+        (commands to other streams, messages, HTTP): each event is handled
+        outside any transaction and the checkpoint advances after it, so an
+        event may be handled again after a crash; make effects idempotent.
+    """
+
+    name: str
+    handle: Handler
+    types: Sequence[str] | None = None
+    stream_prefix: str | None = None
+    setup: Callable[[ProjectionContext], None] | None = None
+    teardown: Callable[[ProjectionContext], None] | None = None
+    in_memory: bool = False
+    external: bool = False
+    on_error: ErrorPolicy = STOP
+    batch_size: int = 500
+
+    def __post_init__(self) -> None:
+        if not self.name or not isinstance(self.name, str):
+            raise InvalidRequest("a projection needs a non-empty name")
+        if self.batch_size < 1:
+            raise InvalidRequest("batch_size must be >= 1")
+        if self.in_memory and self.external:
+            raise InvalidRequest("a projection is in_memory or external, not both")
+
+
+@dataclass
+class ProjectionStatus:
+    """Where a projection stands.
+
+    ``lag_events`` counts events in the log after its position (all types);
+    ``lag_seconds`` is the age of the oldest of them (0 when caught up).
+    """
+
+    name: str
+    position: int
+    lag_events: int
+    lag_seconds: float
+    events_per_second: float
+    last_error: str | None
+    dead_letters: int
+    running: bool
+
+
+@dataclass(frozen=True)
+class Progress:
+    """How far a catch-up got: events handled so far, events left, estimated seconds left."""
+
+    name: str
+    done: int
+    left: int
+    eta_seconds: float
+
+
+@dataclass
+class _Rate:
+    events: int = 0
+    seconds: float = 0.0
+
+    def add(self, count: int, elapsed: float) -> None:
+        self.events += count
+        self.seconds += elapsed
+
+    @property
+    def per_second(self) -> float:
+        return self.events / self.seconds if self.seconds > 0 else 0.0
+
+
+class ProjectionRunner:
+    """Feeds one projection from one store. See the module documentation."""
+
+    def __init__(
+        self,
+        store: EventStore,
+        projection: Projection,
+        *,
+        owner: str | None = None,
+        lease_seconds: float = 10.0,
+        poll_interval: float = 1.0,
+    ) -> None:
+        if lease_seconds <= 0 or poll_interval <= 0:
+            raise InvalidRequest("lease_seconds and poll_interval must be > 0")
+        self.store = store
+        self.projection = projection
+        self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.lease_seconds = lease_seconds
+        self.poll_interval = poll_interval
+        self._backend: ProjectionBackend = backend_for(store)
+        self._memory_position = 0  # for in-memory projections
+        self._set_up = False
+        self._last_error: str | None = None
+        self._rate = _Rate()
+        self._running = False
+
+    # -- running ------------------------------------------------------------------------
+
+    @property
+    def position(self) -> int:
+        """The position of the last event this projection has fully handled."""
+        if self.projection.in_memory:
+            return self._memory_position
+        checkpoint = self._backend.get(self.projection.name)
+        return checkpoint.position if checkpoint is not None else 0
+
+    def run_once(self) -> int:
+        """Handle every event available now, then return how many were handled.
+
+        Returns 0 without handling anything if another runner holds the lease.
+        """
+        return self._run_batches(max_batches=None)
+
+    def _run_batches(self, max_batches: int | None) -> int:
+        if not self.projection.in_memory and not self._backend.acquire(
+            self.projection.name, self.owner, self.lease_seconds
+        ):
+            return 0
+        self._setup()
+        handled = 0
+        batches = 0
+        while max_batches is None or batches < max_batches:
+            batches += 1
+            page = list(
+                self.store.read_all(
+                    after=self.position,
+                    types=self.projection.types,
+                    stream_prefix=self.projection.stream_prefix,
+                    limit=self.projection.batch_size,
+                )
+            )
+            if not page:
+                return handled
+            started = time.perf_counter()
+            self._handle_page(page)
+            self._rate.add(len(page), time.perf_counter() - started)
+            handled += len(page)
+        return handled
+
+    def run(self, stop: threading.Event | None = None) -> None:
+        """Catch up, then follow new events until ``stop`` is set.
+
+        A runner without the lease waits and tries again each poll interval,
+        so a second process is a hot standby that takes over on failure.
+        Retryable store errors (a database restart) are logged, shown in
+        :meth:`status` and retried with back-off; others end the run.
+        """
+        stop = stop or threading.Event()
+        self._running = True
+        pause = self.poll_interval / 10
+        try:
+            while not stop.is_set():
+                try:
+                    self.run_once()
+                    if stop.is_set():
+                        break
+                    self._backend.wait(self.position, self.poll_interval)
+                    pause = self.poll_interval / 10
+                except StoreError as exc:
+                    if not exc.retryable:
+                        raise
+                    # The database is restarting or unreachable: keep the error
+                    # visible in status() and try again, backing off.
+                    self._last_error = f"{type(exc).__name__}: {exc}"
+                    logger.warning("projection %s: %s", self.projection.name, exc)
+                    stop.wait(pause)
+                    pause = min(pause * 2, self.poll_interval)
+        finally:
+            self._running = False
+            self._backend.close()
+            if not self.projection.in_memory:
+                self._backend.release(self.projection.name, self.owner)
+
+    def rebuild(self) -> int:
+        """Tear the read model down, forget the checkpoint, replay from position 0.
+
+        Returns the number of events handled. (For a rebuild without downtime,
+        declare a second projection with a new name and new tables, let it catch
+        up beside the live one, then switch readers to it.)
+        """
+        projection = self.projection
+        if projection.in_memory:
+            self._memory_position = 0
+        else:
+            self._backend.reset(projection.name)
+        if projection.teardown is not None:
+            with self._backend.transaction() as conn:
+                projection.teardown(ProjectionContext(projection, conn))
+        self._set_up = False
+        return self.run_once()
+
+    def catch_up(self, progress: Callable[[Progress], None] | None = None) -> int:
+        """Like :meth:`run_once`, reporting ``Progress`` (done, left, ETA) after each batch."""
+        if progress is None:
+            return self.run_once()
+        total = 0
+        while True:
+            started = time.perf_counter()
+            handled = self._run_batches(max_batches=1)
+            if handled == 0:
+                return total
+            total += handled
+            left, _ = self._backend.backlog(self.position)
+            rate = handled / max(time.perf_counter() - started, 1e-9)
+            progress(Progress(self.projection.name, total, left, left / rate if rate else 0.0))
+
+    def status(self) -> ProjectionStatus:
+        """Position, lag, throughput and errors of this projection."""
+        position = self.position
+        lag, oldest = self._backend.backlog(position)
+        age = (datetime.now(UTC) - oldest).total_seconds() if oldest is not None else 0.0
+        return ProjectionStatus(
+            self.projection.name,
+            position,
+            lag,
+            max(age, 0.0),
+            self._rate.per_second,
+            self._last_error,
+            len(self.dead_letters()),
+            self._running,
+        )
+
+    def dead_letters(self) -> list[DeadLetter]:
+        """The events this projection skipped, with their errors."""
+        return self._backend.dead_letters(self.projection.name)
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _setup(self) -> None:
+        if self._set_up:
+            return
+        projection = self.projection
+        if projection.setup is not None:
+            with self._backend.transaction() as conn:
+                projection.setup(ProjectionContext(projection, conn))
+        self._set_up = True
+
+    def _handle_page(self, page: list[RecordedEvent]) -> None:
+        projection = self.projection
+        if projection.in_memory or projection.external or not self._backend.transactional:
+            # Effects that cannot be rolled back: handle and checkpoint one by one.
+            for event in page:
+                self._handle_alone(event)
+            return
+        try:
+            self._commit(page)
+        except (ProjectionStopped, LeaseLost):
+            raise
+        except Exception:
+            # The batch rolled back as a whole: redo it event by event so that
+            # exactly the failing one meets the error policy.
+            for event in page:
+                self._handle_alone(event)
+
+    def _commit(self, events: list[RecordedEvent]) -> None:
+        projection = self.projection
+        backend = self._backend
+        with backend.transaction() as conn:
+            if not backend.transactional and not backend.owns(projection.name, self.owner):
+                # Effects here cannot be rolled back: check the lease before them.
+                raise LeaseLost(f"projection {projection.name!r}: another runner took over")
+            ctx = ProjectionContext(projection, conn)
+            for event in events:
+                projection.handle(ctx, event)
+            if not self._backend.advance(
+                conn, projection.name, events[-1].position, self.owner, self.lease_seconds
+            ):
+                raise LeaseLost(f"projection {projection.name!r}: another runner took over")
+        self._last_error = None
+
+    def _handle_alone(self, event: RecordedEvent) -> None:
+        projection = self.projection
+        policy = projection.on_error
+        delay = policy.backoff
+        for attempt in range(policy.retries + 1):
+            try:
+                if projection.in_memory:
+                    projection.handle(ProjectionContext(projection, None), event)
+                    self._memory_position = event.position
+                    self._last_error = None
+                elif projection.external:
+                    self._handle_external(event)
+                else:
+                    self._commit([event])
+                return
+            except LeaseLost:
+                raise
+            except Exception as exc:
+                self._last_error = f"{type(exc).__name__}: {exc} (position {event.position})"
+                logger.warning("projection %s: %s", projection.name, self._last_error)
+                if attempt < policy.retries:
+                    time.sleep(delay)  # back-off before the retry, not synchronisation
+                    delay *= 2
+                    continue
+                if policy.then == "stop":
+                    raise ProjectionStopped(projection.name, event, exc) from exc
+                self._skip(event, exc)
+
+    def _handle_external(self, event: RecordedEvent) -> None:
+        # Effects outside the database cannot share its transaction: run the
+        # handler first, then record the progress (at-least-once delivery).
+        projection, backend = self.projection, self._backend
+        if not backend.owns(projection.name, self.owner):
+            raise LeaseLost(f"projection {projection.name!r}: another runner took over")
+        projection.handle(ProjectionContext(projection, None), event)
+        with backend.transaction() as conn:
+            if not backend.advance(
+                conn, projection.name, event.position, self.owner, self.lease_seconds
+            ):
+                raise LeaseLost(f"projection {projection.name!r}: another runner took over")
+        self._last_error = None
+
+    def _skip(self, event: RecordedEvent, error: BaseException) -> None:
+        projection = self.projection
+        with self._backend.transaction() as conn:
+            self._backend.dead_letter(
+                conn, projection.name, event, f"{type(error).__name__}: {error}"
+            )
+            if projection.in_memory:
+                self._memory_position = event.position
+            elif not self._backend.advance(
+                conn, projection.name, event.position, self.owner, self.lease_seconds
+            ):
+                raise LeaseLost(f"projection {projection.name!r}: another runner took over")
+
+
+def switch_projection(store: EventStore, alias: str, projection: Projection) -> None:
+    """Point readers of ``alias`` at ``projection``, in one atomic write.
+
+    The rebuild without downtime: declare the new version of a read model as
+    a second projection (new name, new tables), let its runner catch up
+    beside the live one (``catch_up(progress=...)`` reports an ETA), then
+    switch. Readers look the current one up with :func:`active_projection`.
+    """
+    backend_for(store).set_alias(alias, projection.name)
+
+
+def active_projection(store: EventStore, alias: str) -> str | None:
+    """The name of the projection readers of ``alias`` should use (None: never switched)."""
+    return backend_for(store).get_alias(alias)

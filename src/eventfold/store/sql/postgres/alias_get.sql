@@ -1,0 +1,2 @@
+-- params: alias
+SELECT target FROM {schema}.projection_aliases WHERE alias = %(alias)s

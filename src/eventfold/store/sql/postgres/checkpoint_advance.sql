@@ -1,0 +1,6 @@
+-- params: name, position (text), owner, ttl (seconds)
+-- Fenced: only the lease holder advances (and thereby renews its lease).
+UPDATE {schema}.checkpoints
+SET position = %(position)s::numeric, updated_at = now(),
+    lease_expires = clock_timestamp() + make_interval(secs => %(ttl)s)
+WHERE name = %(name)s AND owner = %(owner)s

@@ -1,0 +1,2 @@
+-- params: name
+DELETE FROM {schema}.checkpoints WHERE name = %(name)s

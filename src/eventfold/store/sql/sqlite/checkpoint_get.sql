@@ -1,0 +1,2 @@
+-- params: name
+SELECT position, owner, lease_expires_at FROM eventfold_checkpoints WHERE name = ?1

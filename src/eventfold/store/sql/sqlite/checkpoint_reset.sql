@@ -1,0 +1,2 @@
+-- params: name
+DELETE FROM eventfold_checkpoints WHERE name = ?1

@@ -1,0 +1,2 @@
+-- params: after
+SELECT count(*), min(recorded_at) FROM eventfold_events WHERE position > ?1

@@ -1,0 +1,2 @@
+-- params: none. Changes when another connection commits to the file.
+PRAGMA data_version

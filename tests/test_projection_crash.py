@@ -1,0 +1,194 @@
+"""kill -9 a projection process at many points while writers run: no effect lost or doubled.
+
+The read model counts events per stream in a SQL table of the event store's
+own database. A projection process kills itself (SIGKILL, no cleanup) while
+handling its N-th event, for 20 different N: inside a batch's transaction,
+at its first event, right after a commit. Meanwhile a writer process keeps
+appending. After the last crash a clean run catches up, and the table must
+equal the counts taken from the log itself: every event counted exactly once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import multiprocessing
+import os
+import shlex
+import signal
+import sqlite3
+import subprocess
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from eventfold import ANY, SqliteEventStore, StoreError
+from eventfold.projections import Projection, ProjectionContext, ProjectionRunner
+from eventfold.store import EventStore
+from eventfold.store.postgres import PostgresEventStore, migrate
+from eventfold.testing._events import Deposited
+from tests.pg import new_schema_name
+
+CTX = multiprocessing.get_context("spawn")
+KILL_POINTS = [1, 2, 3, 5, 7, 8, 9, 11, 13, 14, 15, 17, 19, 22, 25, 28, 29, 31, 37, 43]
+BATCH = 7  # kill points land at every offset within a batch
+WRITER_EVENTS = 600
+TABLE = "crash_counts"
+OWNER = "projection-host-1"
+
+
+def _sql(conn: Any, sql: str, params: tuple[Any, ...] = ()) -> Any:
+    if isinstance(conn, sqlite3.Connection):
+        return conn.execute(sql, params)
+    return conn.execute(sql.replace("?", "%s"), params)
+
+
+def counting_projection(kill_at: int | None) -> Projection:
+    handled = 0
+
+    def setup(ctx: ProjectionContext) -> None:
+        _sql(
+            ctx.connection,
+            f"CREATE TABLE IF NOT EXISTS {TABLE} (stream TEXT PRIMARY KEY, n BIGINT NOT NULL)",
+        )
+
+    def handle(ctx: ProjectionContext, event: Any) -> None:
+        nonlocal handled
+        handled += 1
+        _sql(
+            ctx.connection,
+            f"INSERT INTO {TABLE} (stream, n) VALUES (?, 1) "
+            f"ON CONFLICT (stream) DO UPDATE SET n = {TABLE}.n + 1",
+            (event.stream,),
+        )
+        if handled == kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return Projection("crash-counts", handle, setup=setup, batch_size=BATCH)
+
+
+def open_store(kind: str, where: str, schema: str) -> EventStore:
+    if kind == "sqlite":
+        return SqliteEventStore(where, durability="normal", busy_timeout=30)
+    return PostgresEventStore(where, schema=schema, max_size=2)
+
+
+def projection_process(kind: str, where: str, schema: str, kill_at: int) -> None:
+    with open_store(kind, where, schema) as store:
+        # The restarted process has the same identity, so it resumes at once
+        # instead of waiting for the dead one's lease to run out.
+        ProjectionRunner(store, counting_projection(kill_at), owner=OWNER).run_once()
+
+
+def writer_process(kind: str, where: str, schema: str) -> None:
+    with open_store(kind, where, schema) as store:
+        for i in range(WRITER_EVENTS):
+            store.append(f"s-{i % 11}", [Deposited(amount=i)], expected=ANY)
+
+
+def read_counts(store: EventStore) -> dict[str, int]:
+    if isinstance(store, SqliteEventStore):
+        with store._db.write_transaction() as conn:
+            return dict(conn.execute(f"SELECT stream, n FROM {TABLE}").fetchall())
+    with store.pool.connection() as conn:  # type: ignore[attr-defined]
+        return dict(conn.execute(f"SELECT stream, n FROM {TABLE}").fetchall())
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def target(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, str, str]:
+    if request.param == "sqlite":
+        return "sqlite", str(tmp_path / "crash.db"), ""
+    url = request.getfixturevalue("pg_database")
+    schema = new_schema_name()
+    migrate(url, schema=schema)
+    # The read model table lives in the test's own schema.
+    return "postgres", f"{url} options='-c search_path={schema}'", schema
+
+
+@pytest.mark.slow
+def test_kill_9_at_twenty_points_loses_and_doubles_nothing(target: tuple[str, str, str]) -> None:
+    kind, where, schema = target
+    with open_store(kind, where, schema) as store:
+        for i in range(200):
+            store.append(f"s-{i % 13}", [Deposited(amount=i)])
+    writer = CTX.Process(target=writer_process, args=(kind, where, schema))
+    writer.start()
+    exit_codes = []
+    for kill_at in KILL_POINTS:
+        crashing = CTX.Process(target=projection_process, args=(kind, where, schema, kill_at))
+        crashing.start()
+        crashing.join(60)
+        exit_codes.append(crashing.exitcode)
+    writer.join(120)
+    assert writer.exitcode == 0
+    # Each process died by SIGKILL at its point (none finished, none failed otherwise).
+    assert exit_codes == [-signal.SIGKILL] * len(KILL_POINTS)
+    with open_store(kind, where, schema) as store:
+        final = ProjectionRunner(store, counting_projection(None), owner=OWNER)
+        final.run_once()
+        expected: dict[str, int] = {}
+        for event in store.read_all():
+            expected[event.stream] = expected.get(event.stream, 0) + 1
+        assert sum(expected.values()) == 200 + WRITER_EVENTS
+        assert read_counts(store) == expected
+        assert final.position == store.last_position()
+
+
+RESTART = os.environ.get("EVENTFOLD_TEST_PG_RESTART")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not RESTART, reason="set EVENTFOLD_TEST_PG_RESTART to restart the server")
+def test_projection_resumes_after_a_postgres_restart(pg_database: str) -> None:
+    schema = new_schema_name()
+    migrate(pg_database, schema=schema)
+    where = f"{pg_database} options='-c search_path={schema}'"
+    delivered = threading.Event()
+    with open_store("postgres", where, schema) as store:
+        before = [store.append(f"s-{i % 3}", [Deposited(amount=i)]) for i in range(30)]
+        projection = counting_projection(None)
+        seen: set[int] = set()
+        inner = projection.handle
+
+        def handle(ctx: ProjectionContext, event: Any) -> None:
+            inner(ctx, event)
+            seen.add(event.position)
+            if len(seen) == 60:  # the 30 events from before and the 30 from after
+                delivered.set()
+
+        runner = ProjectionRunner(
+            store, dataclasses.replace(projection, handle=handle), poll_interval=0.2
+        )
+        stop = threading.Event()
+        failures: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                runner.run(stop)
+            except BaseException as exc:
+                failures.append(exc)
+                delivered.set()
+
+        worker = threading.Thread(target=run)
+        worker.start()
+        try:
+            assert RESTART is not None
+            subprocess.run(shlex.split(RESTART), check=True, timeout=120)
+            after = None
+            for i in range(30):
+                while True:
+                    try:
+                        after = store.append(f"s-{i % 3}", [Deposited(amount=i)])
+                        break
+                    except StoreError as exc:
+                        assert exc.retryable  # pooled connections die once with the server
+            assert after is not None
+            assert delivered.wait(60), "the projection did not resume after the restart"
+        finally:
+            stop.set()
+            worker.join(60)
+        assert not worker.is_alive()
+        assert failures == []
+        assert before[-1].position < after.position
+        assert read_counts(store) == {"s-0": 20, "s-1": 20, "s-2": 20}
