@@ -13,6 +13,8 @@ Delivery and effects:
   so a crash at any point neither loses nor doubles an effect.
 * ``in_memory=True``: the read model lives in the process; it is rebuilt from
   position 0 when the process starts, and the checkpoint is kept in memory.
+* :func:`attach_inline` runs a projection inside every append's transaction
+  instead, for read-your-writes consistency.
 * ``external=True`` for effects elsewhere (commands to other streams, mail,
   HTTP): each event is delivered **at least once**, the checkpoint advancing
   after the handler returns; process managers use this with idempotent
@@ -41,9 +43,11 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from eventfold._projection_backends import DeadLetter, ProjectionBackend, backend_for
-from eventfold.errors import EventfoldError, InvalidRequest, StoreError
+from eventfold._sync.store import StoreBase
+from eventfold.errors import ConfigurationError, EventfoldError, InvalidRequest, StoreError
 from eventfold.events import RecordedEvent
 from eventfold.store import EventStore
+from eventfold.store._common import Row, decode_rows
 
 __all__ = [
     "DeadLetter",
@@ -56,6 +60,7 @@ __all__ = [
     "ProjectionStatus",
     "ProjectionStopped",
     "active_projection",
+    "attach_inline",
     "switch_projection",
 ]
 
@@ -484,3 +489,39 @@ def switch_projection(store: EventStore, alias: str, projection: Projection) -> 
 def active_projection(store: EventStore, alias: str) -> str | None:
     """The name of the projection readers of ``alias`` should use (None: never switched)."""
     return backend_for(store).get_alias(alias)
+
+
+def attach_inline(store: EventStore, projection: Projection) -> None:
+    """Run ``projection`` inside the transaction of every append to ``store``.
+
+    Read-your-writes: once ``append`` (or a command) returns, the read model
+    already shows its events. The price is on the write path: the handler
+    runs in every append, and if it raises, the append fails and nothing is
+    stored. Supported on the sync stores. On the memory store the handler
+    runs under the store's lock and must not call the store, and a handler
+    that fails midway through a batch keeps its own effects of the events
+    before (there is no database transaction to roll them back).
+    """
+    if not isinstance(store, StoreBase):
+        raise ConfigurationError("inline projections need a sync store (SqliteEventStore, ...)")
+    if projection.in_memory or projection.external:
+        raise InvalidRequest("an inline projection writes in the append's transaction")
+    backend = backend_for(store)
+    if projection.setup is not None:
+        with backend.transaction() as conn:
+            projection.setup(ProjectionContext(projection, conn))
+    types = frozenset(projection.types) if projection.types is not None else None
+    prefix = projection.stream_prefix
+
+    def hook(conn: Any, rows: list[Row]) -> None:
+        wanted = [
+            row
+            for row in rows
+            if (types is None or row[4] in types) and (prefix is None or row[1].startswith(prefix))
+        ]
+        if wanted:
+            ctx = ProjectionContext(projection, conn)
+            for event in decode_rows(store.serializer, wanted):
+                projection.handle(ctx, event)
+
+    store._inline.append(hook)

@@ -292,7 +292,14 @@ class AsyncPostgresEventStore(AsyncStoreBase):
         AppendResult is returned.
         """
         try:
-            if conn.autocommit:
+            if self._inline:
+                # Inline projections write in the append's transaction.
+                async with conn.transaction():
+                    cursor = await conn.execute(self._sql["append"], params)
+                    row = await cursor.fetchone()
+                    if row is not None and row[2]:
+                        await self._append_inline(conn, stream, row[0], len(batch))
+            elif conn.autocommit:
                 # A single statement is atomic on its own: no transaction block.
                 cursor = await conn.execute(self._sql["append"], params)
                 row = await cursor.fetchone()
@@ -312,6 +319,16 @@ class AsyncPostgresEventStore(AsyncStoreBase):
         if not batch:
             return AppendResult(stream, actual + 1, actual, 0)
         return AppendResult(stream, actual + 1, actual + len(batch), join_position(tx, last_seq))
+
+    async def _append_inline(
+        self, conn: AsyncConnection[Any], stream: str, before: int, count: int
+    ) -> None:
+        # This transaction sees its own rows: read them back with their positions.
+        params = {"stream": stream, "version": before + 1, "limit": count}
+        async with conn.cursor(binary=True) as cursor:
+            await cursor.execute(self._sql["read_forward_own"], params)
+            rows = [to_row(record) for record in await cursor.fetchall()]
+        self._call_inline(conn, rows)
 
     async def _find_batch(
         self, conn: AsyncConnection[Any], stream: str, batch: list[EncodedEvent]

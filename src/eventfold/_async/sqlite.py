@@ -63,7 +63,8 @@ class AsyncSqliteEventStore(AsyncStoreBase):
     async def _append(
         self, stream: str, batch: list[EncodedEvent], expected: Expected
     ) -> AppendResult:
-        return await self._runner.run(self._db.append, stream, batch, expected)
+        inline = self._call_inline if self._inline else None
+        return await self._runner.run(self._db.append, stream, batch, expected, inline)
 
     async def _read_page(
         self, stream: str, cursor: int, backwards: bool, count: int

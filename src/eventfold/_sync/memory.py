@@ -71,15 +71,12 @@ class MemoryEventStore(StoreBase):
             if rows is None:
                 rows = self._streams[stream] = []
             recorded_at = now_us()
-            position = len(self._log)
-            version = actual
-            for event in batch:
-                position += 1
-                version += 1
-                row: Row = (
-                    position,
+            first = len(self._log) + 1
+            new_rows: list[Row] = [
+                (
+                    first + i,
                     stream,
-                    version,
+                    actual + 1 + i,
                     event.id,
                     event.type,
                     event.schema_version,
@@ -87,9 +84,15 @@ class MemoryEventStore(StoreBase):
                     event.metadata,
                     recorded_at,
                 )
-                rows.append(row)
-                self._log.append(row)
-                ids[event.id] = (stream, version, position)
+                for i, event in enumerate(batch)
+            ]
+            # Inline projections first: if one raises, nothing has been stored.
+            self._call_inline(None, new_rows)
+            rows.extend(new_rows)
+            self._log.extend(new_rows)
+            for row in new_rows:
+                ids[row[3]] = (stream, row[2], row[0])
+            version, position = new_rows[-1][2], new_rows[-1][0]
             self._appended.notify_all()
             return AppendResult(stream, actual + 1, version, position)
 

@@ -287,7 +287,14 @@ class PostgresEventStore(StoreBase):
         AppendResult is returned.
         """
         try:
-            if conn.autocommit:
+            if self._inline:
+                # Inline projections write in the append's transaction.
+                with conn.transaction():
+                    cursor = conn.execute(self._sql["append"], params)
+                    row = cursor.fetchone()
+                    if row is not None and row[2]:
+                        self._append_inline(conn, stream, row[0], len(batch))
+            elif conn.autocommit:
                 # A single statement is atomic on its own: no transaction block.
                 cursor = conn.execute(self._sql["append"], params)
                 row = cursor.fetchone()
@@ -307,6 +314,14 @@ class PostgresEventStore(StoreBase):
         if not batch:
             return AppendResult(stream, actual + 1, actual, 0)
         return AppendResult(stream, actual + 1, actual + len(batch), join_position(tx, last_seq))
+
+    def _append_inline(self, conn: Connection[Any], stream: str, before: int, count: int) -> None:
+        # This transaction sees its own rows: read them back with their positions.
+        params = {"stream": stream, "version": before + 1, "limit": count}
+        with conn.cursor(binary=True) as cursor:
+            cursor.execute(self._sql["read_forward_own"], params)
+            rows = [to_row(record) for record in cursor.fetchall()]
+        self._call_inline(conn, rows)
 
     def _find_batch(
         self, conn: Connection[Any], stream: str, batch: list[EncodedEvent]

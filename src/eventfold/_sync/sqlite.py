@@ -62,7 +62,8 @@ class SqliteEventStore(StoreBase):
         return self._db.path
 
     def _append(self, stream: str, batch: list[EncodedEvent], expected: Expected) -> AppendResult:
-        return self._runner.run(self._db.append, stream, batch, expected)
+        inline = self._call_inline if self._inline else None
+        return self._runner.run(self._db.append, stream, batch, expected, inline)
 
     def _read_page(self, stream: str, cursor: int, backwards: bool, count: int) -> Sequence[Row]:
         return self._runner.run(self._db.read_page, stream, cursor, backwards, count)

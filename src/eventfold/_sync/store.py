@@ -22,6 +22,7 @@ from eventfold.store._common import (
     AppendResult,
     EncodedEvent,
     Expected,
+    InlineHook,
     Row,
     Snapshot,
     StreamInfo,
@@ -50,6 +51,9 @@ class StoreBase(abc.ABC):
         self.serializer = serializer or Serializer()
         self.page_size = check_non_negative("page_size", page_size, minimum=1)
         self._closed = False
+        # Inline projections (eventfold.projections.attach_inline): run inside
+        # every append's transaction. Only the sync stores accept them.
+        self._inline: list[InlineHook] = []
 
     # -- public API -----------------------------------------------------------------
 
@@ -266,6 +270,10 @@ class StoreBase(abc.ABC):
     def closed(self) -> bool:
         """Whether :meth:`close` was called."""
         return self._closed
+
+    def _call_inline(self, conn: Any, rows: list[Row]) -> None:
+        for hook in self._inline:
+            hook(conn, rows)
 
     def _check_open(self) -> None:
         if self._closed:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import enum
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Final, TypeAlias
 from uuid import UUID
@@ -125,6 +125,10 @@ class EncodedEvent(msgspec.Struct, frozen=True, array_like=True):
     data: bytes
     metadata: bytes | None
 
+
+#: Called inside an append's transaction with the driver connection (None for
+#: the memory store) and the rows just written; raising undoes the append.
+InlineHook: TypeAlias = "Callable[[Any, list[Row]], None]"
 
 #: A stored row as backends return it:
 #: (position, stream, version, id bytes, type, schema_version, data, metadata, recorded_at_us)

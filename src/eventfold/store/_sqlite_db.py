@@ -39,6 +39,7 @@ from eventfold.store._common import (
     AppendResult,
     EncodedEvent,
     Expected,
+    InlineHook,
     Row,
     decode_deletion,
     encode_deletion,
@@ -206,14 +207,24 @@ class SqliteDatabase:
                 raise
             conn.execute("COMMIT")
 
-    def append(self, stream: str, batch: list[EncodedEvent], expected: Expected) -> AppendResult:
-        """Check, then insert ``batch`` in one write transaction."""
+    def append(
+        self,
+        stream: str,
+        batch: list[EncodedEvent],
+        expected: Expected,
+        inline: InlineHook | None = None,
+    ) -> AppendResult:
+        """Check, then insert ``batch`` in one write transaction.
+
+        ``inline`` is called in that transaction with the connection and the
+        rows written; if it raises, the append is rolled back.
+        """
         conn = self.connection()
         # Written out rather than with _write_transaction: this is the hot path.
         with self._translate, self._write_lock:
             conn.execute("BEGIN IMMEDIATE")
             try:
-                result = self._append_in_transaction(conn, stream, batch, expected)
+                result = self._append_in_transaction(conn, stream, batch, expected, inline)
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
@@ -221,7 +232,12 @@ class SqliteDatabase:
             return result
 
     def _append_in_transaction(
-        self, conn: sqlite3.Connection, stream: str, batch: list[EncodedEvent], expected: Expected
+        self,
+        conn: sqlite3.Connection,
+        stream: str,
+        batch: list[EncodedEvent],
+        expected: Expected,
+        inline: InlineHook | None,
     ) -> AppendResult:
         actual, deleted = conn.execute(SQL["stream_state"], (stream,)).fetchone()
         if deleted:
@@ -280,6 +296,24 @@ class SqliteDatabase:
             if retried is not None:
                 return retried
             raise
+        if inline is not None:
+            # Positions are consecutive: this transaction holds the write lock.
+            first = position - len(batch) + 1
+            rows: list[Row] = [
+                (
+                    first + i,
+                    stream,
+                    actual + 1 + i,
+                    e.id,
+                    e.type,
+                    e.schema_version,
+                    e.data,
+                    e.metadata,
+                    recorded_at,
+                )
+                for i, e in enumerate(batch)
+            ]
+            inline(conn, rows)
         return AppendResult(stream, actual + 1, actual + len(batch), position)
 
     def _find_batch(
