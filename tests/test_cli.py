@@ -345,3 +345,39 @@ def test_snapshots_prune_deletes_only_stale_ones(tmp_path: Path) -> None:
         assert kept is not None and kept.schema_version == 2
         assert store.load_snapshot("a", max_version=1) is None
         assert store.load_snapshot("b") is not None
+
+
+def test_projections_run_with_progress_then_status(tmp_path: Path) -> None:
+    path = tmp_path / "proj.db"
+    with SqliteEventStore(path) as store:
+        for i in range(45):
+            store.append(f"s-{i % 3}", [Deposited(amount=i)])
+    empty = runner.invoke(app, ["projections", "status", "--db", str(path)])
+    assert "no projections have run" in empty.stdout
+    ran = runner.invoke(
+        app, ["projections", "run", "tests.cli_projection:counts", "--db", str(path)]
+    )
+    assert ran.exit_code == 0, ran.output
+    assert "cli-counts: 45 events handled" in ran.stdout
+    again = runner.invoke(
+        app, ["projections", "run", "tests.cli_projection:counts", "--db", str(path), "--rebuild"]
+    )
+    assert "cli-counts: 45 events handled" in again.stdout
+    with SqliteEventStore(path) as store:
+        counts = dict(store._db.connection().execute("SELECT stream, n FROM cli_counts").fetchall())
+    assert counts == {"s-0": 15, "s-1": 15, "s-2": 15}
+    status = runner.invoke(
+        app, ["projections", "status", "--db", str(path)], env={"COLUMNS": "200"}
+    )
+    rows = table_rows(status.stdout)
+    assert [row[:3] for row in rows] == [["cli-counts", "45", "0"]]
+    assert rows[0][4:] == ["0", "no"]
+
+
+def test_projections_run_rejects_what_is_not_a_projection(tmp_path: Path) -> None:
+    path = tmp_path / "p.db"
+    SqliteEventStore(path).close()
+    for target in ("nocolon", "tests.cli_projection:TABLE", "no_such_module:x"):
+        result = runner.invoke(app, ["projections", "run", target, "--db", str(path)])
+        assert result.exit_code == 1, target
+        assert "error:" in result.stderr

@@ -63,6 +63,10 @@ class ProjectionBackend(Protocol):
         """The checkpoint of ``name``."""
         ...
 
+    def names(self) -> list[str]:
+        """The names of every stored checkpoint."""
+        ...
+
     def acquire(self, name: str, owner: str, ttl: float) -> bool:
         """Take or renew the lease of ``name``; False while another live owner has it."""
         ...
@@ -153,6 +157,10 @@ class SqliteProjectionBackend:
         with self._db.write_transaction() as conn:
             row = conn.execute(SQL["checkpoint_get"], (name,)).fetchone()
         return None if row is None else Checkpoint(row[0], row[1], row[2])
+
+    def names(self) -> list[str]:
+        rows = self._db.connection().execute(SQL["checkpoint_list"]).fetchall()
+        return [row[0] for row in rows]
 
     def acquire(self, name: str, owner: str, ttl: float) -> bool:
         now = now_us()
@@ -262,6 +270,10 @@ class MemoryProjectionBackend:
     def get(self, name: str) -> Checkpoint | None:
         with self._lock:
             return self._checkpoints.get(name)
+
+    def names(self) -> list[str]:
+        with self._lock:
+            return sorted(self._checkpoints)
 
     def acquire(self, name: str, owner: str, ttl: float) -> bool:
         now = now_us()

@@ -50,6 +50,10 @@ class PostgresProjectionBackend:
         row = self._one("checkpoint_get", {"name": name})
         return None if row is None else Checkpoint(int(row[0]), row[1], int(row[2] or 0))
 
+    def names(self) -> list[str]:
+        with self._errors, self._store._connection() as conn:
+            return [row[0] for row in conn.execute(self._sql["checkpoint_list"]).fetchall()]
+
     def acquire(self, name: str, owner: str, ttl: float) -> bool:
         row = self._one("checkpoint_acquire", {"name": name, "owner": owner, "ttl": ttl})
         return row is not None and row[0] == owner

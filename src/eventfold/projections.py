@@ -61,6 +61,7 @@ __all__ = [
     "ProjectionStopped",
     "active_projection",
     "attach_inline",
+    "projection_statuses",
     "switch_projection",
 ]
 
@@ -319,16 +320,18 @@ class ProjectionRunner:
         finally:
             self._running = False
             self._backend.close()
-            if not self.projection.in_memory:
-                self._backend.release(self.projection.name, self.owner)
+            self.release()
 
-    def rebuild(self) -> int:
-        """Tear the read model down, forget the checkpoint, replay from position 0.
+    def release(self) -> None:
+        """Give up the lease now (after ``run_once``/``catch_up`` in a short-lived process).
 
-        Returns the number of events handled. (For a rebuild without downtime,
-        declare a second projection with a new name and new tables, let it catch
-        up beside the live one, then switch readers to it.)
+        Otherwise the lease runs out by itself ``lease_seconds`` after the last batch.
         """
+        if not self.projection.in_memory:
+            self._backend.release(self.projection.name, self.owner)
+
+    def reset(self) -> None:
+        """Tear the read model down and forget the checkpoint (the next run replays all)."""
         projection = self.projection
         if projection.in_memory:
             self._memory_position = 0
@@ -338,6 +341,15 @@ class ProjectionRunner:
             with self._backend.transaction() as conn:
                 projection.teardown(ProjectionContext(projection, conn))
         self._set_up = False
+
+    def rebuild(self) -> int:
+        """Tear the read model down, forget the checkpoint, replay from position 0.
+
+        Returns the number of events handled. (For a rebuild without downtime,
+        declare a second projection with a new name and new tables, let it catch
+        up beside the live one, then switch readers to it.)
+        """
+        self.reset()
         return self.run_once()
 
     def catch_up(self, progress: Callable[[Progress], None] | None = None) -> int:
@@ -525,3 +537,33 @@ def attach_inline(store: EventStore, projection: Projection) -> None:
                 projection.handle(ctx, event)
 
     store._inline.append(hook)
+
+
+def projection_statuses(store: EventStore) -> list[ProjectionStatus]:
+    """The status of every projection with a stored checkpoint (for tools and dashboards).
+
+    ``running`` means a runner holds an unexpired lease; ``events_per_second``
+    and ``last_error`` are only known to the runner itself (0 and None here).
+    """
+    backend = backend_for(store)
+    now = int(time.time() * 1_000_000)
+    statuses = []
+    for name in backend.names():
+        checkpoint = backend.get(name)
+        if checkpoint is None:
+            continue
+        lag, oldest = backend.backlog(checkpoint.position)
+        age = (datetime.now(UTC) - oldest).total_seconds() if oldest is not None else 0.0
+        statuses.append(
+            ProjectionStatus(
+                name,
+                checkpoint.position,
+                lag,
+                max(age, 0.0),
+                0.0,
+                None,
+                len(backend.dead_letters(name)),
+                checkpoint.owner is not None and checkpoint.lease_expires_us > now,
+            )
+        )
+    return statuses

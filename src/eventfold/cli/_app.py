@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
 import tempfile
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -46,18 +47,23 @@ def _fail(message: str) -> NoReturn:
     raise typer.Exit(1)
 
 
-def _open(db: Path | None, postgres: str | None, schema: str = "eventfold") -> EventStore:
-    """The store named by --db or --postgres, decoding payloads without event classes."""
+def _open(
+    db: Path | None, postgres: str | None, schema: str = "eventfold", *, raw: bool = True
+) -> EventStore:
+    """The store named by --db or --postgres.
+
+    ``raw``: decode payloads without event classes (browsing any store);
+    otherwise with the registered classes (running the user's projections).
+    """
     if (db is None) == (postgres is None):
         _fail("name one store: --db PATH (SQLite) or --postgres CONNINFO")
+    serializer = browse_serializer() if raw else None
     try:
         if postgres is not None:
             from eventfold.store.postgres import PostgresEventStore  # noqa: PLC0415 - extra
 
-            return PostgresEventStore(
-                postgres, schema=schema, serializer=browse_serializer(), max_size=2
-            )
-        return SqliteEventStore(db, serializer=browse_serializer())  # type: ignore[arg-type]
+            return PostgresEventStore(postgres, schema=schema, serializer=serializer, max_size=2)
+        return SqliteEventStore(db, serializer=serializer)  # type: ignore[arg-type]
     except (EventfoldError, ImportError) as exc:
         _fail(str(exc))
 
@@ -184,3 +190,94 @@ def snapshots_prune(
     except EventfoldError as exc:
         _fail(str(exc))
     Console(highlight=False).print(f"deleted {deleted} snapshots")
+
+
+projections_app = typer.Typer(help="Run projections and watch their lag.", no_args_is_help=True)
+app.add_typer(projections_app, name="projections")
+
+
+@projections_app.command("status")
+def projections_status(
+    db: Db = None, postgres: Postgres = None, schema: Schema = "eventfold"
+) -> None:
+    """Position, lag and dead letters of every projection of a store."""
+    from eventfold.projections import projection_statuses  # noqa: PLC0415 - keep start fast
+
+    store = _open(db, postgres, schema)
+    try:
+        with store:
+            statuses = projection_statuses(store)
+    except EventfoldError as exc:
+        _fail(str(exc))
+    console = Console(highlight=False)
+    if not statuses:
+        console.print("no projections have run on this store")
+        return
+    table = Table()
+    for column in ("projection", "position", "lag (events)", "lag (s)", "dead letters", "running"):
+        table.add_column(column, justify="left" if column == "projection" else "right")
+    for status in statuses:
+        table.add_row(
+            Text(status.name),
+            str(status.position),
+            str(status.lag_events),
+            f"{status.lag_seconds:.1f}",
+            str(status.dead_letters),
+            "yes" if status.running else "no",
+        )
+    console.print(table)
+
+
+@projections_app.command("run")
+def projections_run(
+    target: Annotated[
+        str,
+        typer.Argument(help="module:attribute of a Projection or ProcessManager, importable here."),
+    ],
+    db: Db = None,
+    postgres: Postgres = None,
+    schema: Schema = "eventfold",
+    rebuild: Annotated[bool, typer.Option(help="Tear down and replay from position 0.")] = False,
+) -> None:
+    """Catch a projection up (optionally from scratch), with a progress bar and ETA."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn  # noqa: PLC0415
+
+    from eventfold.projections import Projection, ProjectionRunner  # noqa: PLC0415
+
+    projection = _load_projection(target, Projection)
+    store = _open(db, postgres, schema, raw=False)
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} events"),
+        TimeRemainingColumn(),
+    )
+    try:
+        with store, Progress(*columns, console=Console(highlight=False)) as bar:
+            runner = ProjectionRunner(store, projection)
+            if rebuild:
+                runner.reset()
+            task = bar.add_task(projection.name, total=runner.status().lag_events)
+
+            def report(progress: Any) -> None:
+                bar.update(task, completed=progress.done, total=progress.done + progress.left)
+
+            handled = runner.catch_up(progress=report)
+            runner.release()
+    except EventfoldError as exc:
+        _fail(str(exc))
+    Console(highlight=False).print(f"{projection.name}: {handled} events handled")
+
+
+def _load_projection(target: str, projection_type: type[Any]) -> Any:
+    module_name, _, attribute = target.partition(":")
+    if not module_name or not attribute:
+        _fail(f"expected module:attribute, not {target!r}")
+    try:
+        value = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as exc:
+        _fail(f"cannot load {target}: {exc}")
+    value = getattr(value, "projection", value)  # a ProcessManager carries its projection
+    if not isinstance(value, projection_type):
+        _fail(f"{target} is not a Projection or ProcessManager")
+    return value
