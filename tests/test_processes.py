@@ -110,3 +110,37 @@ def test_event_bus_publishes_after_commit_only() -> None:
         True,
     ]
     assert [e.data for e in credits] == [Credited(amount=10)]
+
+
+def test_only_listed_rejections_are_compensated(
+    store: EventStore,
+) -> None:
+    handler = CommandHandler(store, ledger)
+    handler.handle("req-1", Credit(40))
+
+    def react(event: RecordedEvent) -> list[Dispatch]:
+        return [
+            Dispatch(handler, "empty", Debit(event.data.amount)),  # rejected: Overdrawn
+            Dispatch(handler, "after", Credit(1)),  # later commands are still sent
+        ]
+
+    def refund(event: RecordedEvent, dispatch: Dispatch, error: Exception) -> list[Dispatch]:
+        return [Dispatch(handler, "refunds", Credit(event.data.amount))]
+
+    manager = ProcessManager(
+        "listed", react, stream_prefix="req-", on_rejected=refund, rejections=(Overdrawn,)
+    )
+    ProjectionRunner(store, manager.projection).run_once()
+    assert [e.data for e in store.read("refunds")] == [Credited(amount=40)]
+    assert [e.data for e in store.read("after")] == [Credited(amount=1)]
+
+    def crash(event: RecordedEvent) -> list[Dispatch]:
+        raise_later = Dispatch(handler, "empty", Debit(event.data.amount))
+        return [raise_later]
+
+    unlisted = ProcessManager(
+        "unlisted", crash, stream_prefix="req-", on_rejected=refund, rejections=(KeyError,)
+    )
+    with pytest.raises(ProjectionStopped):
+        ProjectionRunner(store, unlisted.projection).run_once()
+    assert len(list(store.read("refunds"))) == 1

@@ -52,8 +52,16 @@ class ProcessManager:
     :param react: ``react(event) -> [Dispatch, ...]``.
     :param on_rejected: ``on_rejected(event, dispatch, error)`` for a command
         rejected by the model's own exception: returns the compensating
-        commands (e.g. a refund). Without it a rejection goes to the error
-        policy like any handler failure.
+        commands (e.g. a refund). The reaction's later commands are still
+        sent, so make them depend on recorded state (they may decide nothing).
+        Without it a rejection goes to the error policy like any failure.
+    :param rejections: the exception types that count as rejections (default:
+        any exception that is not an eventfold error); others go to the
+        error policy.
+
+    A rejected command stores nothing, so its idempotency key cannot stop it
+    from being decided again on redelivery: record the outcome in events
+    (e.g. ``TransferFailed``) and let ``react`` check that state first.
     """
 
     def __init__(
@@ -64,6 +72,7 @@ class ProcessManager:
         types: Sequence[str] | None = None,
         stream_prefix: str | None = None,
         on_rejected: OnRejected | None = None,
+        rejections: tuple[type[Exception], ...] = (Exception,),
         on_error: ErrorPolicy | None = None,
     ) -> None:
         if not name:
@@ -71,6 +80,7 @@ class ProcessManager:
         self.name = name
         self.react = react
         self.on_rejected = on_rejected
+        self.rejections = rejections
         self.projection = Projection(
             name,
             self._handle,
@@ -85,6 +95,7 @@ class ProcessManager:
             self._send(event, dispatch, f"{self.name}:{event.id}:{index}")
 
     def _send(self, event: RecordedEvent, dispatch: Dispatch, key: str) -> None:
+        """Send one command; compensate it if the model rejects it."""
         try:
             dispatch.handler.handle(
                 dispatch.stream, dispatch.command, idempotency_key=key, metadata=caused_by(event)
@@ -92,7 +103,7 @@ class ProcessManager:
         except EventfoldError:
             raise  # store trouble: the error policy retries or stops
         except Exception as exc:
-            if self.on_rejected is None:
+            if self.on_rejected is None or not isinstance(exc, self.rejections):
                 raise
             for index, compensation in enumerate(self.on_rejected(event, dispatch, exc)):
                 self._send(event, compensation, f"{key}:rejected:{index}")

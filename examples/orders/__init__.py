@@ -1,0 +1,1 @@
+"""An e-commerce order flow: reserve stock, take payment, ship; compensate on failure."""
