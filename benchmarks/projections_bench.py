@@ -1,0 +1,1036 @@
+"""Projection benchmark: catch-up rate and live latency of read models, same run.
+
+Run with ``python -m benchmarks projections [--quick] [--json PATH] [--conninfo URL]``.
+A log of events in many streams is written once per contender (setup, untimed);
+then each contender rebuilds a read model (the balance of every stream) from
+position 0, into a dict in memory and into a table of the same database, on
+SQLite and on PostgreSQL. Contenders: a raw driver loop, the ``eventsourcing``
+package's projections (9.5.6) and eventfold's ``ProjectionRunner``. Last, the
+latency from an append to the read model's update while a runner follows the
+log live. See ``benchmarks/README.md`` for what each contender does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import importlib.metadata
+import os
+import sqlite3
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from benchmarks._harness import (
+    Measurement,
+    percentile,
+    print_latency_table,
+    print_table,
+    ratios,
+    system_info,
+    write_json,
+)
+
+try:
+    import psycopg
+    from psycopg import sql
+except ImportError as exc:  # pragma: no cover - a setup problem, not a benchmark result
+    raise SystemExit(
+        "the projections benchmark needs psycopg: pip install 'eventfold[postgres]'"
+    ) from exc
+try:
+    from eventsourcing.persistence import InfrastructureFactory, Tracking
+    from eventsourcing.popo import POPOTrackingRecorder
+    from eventsourcing.postgres import PostgresTrackingRecorder
+    from eventsourcing.projection import Projection as EsProjection
+    from eventsourcing.projection import ProjectionRunner as EsProjectionRunner
+    from eventsourcing.sqlite import SQLiteTrackingRecorder
+    from eventsourcing.utils import Environment
+except ImportError as exc:  # pragma: no cover
+    raise SystemExit(
+        "the projections benchmark compares against eventsourcing==9.5.6: "
+        "pip install 'eventfold[bench]'"
+    ) from exc
+
+import eventfold
+from benchmarks.postgres_bench import RAW_SCHEMA as PG_RAW_SCHEMA
+from benchmarks.postgres_bench import es_env, scratch_database
+from benchmarks.sqlite_bench import (
+    ES_DEPOSITED,
+    Deposited,
+    EsAccount,
+    EsBank,
+    Opened,
+    RawStore,
+    _checkpoint,
+)
+from eventfold import SqliteEventStore
+from eventfold.projections import Projection, ProjectionContext, ProjectionRunner
+from eventfold.store.postgres import PostgresEventStore, migrate
+
+RAW_SQLITE, RAW_PG, ES, EF = "raw-sqlite3", "raw-psycopg", "eventsourcing", "eventfold"
+BATCH = 500  # eventfold's default batch_size; raw and eventsourcing (its select limit) alike
+CHUNK = 20  # events per stream per append while writing the log (streams interleave)
+DEPOSITED_TYPE, OPENED_TYPE = "bench.Deposited", "bench.Opened"  # sqlite_bench's event types
+LATENCY_GAP_S = 0.002  # the live writer sleeps this long after each append
+WAIT_S = 600.0  # a catch-up or a live round that takes longer than this has failed
+
+
+@dataclass(frozen=True)
+class Counts:
+    streams: int
+    events_per_stream: int  # 1 "opened", then deposits
+    memory_passes: int  # timed catch-ups per contender into the in-memory read model
+    sql_passes: int  # ... into the SQL read model
+    es_sql_passes: int  # eventsourcing's SQL read model commits per event: fewer passes
+    latency_samples: int  # live samples per contender, after the warm-up
+    latency_warmup: int
+    latency_rounds: int
+
+    @property
+    def events(self) -> int:
+        return self.streams * self.events_per_stream
+
+
+FULL_COUNTS = Counts(
+    streams=500,
+    events_per_stream=100,
+    memory_passes=5,
+    sql_passes=3,
+    es_sql_passes=2,
+    latency_samples=1_000,
+    latency_warmup=50,
+    latency_rounds=5,
+)
+QUICK_COUNTS = Counts(
+    streams=100,
+    events_per_stream=50,
+    memory_passes=2,
+    sql_passes=2,
+    es_sql_passes=1,
+    latency_samples=150,
+    latency_warmup=20,
+    latency_rounds=3,
+)
+
+_decode = msgspec.json.decode
+_encode = msgspec.json.encode
+
+
+# -- the log: the same events, in the same order, for every contender ---------------------
+
+
+def amount(stream: int, version: int) -> int:
+    """The deposit of ``version`` (>= 2) of stream number ``stream``."""
+    return (stream * 7 + version) % 100 + 1
+
+
+def log_order(counts: Counts) -> Iterator[tuple[int, range]]:
+    """(stream number, versions) chunks in log order: CHUNK events per stream, round robin."""
+    for first in range(1, counts.events_per_stream + 1, CHUNK):
+        last = min(first + CHUNK, counts.events_per_stream + 1)
+        for s in range(counts.streams):
+            yield s, range(first, last)
+
+
+def stream_name(s: int) -> str:
+    return f"acc-{s}"
+
+
+def expected_balances(counts: Counts) -> dict[int, int]:
+    return {
+        s: sum(amount(s, v) for v in range(2, counts.events_per_stream + 1))
+        for s in range(counts.streams)
+    }
+
+
+# -- eventsourcing: a Projection and its views (tracking recorders) -----------------------
+
+
+class EsMemoryView(POPOTrackingRecorder):
+    """eventsourcing's in-memory tracking recorder plus a dict of balances."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.balances: dict[uuid.UUID, int] = {}
+
+    def add(self, account: uuid.UUID, amount: int, tracking: Tracking) -> None:
+        with self._database_lock:
+            self._assert_tracking_uniqueness(tracking)
+            self.balances[account] = self.balances.get(account, 0) + amount
+            self._insert_tracking(tracking)
+
+
+ES_SQLITE_UPSERT = (
+    "INSERT INTO es_balances (account, balance) VALUES (?, ?) ON CONFLICT (account) "
+    "DO UPDATE SET balance = es_balances.balance + excluded.balance"
+)
+
+
+class EsSqliteView(SQLiteTrackingRecorder):
+    """eventsourcing's SQLite tracking recorder plus a balances table: one transaction
+    per event holds the upsert and the tracking record."""
+
+    def construct_create_table_statements(self) -> list[str]:
+        return [
+            *super().construct_create_table_statements(),
+            "CREATE TABLE IF NOT EXISTS es_balances (account TEXT PRIMARY KEY, balance INTEGER)",
+        ]
+
+    def add(self, account: uuid.UUID, amount: int, tracking: Tracking) -> None:
+        with self.datastore.transaction(commit=True) as c:
+            c.execute(ES_SQLITE_UPSERT, (account.hex, amount))
+            self._insert_tracking(c, tracking)
+
+
+class EsPostgresView(PostgresTrackingRecorder):
+    """eventsourcing's PostgreSQL tracking recorder plus a balances table (in its schema)."""
+
+    def __init__(self, datastore: Any, **kwargs: Any) -> None:
+        super().__init__(datastore, **kwargs)
+        schema = sql.Identifier(self.datastore.schema)
+        self.sql_create_statements.append(
+            sql.SQL(
+                "CREATE TABLE IF NOT EXISTS {0}.es_balances (account uuid PRIMARY KEY, balance bigint)"
+            ).format(schema)
+        )
+        self.upsert = sql.SQL(
+            "INSERT INTO {0}.es_balances (account, balance) VALUES (%s, %s) "
+            "ON CONFLICT (account) DO UPDATE SET balance = {0}.es_balances.balance + excluded.balance"
+        ).format(schema)
+
+    def add(self, account: uuid.UUID, amount: int, tracking: Tracking) -> None:
+        with self.datastore.transaction(commit=True) as curs:
+            curs.execute(self.upsert, (account, amount), prepare=True)
+            self._insert_tracking(curs, tracking)
+
+
+class EsBalances(EsProjection[Any]):
+    """Balance per aggregate. ``done`` is set once ``target`` is processed, so the
+    benchmark sees the end of a catch-up at once (eventsourcing's ``wait()`` polls
+    with a back-off of 100-800 ms). ``received`` collects (amount, time) for the
+    live latency scenario."""
+
+    name = "balances"
+    target = 0
+    done = threading.Event()
+    received: list[tuple[int, int]] | None = None
+
+    def process_event(self, domain_event: Any, tracking: Tracking) -> None:
+        is_deposit = type(domain_event) is ES_DEPOSITED
+        self.view.add(
+            domain_event.originator_id, domain_event.amount if is_deposit else 0, tracking
+        )
+        if self.received is not None and is_deposit:
+            self.received.append((domain_event.amount, time.perf_counter_ns()))
+        if tracking.notification_id >= self.target:
+            self.done.set()
+
+
+class EsMemoryBalances(EsBalances):
+    name = "balances_memory"
+
+
+class EsSqlBalances(EsBalances):
+    name = "balances_sql"
+
+
+class EsLiveBalances(EsBalances):
+    name = "balances_live"
+
+
+def es_pull(app: EsBank, projection: EsBalances, view: Any) -> None:
+    """eventsourcing's ProjectionRunner loop without its subscription, which the
+    SQLite recorder of 9.5.6 does not offer: the same select_notifications pages
+    of 500 (ListenNotifySubscription._pull), mapper.to_domain_event and Tracking
+    (ApplicationSubscription.__next__), process_event per event; in one thread."""
+    name = app.name
+    select = app.recorder.select_notifications
+    to_domain_event = app.mapper.to_domain_event
+    process = projection.process_event
+    after = view.max_tracking_id(name) or 0
+    while True:
+        notifications = select(start=after, limit=BATCH, inclusive_of_start=False)
+        for n in notifications:
+            process(to_domain_event(n), Tracking(name, n.id))
+        if len(notifications) < BATCH:
+            return
+        after = notifications[-1].id
+
+
+def es_factory(name: str, env: dict[str, str]) -> Any:
+    """The infrastructure factory eventsourcing's ProjectionRunner builds a view with."""
+    return InfrastructureFactory.construct(env=Environment(name, env))
+
+
+# -- contenders of a catch-up scenario ------------------------------------------------------
+
+
+@dataclass
+class Contender:
+    """``prepare`` (untimed) resets the read model, ``run`` (timed) catches up from
+    position 0, ``finish`` (untimed) stops what ``run`` started and returns the
+    read model as {stream number: balance}, which must equal the expected one."""
+
+    run: Callable[[], None]
+    finish: Callable[[], dict[int, int]]
+    prepare: Callable[[], None] = lambda: None
+    passes: int = 1
+
+
+def catch_up(
+    title: str, events: int, contenders: dict[str, Contender], expected: dict[int, int]
+) -> dict[str, Measurement]:
+    """Interleaved rounds with rotating order; each pass timed on its own, checked after."""
+    results = {name: Measurement(title, "-", name, events) for name in contenders}
+    names = list(contenders)
+    clock = time.perf_counter_ns
+    for round_index in range(max(c.passes for c in contenders.values())):
+        shift = round_index % len(names)
+        for name in names[shift:] + names[:shift]:
+            contender = contenders[name]
+            if round_index >= contender.passes:
+                continue
+            contender.prepare()
+            gc.collect()
+            start = clock()
+            contender.run()
+            elapsed = clock() - start
+            if contender.finish() != expected:
+                raise RuntimeError(f"{title}: {name} built a different read model")
+            results[name].latencies_ns.append(elapsed)
+    return results
+
+
+# -- eventfold handlers ---------------------------------------------------------------------
+
+EF_UPSERT = (
+    "INSERT INTO ef_balances (account, balance) VALUES (?, ?) ON CONFLICT (account) "
+    "DO UPDATE SET balance = ef_balances.balance + excluded.balance"
+)
+
+
+def ef_setup(ctx: ProjectionContext) -> None:
+    ctx.execute("CREATE TABLE IF NOT EXISTS ef_balances (account TEXT PRIMARY KEY, balance BIGINT)")
+
+
+def ef_sql_handle(ctx: ProjectionContext, event: Any) -> None:
+    data = event.data
+    ctx.execute(EF_UPSERT, (event.stream, data.amount if type(data) is Deposited else 0))
+
+
+def ef_memory_contender(store: Any, passes: int, events: int) -> Contender:
+    balances: dict[str, int] = {}
+
+    def handle(ctx: ProjectionContext, event: Any) -> None:
+        data = event.data
+        stream = event.stream
+        balances[stream] = balances.get(stream, 0) + (data.amount if type(data) is Deposited else 0)
+
+    projection = Projection("balances-memory", handle, in_memory=True)
+
+    def run() -> None:
+        handled = ProjectionRunner(store, projection).run_once()
+        if handled != events:
+            raise RuntimeError(f"eventfold handled {handled} events, not {events}")
+
+    return Contender(run, lambda: _by_number(balances), balances.clear, passes)
+
+
+def ef_sql_contender(store: Any, passes: int, events: int, db: Callable[[], Any]) -> Contender:
+    """``db()`` opens a plain connection to the store's database (resets and checks)."""
+    n = 0
+
+    def prepare() -> None:
+        nonlocal n
+        n += 1  # a fresh projection name: its checkpoint starts at 0
+        with db() as conn:
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS ef_balances (account TEXT PRIMARY KEY, balance BIGINT)"
+            )
+            conn.execute("DELETE FROM ef_balances")
+
+    def run() -> None:
+        projection = Projection(f"balances-{n}", ef_sql_handle, setup=ef_setup)
+        handled = ProjectionRunner(store, projection).run_once()
+        if handled != events:
+            raise RuntimeError(f"eventfold handled {handled} events, not {events}")
+
+    def finish() -> dict[int, int]:
+        with db() as conn:
+            return _by_number(dict(conn.execute("SELECT account, balance FROM ef_balances")))
+
+    return Contender(run, finish, prepare, passes)
+
+
+def _by_number(balances: dict[str, int]) -> dict[int, int]:
+    return {int(stream.rsplit("-", 1)[1]): balance for stream, balance in balances.items()}
+
+
+def _by_es_id(balances: dict[Any, int], es_ids: list[uuid.UUID]) -> dict[int, int]:
+    number = {account: s for s, account in enumerate(es_ids)}
+    number.update({account.hex: s for s, account in enumerate(es_ids)})
+    return {number[account]: balance for account, balance in balances.items()}
+
+
+# -- writing the log (setup) ------------------------------------------------------------------
+
+
+def write_es_log(app: EsBank, counts: Counts) -> list[uuid.UUID]:
+    accounts = [EsAccount() for _ in range(counts.streams)]
+    pending: list[EsAccount] = []
+    for s, versions in log_order(counts):
+        account = accounts[s]
+        for v in versions:
+            if v > 1:
+                account.deposit(amount(s, v))
+        pending.append(account)
+        if len(pending) * CHUNK >= BATCH:
+            app.save(*pending)
+            pending.clear()
+    if pending:
+        app.save(*pending)
+    return [a.id for a in accounts]
+
+
+def write_ef_log(store: Any, counts: Counts) -> None:
+    for s, versions in log_order(counts):
+        store.append(
+            stream_name(s),
+            [Opened() if v == 1 else Deposited(amount=amount(s, v)) for v in versions],
+            expected=versions[0] - 1,
+        )
+
+
+def raw_log_rows(counts: Counts) -> Iterator[tuple[str, int, str, bytes]]:
+    """(stream, version, type, data) in log order."""
+    for s, versions in log_order(counts):
+        for v in versions:
+            if v == 1:
+                yield stream_name(s), v, OPENED_TYPE, _encode({})
+            else:
+                yield stream_name(s), v, DEPOSITED_TYPE, _encode({"amount": amount(s, v)})
+
+
+# -- SQLite -----------------------------------------------------------------------------------
+
+RAW_PAGE_SQLITE = (
+    "SELECT position, stream, type, data FROM events WHERE position > ? ORDER BY position LIMIT ?"
+)
+RAW_UPSERT_SQLITE = (
+    "INSERT INTO raw_balances (account, balance) VALUES (?, ?) ON CONFLICT (account) "
+    "DO UPDATE SET balance = raw_balances.balance + excluded.balance"
+)
+RAW_CHECKPOINT_SQLITE = (
+    "INSERT INTO raw_checkpoint (name, position) VALUES (?, ?) "
+    "ON CONFLICT (name) DO UPDATE SET position = excluded.position"
+)
+
+
+def sqlite_suite(counts: Counts, stack: ExitStack) -> list[dict[str, Measurement]]:
+    directory = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="eventfold-proj-")))
+    events = counts.events
+    expected = expected_balances(counts)
+
+    # raw: the same events table and pragmas as eventfold (sqlite_bench.RawStore)
+    raw = RawStore(directory / "raw.db", "normal")
+    stack.callback(raw.close)
+    conn = raw.conn
+    conn.execute("BEGIN IMMEDIATE")
+    conn.executemany(
+        "INSERT INTO events (stream, version, id, type, schema_version, data, metadata,"
+        " recorded_at) VALUES (?, ?, ?, ?, 1, ?, NULL, ?)",
+        (
+            (stream, v, uuid.uuid4().bytes, type_, data, time.time_ns() // 1000)
+            for stream, v, type_, data in raw_log_rows(counts)
+        ),
+    )
+    conn.execute("CREATE TABLE raw_balances (account TEXT PRIMARY KEY, balance INTEGER NOT NULL)")
+    conn.execute("CREATE TABLE raw_checkpoint (name TEXT PRIMARY KEY, position INTEGER)")
+    conn.execute("COMMIT")
+
+    es_path = directory / "es.db"
+    env = {
+        "PERSISTENCE_MODULE": "benchmarks.sqlite_bench:SynchronousSQLiteFactory",
+        "SQLITE_DBNAME": str(es_path),
+        "SQLITE_SYNCHRONOUS": "NORMAL",
+        "IS_SNAPSHOTTING_ENABLED": "n",
+    }
+    app = EsBank(env=env)
+    stack.callback(app.close)
+    es_ids = write_es_log(app, counts)
+
+    ef_path = directory / "ef.db"
+    store = SqliteEventStore(ef_path, durability="normal")
+    stack.callback(store.close)
+    write_ef_log(store, counts)
+    _checkpoint(raw.path, str(es_path), str(ef_path))
+
+    # (a) in-memory read model
+    raw_balances: dict[str, int] = {}
+
+    def raw_memory() -> None:
+        balances = raw_balances
+        get = balances.get
+        after = 0
+        while True:
+            rows = conn.execute(RAW_PAGE_SQLITE, (after, BATCH)).fetchall()
+            for _, stream, type_, data in rows:
+                payload = _decode(data)
+                balances[stream] = get(stream, 0) + (
+                    payload["amount"] if type_ == DEPOSITED_TYPE else 0
+                )
+            if len(rows) < BATCH:
+                return
+            after = rows[-1][0]
+
+    es_memory: dict[str, Any] = {}
+
+    def es_memory_prepare() -> None:
+        es_memory["view"] = view = EsMemoryView()
+        es_memory["projection"] = EsMemoryBalances(view)
+
+    def es_memory_run() -> None:
+        es_pull(app, es_memory["projection"], es_memory["view"])
+
+    memory = catch_up(
+        f"SQLite: catch-up of {events:,} events into an in-memory read model",
+        events,
+        {
+            RAW_SQLITE: Contender(
+                raw_memory,
+                lambda: _by_number(raw_balances),
+                raw_balances.clear,
+                counts.memory_passes,
+            ),
+            ES: Contender(
+                es_memory_run,
+                lambda: _by_es_id(es_memory["view"].balances, es_ids),
+                es_memory_prepare,
+                counts.memory_passes,
+            ),
+            EF: ef_memory_contender(store, counts.memory_passes, events),
+        },
+        expected,
+    )
+
+    # (b) SQL read model in the same database
+    def raw_sql_prepare() -> None:
+        conn.execute("DELETE FROM raw_balances")
+        conn.execute("DELETE FROM raw_checkpoint")
+
+    def raw_sql() -> None:
+        row = conn.execute(
+            "SELECT position FROM raw_checkpoint WHERE name = ?", ("balances",)
+        ).fetchone()
+        after = row[0] if row else 0
+        execute = conn.execute
+        while True:
+            rows = execute(RAW_PAGE_SQLITE, (after, BATCH)).fetchall()
+            if not rows:
+                return
+            execute("BEGIN IMMEDIATE")
+            try:
+                for _, stream, type_, data in rows:
+                    payload = _decode(data)
+                    execute(
+                        RAW_UPSERT_SQLITE,
+                        (stream, payload["amount"] if type_ == DEPOSITED_TYPE else 0),
+                    )
+                execute(RAW_CHECKPOINT_SQLITE, ("balances", rows[-1][0]))
+            except BaseException:
+                execute("ROLLBACK")
+                raise
+            execute("COMMIT")
+            if len(rows) < BATCH:
+                return
+            after = rows[-1][0]
+
+    es_view = es_factory(EsSqlBalances.name, env).tracking_recorder(EsSqliteView)
+    stack.callback(es_view.datastore.close)
+    es_projection = EsSqlBalances(es_view)
+
+    def es_sql_prepare() -> None:
+        with es_view.datastore.transaction(commit=True) as c:
+            c.execute("DELETE FROM es_balances")
+            c.execute("DELETE FROM tracking WHERE application_name = ?", (app.name,))
+
+    def es_sql_finish() -> dict[int, int]:
+        with es_view.datastore.transaction(commit=False) as c:
+            c.execute("SELECT account, balance FROM es_balances")
+            return _by_es_id({r[0]: r[1] for r in c.fetchall()}, es_ids)
+
+    def ef_db() -> Any:
+        return _SqliteConn(ef_path)
+
+    sql_results = catch_up(
+        f"SQLite: catch-up of {events:,} events into a SQL read model (same file)",
+        events,
+        {
+            RAW_SQLITE: Contender(
+                raw_sql,
+                lambda: _by_number(dict(conn.execute("SELECT account, balance FROM raw_balances"))),
+                raw_sql_prepare,
+                counts.sql_passes,
+            ),
+            ES: Contender(
+                lambda: es_pull(app, es_projection, es_view),
+                es_sql_finish,
+                es_sql_prepare,
+                counts.es_sql_passes,
+            ),
+            EF: ef_sql_contender(store, counts.sql_passes, events, ef_db),
+        },
+        expected,
+    )
+
+    latency = ef_live_latency(
+        "SQLite",
+        SqliteEventStore(directory / "live.db", durability="normal"),
+        counts,
+        stack,
+    )
+    return [memory, sql_results, latency]
+
+
+class _SqliteConn:
+    """A short-lived autocommit sqlite3 connection, closed on exit."""
+
+    def __init__(self, path: Path) -> None:
+        self.conn = sqlite3.connect(path, isolation_level=None)
+
+    def __enter__(self) -> sqlite3.Connection:
+        return self.conn
+
+    def __exit__(self, *exc: object) -> None:
+        self.conn.close()
+
+
+# -- PostgreSQL ---------------------------------------------------------------------------------
+
+RAW_PAGE_PG = (
+    "SELECT position, stream, type, data FROM events WHERE position > %s ORDER BY position LIMIT %s"
+)
+RAW_UPSERT_PG = (
+    "INSERT INTO raw_balances (account, balance) VALUES (%s, %s) ON CONFLICT (account) "
+    "DO UPDATE SET balance = raw_balances.balance + excluded.balance"
+)
+RAW_CHECKPOINT_PG = (
+    "INSERT INTO raw_checkpoint (name, position) VALUES (%s, %s) "
+    "ON CONFLICT (name) DO UPDATE SET position = excluded.position"
+)
+
+
+def postgres_suite(url: str, counts: Counts, stack: ExitStack) -> list[dict[str, Measurement]]:
+    events = counts.events
+    expected = expected_balances(counts)
+
+    with psycopg.connect(url, autocommit=True) as admin:
+        for schema in ("raw_proj", "es_proj", "es_live"):
+            admin.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+
+    # raw: postgres_bench's events table, in its own schema
+    raw_url = psycopg.conninfo.make_conninfo(url, options="-c search_path=raw_proj")
+    conn = psycopg.connect(raw_url, autocommit=True)
+    stack.callback(conn.close)
+    conn.execute(PG_RAW_SCHEMA)
+    conn.execute("CREATE TABLE raw_balances (account text PRIMARY KEY, balance bigint NOT NULL)")
+    conn.execute("CREATE TABLE raw_checkpoint (name text PRIMARY KEY, position bigint)")
+    with conn.transaction(), conn.cursor() as cur:
+        cur.executemany(
+            "INSERT INTO events (stream, version, id, type, schema_version, data)"
+            " VALUES (%s, %s, %s, %s, 1, %s)",
+            [(stream, v, uuid.uuid4(), t, data) for stream, v, t, data in raw_log_rows(counts)],
+        )
+    conn.execute("VACUUM ANALYZE events")
+
+    env = es_env(url, "es_proj", 2)
+    app = EsBank(env=env)
+    stack.callback(app.close)
+    es_ids = write_es_log(app, counts)
+    last_id = app.recorder.max_notification_id()
+    # The runner's own application must not re-create the tables; its views do.
+    runner_env = {**env, "ESBANK_CREATE_TABLE": "n"}
+    memory_env = {**runner_env, "BALANCES_MEMORY_PERSISTENCE_MODULE": "eventsourcing.popo"}
+
+    migrate(url, schema="ef_proj")
+    store = PostgresEventStore(url, schema="ef_proj", max_size=4)
+    stack.callback(store.close)
+    write_ef_log(store, counts)
+    with psycopg.connect(url, autocommit=True) as admin:
+        admin.execute("VACUUM ANALYZE")
+
+    # (a) in-memory read model
+    raw_balances: dict[str, int] = {}
+
+    def raw_memory() -> None:
+        balances = raw_balances
+        get = balances.get
+        after = 0
+        with conn.cursor(binary=True) as cur:
+            while True:
+                rows = cur.execute(RAW_PAGE_PG, (after, BATCH)).fetchall()
+                for _, stream, type_, data in rows:
+                    payload = _decode(data)
+                    balances[stream] = get(stream, 0) + (
+                        payload["amount"] if type_ == DEPOSITED_TYPE else 0
+                    )
+                if len(rows) < BATCH:
+                    return
+                after = rows[-1][0]
+
+    runners: dict[str, Any] = {}
+
+    def es_runner(projection_class: type[EsBalances], view_class: type, run_env: dict) -> None:
+        projection_class.target = last_id
+        projection_class.done = done = threading.Event()
+        runner = EsProjectionRunner(
+            application_class=EsBank,
+            projection_class=projection_class,
+            view_class=view_class,
+            env=run_env,
+        )
+        runner.__enter__()
+        runners[projection_class.name] = runner
+        while not done.wait(1.0):
+            if runner.is_interrupted.is_set():
+                runner.__exit__(None, None, None)  # raises the processing thread's error
+                raise RuntimeError("eventsourcing's projection runner stopped")
+
+    def es_stop(name: str) -> Any:
+        runner = runners.pop(name)
+        runner.__exit__(None, None, None)
+        return runner.projection.view
+
+    memory = catch_up(
+        f"PostgreSQL: catch-up of {events:,} events into an in-memory read model",
+        events,
+        {
+            RAW_PG: Contender(
+                raw_memory,
+                lambda: _by_number(raw_balances),
+                raw_balances.clear,
+                counts.memory_passes,
+            ),
+            ES: Contender(
+                lambda: es_runner(EsMemoryBalances, EsMemoryView, memory_env),
+                lambda: _by_es_id(es_stop(EsMemoryBalances.name).balances, es_ids),
+                passes=counts.memory_passes,
+            ),
+            EF: ef_memory_contender(store, counts.memory_passes, events),
+        },
+        expected,
+    )
+
+    # (b) SQL read model in the same database
+    def raw_sql_prepare() -> None:
+        conn.execute("DELETE FROM raw_balances")
+        conn.execute("DELETE FROM raw_checkpoint")
+
+    def raw_sql() -> None:
+        row = conn.execute(
+            "SELECT position FROM raw_checkpoint WHERE name = %s", ("balances",)
+        ).fetchone()
+        after = row[0] if row else 0
+        with conn.cursor(binary=True) as reader, conn.cursor() as writer:
+            while True:
+                rows = reader.execute(RAW_PAGE_PG, (after, BATCH)).fetchall()
+                if not rows:
+                    return
+                with conn.transaction():
+                    for _, stream, type_, data in rows:
+                        payload = _decode(data)
+                        writer.execute(
+                            RAW_UPSERT_PG,
+                            (stream, payload["amount"] if type_ == DEPOSITED_TYPE else 0),
+                        )
+                    writer.execute(RAW_CHECKPOINT_PG, ("balances", rows[-1][0]))
+                if len(rows) < BATCH:
+                    return
+                after = rows[-1][0]
+
+    # Create the view's tables once (the runner's view then finds them).
+    es_factory(EsSqlBalances.name, env).tracking_recorder(EsPostgresView).datastore.close()
+
+    def es_sql_prepare() -> None:
+        with psycopg.connect(url, autocommit=True) as c:
+            c.execute("DELETE FROM es_proj.es_balances")
+            c.execute(
+                "DELETE FROM es_proj.balances_sql_tracking WHERE application_name = %s",
+                (app.name,),
+            )
+
+    def es_sql_finish() -> dict[int, int]:
+        es_stop(EsSqlBalances.name)
+        with psycopg.connect(url, autocommit=True) as c:
+            return _by_es_id(
+                dict(c.execute("SELECT account, balance FROM es_proj.es_balances").fetchall()),
+                es_ids,
+            )
+
+    def ef_db() -> Any:
+        return psycopg.connect(url, autocommit=True)
+
+    sql_results = catch_up(
+        f"PostgreSQL: catch-up of {events:,} events into a SQL read model (same database)",
+        events,
+        {
+            RAW_PG: Contender(
+                raw_sql,
+                lambda: _by_number(
+                    dict(conn.execute("SELECT account, balance FROM raw_balances").fetchall())
+                ),
+                raw_sql_prepare,
+                counts.sql_passes,
+            ),
+            ES: Contender(
+                lambda: es_runner(EsSqlBalances, EsPostgresView, runner_env),
+                es_sql_finish,
+                es_sql_prepare,
+                counts.es_sql_passes,
+            ),
+            EF: ef_sql_contender(store, counts.sql_passes, events, ef_db),
+        },
+        expected,
+    )
+
+    migrate(url, schema="ef_live")
+    live_store = PostgresEventStore(url, schema="ef_live", max_size=4)
+    latency = ef_live_latency("PostgreSQL", live_store, counts, stack, es_env(url, "es_live", 2))
+    return [memory, sql_results, latency]
+
+
+# -- live latency: append -> read model updated -------------------------------------------------
+
+
+def ef_live_latency(
+    backend: str,
+    store: Any,
+    counts: Counts,
+    stack: ExitStack,
+    es_live_env: dict[str, str] | None = None,
+) -> dict[str, Measurement]:
+    """A runner follows the log in a thread; the writer (this thread) appends one
+    deposit every LATENCY_GAP_S; the handler takes the time when it updates the
+    read model. Latency = that time - the time just before the append call.
+
+    ``es_live_env``: also eventsourcing's ProjectionRunner (PostgreSQL only)."""
+    stack.callback(store.close)
+    clock = time.perf_counter_ns
+    received: list[tuple[int, int]] = []
+
+    def handle(ctx: ProjectionContext, event: Any) -> None:
+        data = event.data
+        ctx.execute(EF_UPSERT, (event.stream, data.amount))
+        received.append((data.amount, clock()))
+
+    runner = ProjectionRunner(store, Projection("balances-live", handle, setup=ef_setup))
+    stop = threading.Event()
+    thread = threading.Thread(target=runner.run, args=(stop,), name="eventfold-runner")
+    thread.start()
+
+    def stop_ef() -> None:
+        stop.set()
+        thread.join(30)
+
+    stack.callback(stop_ef)
+    ef_version = 0
+
+    def ef_write(sample: int) -> None:
+        nonlocal ef_version
+        ef_version = store.append(
+            "live", [Deposited(amount=sample)], expected=ef_version
+        ).to_version
+
+    writers: dict[str, tuple[Callable[[int], None], list[tuple[int, int]]]] = {
+        EF: (ef_write, received)
+    }
+
+    if es_live_env is not None:
+        writer_app = EsBank(env=es_live_env)
+        stack.callback(writer_app.close)
+        account = EsAccount()
+        writer_app.save(account)
+        es_received: list[tuple[int, int]] = []
+        EsLiveBalances.received = es_received
+        EsLiveBalances.target = 10**18  # never "done": it follows until stopped
+        EsLiveBalances.done = threading.Event()
+        es_runner = EsProjectionRunner(
+            application_class=EsBank,
+            projection_class=EsLiveBalances,
+            view_class=EsPostgresView,
+            env=es_live_env,
+        )
+        es_runner.__enter__()
+        stack.callback(es_runner.__exit__, None, None, None)
+
+        def es_write(sample: int) -> None:
+            account.deposit(sample)
+            writer_app.save(account)
+
+        writers[ES] = (es_write, es_received)
+
+    title = (
+        f"{backend}: live latency, append -> read model updated ({counts.latency_samples} samples)"
+    )
+    results = {name: Measurement(title, "-", name, 1) for name in writers}
+    per_round = [counts.latency_warmup] + [
+        counts.latency_samples // counts.latency_rounds
+        + (1 if i < counts.latency_samples % counts.latency_rounds else 0)
+        for i in range(counts.latency_rounds)
+    ]
+    names = list(writers)
+    sample = 0
+    for round_index, n in enumerate(per_round):
+        shift = round_index % len(names)
+        for name in names[shift:] + names[:shift]:
+            write, got = writers[name]
+            got.clear()
+            sent: dict[int, int] = {}
+            for _ in range(n):
+                sample += 1
+                sent[sample] = clock()
+                write(sample)
+                time.sleep(LATENCY_GAP_S)
+            deadline = time.monotonic() + WAIT_S
+            while len(got) < n and time.monotonic() < deadline:
+                time.sleep(0.005)
+            # Every sample exactly once and in order.
+            if [s for s, _ in got] != list(sent):
+                raise RuntimeError(f"{title}: {name} did not update every sample once, in order")
+            if round_index:  # round 0 is the warm-up
+                results[name].latencies_ns.extend(at - sent[s] for s, at in got)
+    return results
+
+
+# -- command line -------------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--quick", action="store_true", help="small counts (a smoke run)")
+    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
+    parser.add_argument(
+        "--conninfo",
+        default=None,
+        help=(
+            "PostgreSQL server (a role that may CREATE DATABASE; default $EVENTFOLD_BENCH_POSTGRES"
+            " or postgresql://postgres@127.0.0.1:5432/postgres); a scratch database is made there"
+        ),
+    )
+    parser.add_argument(
+        "--backend",
+        choices=("sqlite", "postgres", "both"),
+        default="both",
+        help="which databases to run (default both)",
+    )
+
+
+TARGETS = {"in-memory": {ES: 2.0, "raw": 0.5}, "SQL": {ES: 10.0}}
+
+
+def _report(results: dict[str, Measurement]) -> dict[str, Any]:
+    first = next(iter(results.values()))
+    if first.scenario.split(": ")[1].startswith("live latency"):
+        return _report_latency(results)
+    raw = next(name for name in results if name.startswith("raw-"))
+    ratio_values = ratios(results, EF, [raw, ES])
+    print_table(first.scenario, results, ratio_values)
+    kind = "in-memory" if "in-memory" in first.scenario else "SQL"
+    checks = []
+    for other, target in TARGETS[kind].items():
+        name = raw if other == "raw" else other
+        value = ratio_values[f"{EF}/{name}"]
+        checks.append(f"{EF}/{name} >= {target:g}x: {'met' if value >= target else 'MISSED'}")
+    print("targets: " + "   ".join(checks))
+    return {
+        "scenario": first.scenario,
+        "results": [m.as_dict() for m in results.values()],
+        "ratios": {k: round(v, 3) for k, v in ratio_values.items()},
+        "targets": checks,
+    }
+
+
+def _report_latency(results: dict[str, Measurement]) -> dict[str, Any]:
+    def p(name: str, q: float) -> float:
+        return percentile(sorted(results[name].latencies_ns), q) / 1000
+
+    ratio_values = (
+        {f"p{q} {EF}/{ES}": p(EF, q) / p(ES, q) for q in (50, 99)} if ES in results else {}
+    )
+    first = next(iter(results.values()))
+    print_latency_table(first.scenario, results, ratio_values)
+    if ES not in results:
+        print(
+            "eventsourcing: not measured on SQLite; its SQLite recorder (9.5.6) has no"
+            " subscribe(), so its ProjectionRunner cannot follow a SQLite log"
+        )
+    return {
+        "scenario": first.scenario,
+        "results": [
+            {
+                "contender": m.contender,
+                "samples": m.ops,
+                **{f"p{q}_us": round(p(m.contender, q), 2) for q in (50, 90, 99, 100)},
+            }
+            for m in results.values()
+        ],
+        "ratios": {k: round(v, 3) for k, v in ratio_values.items()},
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    counts = QUICK_COUNTS if args.quick else FULL_COUNTS
+    conninfo = args.conninfo or os.environ.get(
+        "EVENTFOLD_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres"
+    )
+    info = system_info(
+        eventfold=eventfold.__version__,
+        eventsourcing=importlib.metadata.version("eventsourcing"),
+        psycopg=psycopg.__version__,
+        quick=bool(args.quick),
+    )
+    print(
+        f"eventfold {info['eventfold']} | eventsourcing {info['eventsourcing']} | "
+        f"SQLite {info['sqlite']} | psycopg {info['psycopg']} | Python {info['python']} | "
+        f"{info['cpus']} CPUs | {'quick' if args.quick else 'full'} run | "
+        f"log: {counts.events:,} events in {counts.streams} streams"
+    )
+    started = time.perf_counter()
+    records: list[dict[str, Any]] = []
+    if args.backend in ("sqlite", "both"):
+        with ExitStack() as stack:
+            for results in sqlite_suite(counts, stack):
+                records.append(_report(results))
+        gc.collect()
+    if args.backend in ("postgres", "both"):
+        with scratch_database(conninfo) as url, ExitStack() as stack:
+            for results in postgres_suite(url, counts, stack):
+                records.append(_report(results))
+        gc.collect()
+    elapsed = time.perf_counter() - started
+    print(f"\ntotal {elapsed:.1f} s; ratios > 1 mean eventfold has the higher throughput")
+    if args.json:
+        write_json(
+            args.json, {"system": info, "elapsed_s": round(elapsed, 2), "scenarios": records}
+        )
+        print(f"wrote {args.json}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks projections", description=__doc__)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
