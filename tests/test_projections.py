@@ -399,3 +399,29 @@ def test_inline_needs_a_sync_store_and_a_database_projection(tmp_path: Path) -> 
         attach_inline(AsyncMemoryEventStore(), Balances().projection())  # type: ignore[arg-type]
     with pytest.raises(InvalidRequest):
         attach_inline(MemoryEventStore(), Balances().projection(external=True))
+
+
+def test_in_memory_projection_policies_apply_to_exactly_the_failing_event(
+    store: EventStore,
+) -> None:
+    fill(store, accounts=3, per_account=4)
+    model = Balances()
+    model.fail_on = {12}
+    runner = ProjectionRunner(store, model.projection(in_memory=True, on_error=SKIP))
+    runner.run_once()
+    poisoned = [e for e in store.read_all() if getattr(e.data, "amount", None) == 12]
+    assert [d.position for d in runner.dead_letters()] == [e.position for e in poisoned]
+    expected = expected_balances(store)
+    for event in poisoned:
+        expected[event.stream] -= 12
+    assert model.memory == expected  # every other event applied exactly once
+    assert runner.position == store.last_position()
+
+    stopping = Balances()
+    stopping.fail_on = {12}
+    stopper = ProjectionRunner(store, stopping.projection(in_memory=True))
+    with pytest.raises(ProjectionStopped) as stopped:
+        stopper.run_once()
+    assert stopper.position == max(
+        e.position for e in store.read_all() if e.position < stopped.value.event.position
+    )

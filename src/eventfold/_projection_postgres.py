@@ -38,7 +38,16 @@ class PostgresProjectionBackend:
 
     @contextmanager
     def transaction(self) -> Iterator[psycopg.Connection[Any]]:
-        with self._errors, self._store._connection() as conn, conn.transaction():
+        # Pipeline mode sends a batch's statements without waiting for each
+        # answer: one round trip per batch instead of one per event. An error
+        # then surfaces at the end of the batch, which the runner already
+        # handles by redoing the batch event by event.
+        with (
+            self._errors,
+            self._store._connection() as conn,
+            conn.transaction(),
+            conn.pipeline(),
+        ):
             yield conn
 
     def _one(self, name: str, params: dict[str, Any]) -> tuple[Any, ...] | None:
@@ -68,8 +77,7 @@ class PostgresProjectionBackend:
 
     def advance(self, conn: Any, name: str, position: int, owner: str, ttl: float) -> bool:
         params = {"name": name, "position": str(position), "owner": owner, "ttl": ttl}
-        cursor = conn.execute(self._sql["checkpoint_advance"], params)
-        return bool(cursor.rowcount)
+        return conn.execute(self._sql["checkpoint_advance"], params).fetchone() is not None
 
     def dead_letter(self, conn: Any, name: str, event: RecordedEvent, error: str) -> None:
         conn.execute(

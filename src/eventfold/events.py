@@ -14,7 +14,7 @@ import os
 import threading
 import time
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, ClassVar
 from uuid import UUID, SafeUUID
 
@@ -132,18 +132,31 @@ class RecordedEvent(msgspec.Struct, frozen=True, gc=False):
 
     ``version`` is the 1-based place in its stream; ``position`` the place in
     the store's global log (strictly increasing in the order readers of
-    ``read_all`` see events, not necessarily dense).
+    ``read_all`` see events, not necessarily dense). ``id`` (a UUID) and
+    ``recorded_at`` (an aware UTC datetime) are built from the stored
+    ``raw_id`` bytes and ``recorded_at_us`` microseconds when first asked for:
+    readers that fold thousands of events rarely need either.
     """
 
-    id: UUID
+    raw_id: bytes
     stream: str
     version: int
     position: int
     type: str
     data: Any
     metadata: Mapping[str, Any]
-    recorded_at: datetime
+    recorded_at_us: int
     schema_version: int = 1
+
+    @property
+    def id(self) -> UUID:
+        """The event's id."""
+        return uuid_from_bytes(self.raw_id)
+
+    @property
+    def recorded_at(self) -> datetime:
+        """When the store recorded the event (UTC)."""
+        return datetime.fromtimestamp(self.recorded_at_us / 1_000_000, UTC)
 
 
 def caused_by(event: RecordedEvent, **extra: Any) -> dict[str, Any]:

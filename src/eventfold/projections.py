@@ -400,7 +400,10 @@ class ProjectionRunner:
 
     def _handle_page(self, page: list[RecordedEvent]) -> None:
         projection = self.projection
-        if projection.in_memory or projection.external or not self._backend.transactional:
+        if projection.in_memory:
+            self._handle_in_memory(page)
+            return
+        if projection.external or not self._backend.transactional:
             # Effects that cannot be rolled back: handle and checkpoint one by one.
             for event in page:
                 self._handle_alone(event)
@@ -431,11 +434,40 @@ class ProjectionRunner:
                 raise LeaseLost(f"projection {projection.name!r}: another runner took over")
         self._last_error = None
 
-    def _handle_alone(self, event: RecordedEvent) -> None:
+    def _handle_in_memory(self, page: list[RecordedEvent]) -> None:
+        # The fast path: one loop, no per-event bookkeeping. The position is
+        # only remembered after the page, or up to a failing event, which then
+        # meets the error policy with one attempt already spent.
+        projection = self.projection
+        handle = projection.handle
+        ctx = ProjectionContext(projection, None)
+        start = 0
+        while start < len(page):
+            index = start
+            try:
+                for index in range(start, len(page)):
+                    handle(ctx, page[index])
+            except Exception as exc:
+                if index > start:
+                    self._memory_position = page[index - 1].position
+                self._handle_alone(page[index], first_error=exc)
+                start = index + 1
+                continue
+            self._memory_position = page[-1].position
+            self._last_error = None
+            return
+
+    def _handle_alone(self, event: RecordedEvent, first_error: Exception | None = None) -> None:
         projection = self.projection
         policy = projection.on_error
         delay = policy.backoff
-        for attempt in range(policy.retries + 1):
+        error = first_error
+        if error is not None:
+            self._note_error(event, error)
+        for attempt in range(1 if error is not None else 0, policy.retries + 1):
+            if attempt > 0:
+                time.sleep(delay)  # back-off before the retry, not synchronisation
+                delay *= 2
             try:
                 if projection.in_memory:
                     projection.handle(ProjectionContext(projection, None), event)
@@ -449,15 +481,17 @@ class ProjectionRunner:
             except LeaseLost:
                 raise
             except Exception as exc:
-                self._last_error = f"{type(exc).__name__}: {exc} (position {event.position})"
-                logger.warning("projection %s: %s", projection.name, self._last_error)
-                if attempt < policy.retries:
-                    time.sleep(delay)  # back-off before the retry, not synchronisation
-                    delay *= 2
-                    continue
-                if policy.then == "stop":
-                    raise ProjectionStopped(projection.name, event, exc) from exc
-                self._skip(event, exc)
+                error = exc
+                self._note_error(event, exc)
+        if error is None:  # unreachable: every attempt either returned or failed
+            return
+        if policy.then == "stop":
+            raise ProjectionStopped(projection.name, event, error) from error
+        self._skip(event, error)
+
+    def _note_error(self, event: RecordedEvent, error: Exception) -> None:
+        self._last_error = f"{type(error).__name__}: {error} (position {event.position})"
+        logger.warning("projection %s: %s", self.projection.name, self._last_error)
 
     def _handle_external(self, event: RecordedEvent) -> None:
         # Effects outside the database cannot share its transaction: run the

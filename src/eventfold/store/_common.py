@@ -18,7 +18,7 @@ from uuid import UUID
 import msgspec
 
 from eventfold.errors import InvalidRequest, WrongExpectedVersion
-from eventfold.events import NewEvent, RecordedEvent, uuid7_bytes, uuid_from_bytes
+from eventfold.events import NewEvent, RecordedEvent, uuid7_bytes
 from eventfold.serialization import Serializer
 
 __all__ = [
@@ -266,17 +266,16 @@ def decode_rows(serializer: Serializer, rows: Sequence[Row]) -> list[RecordedEve
     """
     decode = serializer.decode
     decode_metadata = serializer.decode_metadata
-    from_timestamp = datetime.fromtimestamp
     return [
         RecordedEvent(
-            uuid_from_bytes(id_bytes),
+            id_bytes,
             stream,
             version,
             position,
             type_name,
             decode(type_name, schema_version, data, stream),
             decode_metadata(meta),
-            from_timestamp(recorded / 1_000_000, UTC),
+            recorded,
             schema_version,
         )
         for (

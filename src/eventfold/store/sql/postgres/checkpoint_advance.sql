@@ -1,6 +1,8 @@
 -- params: name, position (text), owner, ttl (seconds)
 -- Fenced: only the lease holder advances (and thereby renews its lease).
+-- RETURNING: in pipeline mode fetching the row is what waits for the answer.
 UPDATE {schema}.checkpoints
 SET position = %(position)s::numeric, updated_at = now(),
     lease_expires = clock_timestamp() + make_interval(secs => %(ttl)s)
 WHERE name = %(name)s AND owner = %(owner)s
+RETURNING name
