@@ -62,7 +62,7 @@ from eventfold.store._postgres import (
     join_position,
     schema_version_error,
     split_position,
-    to_row,
+    to_rows,
     translate_errors,
 )
 
@@ -327,7 +327,7 @@ class AsyncPostgresEventStore(AsyncStoreBase):
         params = {"stream": stream, "version": before + 1, "limit": count}
         async with conn.cursor(binary=True) as cursor:
             await cursor.execute(self._sql["read_forward_own"], params)
-            rows = [to_row(record) for record in await cursor.fetchall()]
+            rows = to_rows(await cursor.fetchall())
         self._call_inline(conn, rows)
 
     async def _find_batch(
@@ -349,7 +349,7 @@ class AsyncPostgresEventStore(AsyncStoreBase):
             async with self._connection() as conn, conn.cursor(binary=True) as cursor:
                 # Binary results: bytea arrives as raw bytes instead of hex text.
                 await cursor.execute(query, params)
-                return [to_row(record) for record in await cursor.fetchall()]
+                return to_rows(await cursor.fetchall())
 
     async def _read_page(
         self, stream: str, cursor: int, backwards: bool, count: int

@@ -63,7 +63,7 @@ from eventfold.store._postgres import (
     join_position,
     schema_version_error,
     split_position,
-    to_row,
+    to_rows,
     translate_errors,
 )
 
@@ -320,7 +320,7 @@ class PostgresEventStore(StoreBase):
         params = {"stream": stream, "version": before + 1, "limit": count}
         with conn.cursor(binary=True) as cursor:
             cursor.execute(self._sql["read_forward_own"], params)
-            rows = [to_row(record) for record in cursor.fetchall()]
+            rows = to_rows(cursor.fetchall())
         self._call_inline(conn, rows)
 
     def _find_batch(
@@ -342,7 +342,7 @@ class PostgresEventStore(StoreBase):
             with self._connection() as conn, conn.cursor(binary=True) as cursor:
                 # Binary results: bytea arrives as raw bytes instead of hex text.
                 cursor.execute(query, params)
-                return [to_row(record) for record in cursor.fetchall()]
+                return to_rows(cursor.fetchall())
 
     def _read_page(self, stream: str, cursor: int, backwards: bool, count: int) -> Sequence[Row]:
         query = self._sql["read_backward" if backwards else "read_forward"]

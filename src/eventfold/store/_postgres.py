@@ -68,7 +68,7 @@ __all__ = [
     "append_params",
     "join_position",
     "split_position",
-    "to_row",
+    "to_rows",
     "translate_errors",
 ]
 
@@ -145,20 +145,37 @@ def split_position(position: int) -> tuple[int, int]:
     return position >> _SEQ_BITS, position & _SEQ_MASK
 
 
-def to_row(record: Sequence[Any]) -> Row:
-    """Map a selected row (tx, seq, stream, version, id bytes, ...) to the shared Row layout."""
-    tx, seq, stream, version, id_bytes, type_name, schema_version, data, meta, recorded = record
-    return (
-        join_position(tx, seq),
-        stream,
-        version,
-        id_bytes,
-        type_name,
-        schema_version,
-        data,
-        meta,
-        recorded,
-    )
+def to_rows(records: Sequence[Sequence[Any]]) -> list[Row]:
+    """Map selected rows (tx, seq, stream, version, id bytes, ...) to the shared Row layout.
+
+    One comprehension with the position computed inline: this runs for every
+    event read, so it avoids a function call per row.
+    """
+    return [
+        (
+            (tx << _SEQ_BITS) | seq,
+            stream,
+            version,
+            id_bytes,
+            type_name,
+            schema_version,
+            data,
+            meta,
+            recorded,
+        )
+        for (
+            tx,
+            seq,
+            stream,
+            version,
+            id_bytes,
+            type_name,
+            schema_version,
+            data,
+            meta,
+            recorded,
+        ) in records
+    ]
 
 
 def append_params(stream: str, expected: Expected, batch: Sequence[EncodedEvent]) -> dict[str, Any]:
