@@ -22,11 +22,16 @@ from typing import Any
 
 __all__ = [
     "Measurement",
+    "latency_ratios",
+    "latency_record",
     "percentile",
     "print_latency_table",
     "print_table",
     "ratios",
+    "record",
+    "rotated",
     "run_rounds",
+    "split",
     "system_info",
     "write_json",
 ]
@@ -117,11 +122,9 @@ def run_rounds(
         for _ in range(warmup):
             op()
     results = {name: Measurement(scenario, durability, name, events_per_op) for name in names}
-    per_round = [count // rounds + (1 if i < count % rounds else 0) for i in range(rounds)]
     clock = time.perf_counter_ns
-    for round_index, n in enumerate(per_round):
-        shift = round_index % len(names)
-        for name in names[shift:] + names[:shift]:
+    for round_index, n in enumerate(split(count, rounds)):
+        for name in rotated(names, round_index):
             op = ops[name]
             latencies = results[name].latencies_ns
             append = latencies.append
@@ -130,6 +133,60 @@ def run_rounds(
                 op()
                 append(clock() - start)
     return results
+
+
+def split(count: int, rounds: int) -> list[int]:
+    """``count`` spread over ``rounds`` as evenly as possible, the larger shares first."""
+    return [count // rounds + (1 if i < count % rounds else 0) for i in range(rounds)]
+
+
+def rotated(names: Sequence[str], round_index: int) -> list[str]:
+    """The contenders' order in a round: it rotates by one each round."""
+    shift = round_index % len(names)
+    return [*names[shift:], *names[:shift]]
+
+
+def record(
+    results: Mapping[str, Measurement], ratio_values: Mapping[str, float], **extra: Any
+) -> dict[str, Any]:
+    """The JSON record of a throughput scenario."""
+    first = next(iter(results.values()))
+    return {
+        "scenario": first.scenario,
+        "results": [m.as_dict() for m in results.values()],
+        "ratios": {k: round(v, 3) for k, v in ratio_values.items()},
+        **extra,
+    }
+
+
+def latency_ratios(
+    results: Mapping[str, Measurement], subject: str, others: Sequence[str]
+) -> dict[str, float]:
+    """p50 and p99 latency of ``subject`` divided by each of ``others`` (<1: subject is faster)."""
+    return {
+        f"p{q} {subject}/{other}": results[subject].latency_us(q) / results[other].latency_us(q)
+        for q in (50, 99)
+        for other in others
+    }
+
+
+def latency_record(
+    results: Mapping[str, Measurement], ratio_values: Mapping[str, float], *, mean: bool = False
+) -> dict[str, Any]:
+    """The JSON record of a latency scenario (``mean``: also the mean per contender)."""
+    first = next(iter(results.values()))
+    rows = []
+    for m in results.values():
+        row: dict[str, Any] = {"contender": m.contender, "samples": m.ops}
+        row.update({f"p{q}_us": round(m.latency_us(q), 2) for q in (50, 90, 99, 100)})
+        if mean:
+            row["mean_us"] = round(m.seconds / m.ops * 1e6, 2) if m.ops else None
+        rows.append(row)
+    return {
+        "scenario": first.scenario,
+        "results": rows,
+        "ratios": {k: round(v, 3) for k, v in ratio_values.items()},
+    }
 
 
 def ratios(
@@ -156,6 +213,41 @@ def _fmt_us(value: float) -> str:
     return f"{value:,.1f} us"
 
 
+def _print_rows(
+    title: str,
+    results: Mapping[str, Measurement],
+    columns: Sequence[tuple[str, Callable[[Measurement], str]]],
+    ratio_label: str,
+    ratio_values: Mapping[str, float],
+    file: Any,
+) -> None:
+    out = file or sys.stdout
+    width = max([15, *(len(m.contender) + 2 for m in results.values())])
+    header = f"{'contender':<{width}}" + "".join(f"{name:>{w}}" for name, w, _ in _cols(columns))
+    print(f"\n== {title}", file=out)
+    print(header, file=out)
+    print("-" * len(header), file=out)
+    for m in results.values():
+        cells = "".join(f"{cell(m):>{w}}" for _, w, cell in _cols(columns))
+        print(f"{m.contender:<{width}}{cells}", file=out)
+    if ratio_values:
+        text = "   ".join(f"{name} = {value:.2f}x" for name, value in ratio_values.items())
+        print(f"ratios ({ratio_label}): {text}", file=out)
+    out.flush()
+
+
+def _cols(
+    columns: Sequence[tuple[str, Callable[[Measurement], str]]],
+) -> list[tuple[str, int, Callable[[Measurement], str]]]:
+    """Column widths: 8 for the count, 14 for events/s, 12 for ops/s, 13 for a time."""
+    widths = {"ops": 8, "samples": 8, "events/s": 14, "ops/s": 12}
+    return [(name, widths.get(name, 13), cell) for name, cell in columns]
+
+
+def _latency_column(q: float) -> tuple[str, Callable[[Measurement], str]]:
+    return ("max" if q == 100 else f"p{q:g}", lambda m: _fmt_us(m.latency_us(q)))
+
+
 def print_table(
     title: str,
     results: Mapping[str, Measurement],
@@ -164,23 +256,14 @@ def print_table(
     file: Any = None,
 ) -> None:
     """Print one scenario: a row per contender, then the throughput ratios."""
-    out = file or sys.stdout
-    width = max([15, *(len(m.contender) + 2 for m in results.values())])
-    header = f"{'contender':<{width}}{'ops':>8}{'events/s':>14}{'ops/s':>12}{'p50':>13}{'p99':>13}"
-    print(f"\n== {title}", file=out)
-    print(header, file=out)
-    print("-" * len(header), file=out)
-    for m in results.values():
-        print(
-            f"{m.contender:<{width}}{m.ops:>8}{_fmt_rate(m.events_per_s):>14}"
-            f"{_fmt_rate(m.ops_per_s):>12}{_fmt_us(m.latency_us(50)):>13}"
-            f"{_fmt_us(m.latency_us(99)):>13}",
-            file=out,
-        )
-    if ratio_values:
-        text = "   ".join(f"{name} = {value:.2f}x" for name, value in ratio_values.items())
-        print(f"ratios (throughput): {text}", file=out)
-    out.flush()
+    columns = [
+        ("ops", lambda m: str(m.ops)),
+        ("events/s", lambda m: _fmt_rate(m.events_per_s)),
+        ("ops/s", lambda m: _fmt_rate(m.ops_per_s)),
+        _latency_column(50),
+        _latency_column(99),
+    ]
+    _print_rows(title, results, columns, "throughput", ratio_values, file)
 
 
 def system_info(**extra: Any) -> dict[str, Any]:
@@ -209,20 +292,5 @@ def print_latency_table(
     file: Any = None,
 ) -> None:
     """Print a latency-only scenario: samples and percentiles per contender, then ratios."""
-    out = file or sys.stdout
-    width = max([15, *(len(m.contender) + 2 for m in results.values())])
-    header = f"{'contender':<{width}}{'samples':>8}{'p50':>13}{'p90':>13}{'p99':>13}{'max':>13}"
-    print(f"\n== {title}", file=out)
-    print(header, file=out)
-    print("-" * len(header), file=out)
-    for m in results.values():
-        print(
-            f"{m.contender:<{width}}{m.ops:>8}{_fmt_us(m.latency_us(50)):>13}"
-            f"{_fmt_us(m.latency_us(90)):>13}{_fmt_us(m.latency_us(99)):>13}"
-            f"{_fmt_us(m.latency_us(100)):>13}",
-            file=out,
-        )
-    if ratio_values:
-        text = "   ".join(f"{name} = {value:.2f}x" for name, value in ratio_values.items())
-        print(f"ratios (latency, <1: eventfold is faster): {text}", file=out)
-    out.flush()
+    columns = [("samples", lambda m: str(m.ops)), *(_latency_column(q) for q in (50, 90, 99, 100))]
+    _print_rows(title, results, columns, "latency, <1: eventfold is faster", ratio_values, file)

@@ -17,7 +17,6 @@ import gc
 import importlib.metadata
 import itertools
 import multiprocessing
-import os
 import sys
 import threading
 import time
@@ -26,34 +25,56 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack, contextmanager, suppress
+from contextlib import ExitStack, suppress
 from dataclasses import dataclass
 from typing import Any
 
 import msgspec
 
+from benchmarks._common import (
+    DECIDER,
+    DEPOSIT,
+    DEPOSITED_TYPE,
+    ES_DEPOSITED,
+    OPENED_TYPE,
+    PAGE_SIZE,
+    STREAM_EVENTS,
+    Deposited,
+    EsAccount,
+    EsBank,
+    Opened,
+    add_common_arguments,
+    check,
+    finish,
+    pages,
+    suite_main,
+)
 from benchmarks._harness import (
     Measurement,
-    percentile,
+    latency_ratios,
+    latency_record,
     print_latency_table,
     print_table,
     ratios,
+    record,
     run_rounds,
+    split,
     system_info,
-    write_json,
+)
+from benchmarks._postgres import (
+    RAW_INSERT,
+    RAW_SCHEMA,
+    add_conninfo_argument,
+    conninfo,
+    create_schemas,
+    es_env,
+    psycopg,  # imported there, with a hint if it is missing
+    schema_url,
+    scratch_database,
+    sql,
 )
 
 try:
-    import psycopg
-    from psycopg import sql
-except ImportError as exc:  # pragma: no cover - a setup problem, not a benchmark result
-    raise SystemExit(
-        "the PostgreSQL benchmark needs psycopg: pip install 'eventfold[postgres]'"
-    ) from exc
-try:
-    from eventsourcing.application import Application
-    from eventsourcing.domain import Aggregate as EsAggregate
-    from eventsourcing.domain import event as es_event
     from eventsourcing.persistence import RecordConflictError
     from eventsourcing.projection import ApplicationSubscription
     from eventsourcing.system import NotificationLogReader
@@ -63,13 +84,11 @@ except ImportError as exc:  # pragma: no cover
     ) from exc
 
 import eventfold
-from eventfold import CommandHandler, Decider, Event, WrongExpectedVersion
+from eventfold import CommandHandler, WrongExpectedVersion
 from eventfold.store.postgres import PostgresEventStore, migrate
 
 RAW, ES, EF = "raw-psycopg", "eventsourcing", "eventfold"
-PAGE_SIZE = 500
 WRITERS = 8
-STREAM_EVENTS = 1_000  # the load scenario's streams: 1 "opened", then 999 deposits
 LATENCY_GAP_S = 0.002  # the latency writer sleeps this long after each commit
 WORKER_TIMEOUT_S = 120.0  # a helper process that says nothing for this long has failed
 
@@ -126,29 +145,6 @@ QUICK_COUNTS = Counts(
 )
 
 
-class Opened(Event):
-    __event_type__ = "bench.pg.Opened"
-
-
-class Deposited(Event):
-    __event_type__ = "bench.pg.Deposited"  # distinct from the SQLite suite's class
-    amount: int
-
-
-def _evolve(balance: int, event: object) -> int:
-    if type(event) is Deposited:
-        return balance + event.amount
-    return balance
-
-
-def _decide(command: object, balance: int) -> list[Event]:
-    return [Deposited(amount=10)]
-
-
-DECIDER: Decider[int, object, Event] = Decider(_decide, _evolve, int)
-DEPOSIT = object()  # the one command: decide() answers it with Deposited(amount=10)
-
-
 class CountingStore(PostgresEventStore):
     """eventfold's store, counting the appends refused with WrongExpectedVersion, per stream."""
 
@@ -166,45 +162,10 @@ class CountingStore(PostgresEventStore):
             raise
 
 
-class EsAccount(EsAggregate):
-    @es_event("Opened")
-    def __init__(self) -> None:
-        self.balance = 0
-
-    @es_event("Deposited")
-    def deposit(self, amount: int) -> None:
-        self.balance += amount
-
-
-ES_DEPOSITED: type[Any] = EsAccount.Deposited  # type: ignore[attr-defined]
-
-
-class EsBank(Application):
-    log_section_size = PAGE_SIZE
-
-
 # -- raw psycopg: the same table and indexes as eventfold, a plain transaction per append ---
 
-RAW_SCHEMA = """
-CREATE TABLE events (
-    position       bigserial PRIMARY KEY,
-    stream         text      NOT NULL,
-    version        bigint    NOT NULL,
-    id             uuid      NOT NULL UNIQUE,
-    type           text      NOT NULL,
-    schema_version integer   NOT NULL,
-    data           bytea     NOT NULL,
-    metadata       bytea,
-    recorded_at    timestamptz NOT NULL DEFAULT now(),
-    UNIQUE (stream, version)
-)
-"""
 RAW_VERSION = "SELECT coalesce(max(version), 0) FROM events WHERE stream = %s"
 RAW_COUNT = "SELECT count(*), coalesce(max(version), 0) FROM events WHERE stream = %s"
-RAW_INSERT = (
-    "INSERT INTO events (stream, version, id, type, schema_version, data) "
-    "VALUES (%s, %s, %s, %s, 1, %s)"
-)
 RAW_READ_ALL = (
     "SELECT position, stream, version, id, type, schema_version, data, metadata "
     "FROM events WHERE position > %s ORDER BY position LIMIT %s"
@@ -213,7 +174,6 @@ RAW_LOAD = (
     "SELECT position, stream, version, id, type, schema_version, data, metadata "
     "FROM events WHERE stream = %s ORDER BY version"
 )
-RAW_DEPOSITED, RAW_OPENED = "bench.Deposited", "bench.Opened"
 _encode = msgspec.json.encode
 _decode = msgspec.json.decode
 
@@ -238,7 +198,7 @@ class RawStore:
         expected: int,
         conn: Any = None,
         *,
-        type_name: str = RAW_DEPOSITED,
+        type_name: str = DEPOSITED_TYPE,
         notify: str | None = None,
     ) -> int:
         """Append in one transaction; ``notify``: also NOTIFY that channel in it."""
@@ -266,7 +226,7 @@ class RawStore:
         with (conn or self.conn).cursor(binary=True) as cur:
             for row in cur.execute(RAW_LOAD, (stream,)).fetchall():
                 payload = _decode(row[6])
-                if row[4] == RAW_DEPOSITED:
+                if row[4] == DEPOSITED_TYPE:
                     balance += payload["amount"]
                 version = row[2]
         return balance, version
@@ -277,59 +237,15 @@ class RawStore:
         return count, version
 
     def read_all(self) -> Iterator[dict[str, Any]]:
-        after = 0
         with self.conn.cursor(binary=True) as cur:
-            while True:
-                rows = cur.execute(RAW_READ_ALL, (after, PAGE_SIZE)).fetchall()
+            for rows in pages(
+                lambda after, size: cur.execute(RAW_READ_ALL, (after, size)).fetchall()
+            ):
                 for row in rows:
                     yield _decode(row[6])
-                if len(rows) < PAGE_SIZE:
-                    return
-                after = rows[-1][0]
 
     def close(self) -> None:
         self.conn.close()
-
-
-# -- the scratch database -------------------------------------------------------------------
-
-
-@contextmanager
-def scratch_database(admin_url: str) -> Iterator[str]:
-    name = f"eventfold_bench_{os.getpid()}"
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(
-            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-        )
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
-        yield psycopg.conninfo.make_conninfo(admin_url, dbname=name)
-    finally:
-        with psycopg.connect(admin_url, autocommit=True) as conn:
-            conn.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
-
-
-def es_env(url: str, schema: str, pool_size: int, *, create: bool = True) -> dict[str, str]:
-    """eventsourcing's settings for a PostgreSQL schema of the database at ``url``.
-
-    ``create=False`` for helper processes: the parent created the tables, and
-    eight processes re-creating its insert function at once make PostgreSQL
-    fail with "tuple concurrently updated".
-    """
-    params = psycopg.conninfo.conninfo_to_dict(url)
-    return {
-        "CREATE_TABLE": "y" if create else "n",
-        "PERSISTENCE_MODULE": "eventsourcing.postgres",
-        "POSTGRES_DBNAME": str(params.get("dbname", "postgres")),
-        "POSTGRES_HOST": str(params.get("host", "127.0.0.1")),
-        "POSTGRES_PORT": str(params.get("port", "5432")),
-        "POSTGRES_USER": str(params.get("user", "postgres")),
-        "POSTGRES_PASSWORD": str(params.get("password", "")),
-        "POSTGRES_SCHEMA": schema,
-        "POSTGRES_POOL_SIZE": str(pool_size),
-    }
 
 
 class Bench:
@@ -351,17 +267,14 @@ class Bench:
 
     def open_raw(self) -> RawStore:
         schema = self._schema("raw")
-        url = psycopg.conninfo.make_conninfo(self.url, options=f"-c search_path={schema}")
-        with psycopg.connect(self.url, autocommit=True) as conn:
-            conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
-        store = RawStore(url)
+        create_schemas(self.url, schema)
+        store = RawStore(schema_url(self.url, schema))
         self.stack.callback(store.close)
         return store
 
     def open_es(self, pool_size: int = WRITERS) -> EsBank:
         schema = self._schema("es")
-        with psycopg.connect(self.url, autocommit=True) as conn:
-            conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+        create_schemas(self.url, schema)
         app = EsBank(env=es_env(self.url, schema, pool_size))
         self.stack.callback(app.close)
         return app
@@ -526,7 +439,7 @@ class Bench:
         es_accounts = [EsAccount() for _ in streams]
         app.save(*es_accounts)
         for stream in streams:
-            raw.append(stream, [0], 0, type_name=RAW_OPENED)
+            raw.append(stream, [0], 0, type_name=OPENED_TYPE)
             store.append(stream, [Opened()], expected=0)
         # Every contender retries at once, without back-off, until its append succeeds.
         handler: CommandHandler[int, object] = CommandHandler(
@@ -597,7 +510,7 @@ class Bench:
         es_ids: list[uuid.UUID] = []
         chunk = 111  # 9 transactions of 111 deposits after the "opened" event
         for stream in streams:
-            version = raw.append(stream, [0], 0, type_name=RAW_OPENED)
+            version = raw.append(stream, [0], 0, type_name=OPENED_TYPE)
             ef_version = store.append(stream, [Opened()], expected=0).to_version
             account = EsAccount()
             for _ in range((STREAM_EVENTS - 1) // chunk):
@@ -618,15 +531,15 @@ class Bench:
             return turn[name] % len(streams)
 
         def raw_op() -> None:
-            _check(raw.load(streams[pick(RAW)]) == expected, RAW)
+            check(raw.load(streams[pick(RAW)]) == expected, RAW)
 
         def es_op() -> None:
             account = app.repository.get(es_ids[pick(ES)])
-            _check((account.balance, account.version) == expected, ES)
+            check((account.balance, account.version) == expected, ES)
 
         def ef_op() -> None:
             loaded = handler.load(streams[pick(EF)])
-            _check((loaded.state, loaded.version) == expected, EF)
+            check((loaded.state, loaded.version) == expected, EF)
 
         return run_rounds(
             f"load+fold {STREAM_EVENTS:,}-event stream",
@@ -648,9 +561,7 @@ class Bench:
         raw, app, store = self.open_raw(), self.open_es(1), self.open_ef(max_size=1)
         channel = f"raw_events_{self._n}"
         samples, rounds = self.counts.latency_samples, self.counts.rounds
-        per_round = [self.counts.latency_warmup] + [
-            samples // rounds + (1 if i < samples % rounds else 0) for i in range(rounds)
-        ]
+        per_round = [self.counts.latency_warmup, *split(samples, rounds)]
         ends = list(itertools.accumulate(per_round))
         account = EsAccount()
         app.save(account)
@@ -705,7 +616,7 @@ class Bench:
                     proc, pipe = subscribers[name]
                     delivered = _expect(pipe, proc)
                     # No lost, doubled or reordered events.
-                    _check([s for s, _ in delivered] == list(range(first, first + n)), name)
+                    check([s for s, _ in delivered] == list(range(first, first + n)), name)
                     if round_index:  # round 0 is the warm-up
                         results[name].latencies_ns.extend(
                             at - sent for (_, at), sent in zip(delivered, committed, strict=True)
@@ -733,7 +644,7 @@ class Bench:
 
         def raw_op() -> None:
             amount = sum(p["amount"] for p in raw.read_all())
-            _check(amount == expected_sum, RAW)
+            check(amount == expected_sum, RAW)
 
         reader = NotificationLogReader(app.notification_log, section_size=PAGE_SIZE)
         to_domain_event = app.mapper.to_domain_event
@@ -745,11 +656,11 @@ class Bench:
                     domain_event = to_domain_event(notification)
                     if type(domain_event) is ES_DEPOSITED:
                         amount += domain_event.amount
-            _check(amount == expected_sum, ES)
+            check(amount == expected_sum, ES)
 
         def ef_op() -> None:
             amount = sum(e.data.amount for e in store.read_all() if type(e.data) is Deposited)
-            _check(amount == expected_sum, EF)
+            check(amount == expected_sum, EF)
 
         return run_rounds(
             f"read_all {total:,} events + decode",
@@ -760,11 +671,6 @@ class Bench:
             rounds=min(self.counts.rounds, self.counts.read_all_passes),
             warmup=1,
         )
-
-
-def _check(ok: bool, contender: str) -> None:
-    if not ok:
-        raise RuntimeError(f"{contender} read back something else than was written")
 
 
 def _check_streams(
@@ -787,14 +693,14 @@ def _check_streams(
     handler: CommandHandler[int, object] = CommandHandler(store, DECIDER)
     for stream, account in zip(streams, accounts, strict=True):
         version = first + deposits
-        _check(raw.count(stream) == (version, version), RAW)
-        _check(raw.load(stream) == (balance, version), RAW)
+        check(raw.count(stream) == (version, version), RAW)
+        check(raw.load(stream) == (balance, version), RAW)
         loaded = handler.load(stream)
-        _check((loaded.state, loaded.version) == (balance, version), EF)
+        check((loaded.state, loaded.version) == (balance, version), EF)
         events = list(store.read(stream))
-        _check([e.version for e in events] == list(range(1, version + 1)), EF)
+        check([e.version for e in events] == list(range(1, version + 1)), EF)
         es_account = app.repository.get(account.id)
-        _check((es_account.balance, es_account.version) == (balance, 1 + deposits), ES)
+        check((es_account.balance, es_account.version) == (balance, 1 + deposits), ES)
 
 
 # -- helper processes (spawned: they import this module afresh) -----------------------------
@@ -892,7 +798,7 @@ def _subscriber_process(name: str, pipe: Any, spec: dict[str, Any], flush_after:
                         payload = _decode(row[6])
                         at = clock()
                         after = row[0]
-                        if row[4] == RAW_DEPOSITED:
+                        if row[4] == DEPOSITED_TYPE:
                             done = record(payload["amount"], at)
                     if not done and len(rows) < PAGE_SIZE:
                         for _ in listener.notifies(timeout=5.0, stop_after=1):
@@ -930,15 +836,8 @@ def _subscriber_process(name: str, pipe: Any, spec: dict[str, Any], flush_after:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--quick", action="store_true", help="small counts (a smoke run)")
-    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
-    parser.add_argument(
-        "--conninfo",
-        default=os.environ.get(
-            "EVENTFOLD_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres"
-        ),
-        help="server to use (a role that may CREATE DATABASE); a scratch database is made there",
-    )
+    add_common_arguments(parser)
+    add_conninfo_argument(parser)
 
 
 def _report_throughput(results: dict[str, Measurement]) -> dict[str, Any]:
@@ -951,20 +850,11 @@ def _report_throughput(results: dict[str, Measurement]) -> dict[str, Any]:
             for m in results.values()
         )
         print(f"conflicts (each one a retry): {text}")
-    return {
-        "scenario": first.scenario,
-        "results": [m.as_dict() for m in results.values()],
-        "ratios": {k: round(v, 3) for k, v in ratio_values.items()},
-    }
+    return record(results, ratio_values)
 
 
 def _report_latency(results: dict[str, Measurement]) -> dict[str, Any]:
-    def p(name: str, q: float) -> float:
-        return percentile(sorted(results[name].latencies_ns), q) / 1000
-
-    ratio_values = {
-        f"p{q} {EF}/{other}": p(EF, q) / p(other, q) for q in (50, 99) for other in (RAW, ES)
-    }
+    ratio_values = latency_ratios(results, EF, [RAW, ES])
     first = next(iter(results.values()))
     print_latency_table(first.scenario, results, ratio_values)
     print(
@@ -972,19 +862,7 @@ def _report_latency(results: dict[str, Measurement]) -> dict[str, Any]:
         " eventsourcing = eventsourcing.projection.ApplicationSubscription (PostgresSubscription,"
         " LISTEN/NOTIFY); eventfold = PostgresEventStore.subscribe()"
     )
-    return {
-        "scenario": first.scenario,
-        "results": [
-            {
-                "contender": m.contender,
-                "samples": m.ops,
-                **{f"p{q}_us": round(p(m.contender, q), 2) for q in (50, 90, 99, 100)},
-                "mean_us": round(m.seconds / m.ops * 1e6, 2) if m.ops else None,
-            }
-            for m in results.values()
-        ],
-        "ratios": {k: round(v, 3) for k, v in ratio_values.items()},
-    }
+    return latency_record(results, ratio_values, mean=True)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -997,7 +875,7 @@ def run(args: argparse.Namespace) -> int:
     )
     started = time.perf_counter()
     records: list[dict[str, Any]] = []
-    with scratch_database(args.conninfo) as url:
+    with scratch_database(conninfo(args)) as url:
         with psycopg.connect(url) as conn:
             server = conn.info.server_version
             info["postgres"] = f"{server // 10000}.{server % 10000}"
@@ -1026,20 +904,11 @@ def run(args: argparse.Namespace) -> int:
                 records.append(_report_latency(results))
             else:
                 records.append(_report_throughput(results))
-    elapsed = time.perf_counter() - started
-    print(f"\ntotal {elapsed:.1f} s; ratios > 1 mean eventfold has the higher throughput")
-    if args.json:
-        write_json(
-            args.json, {"system": info, "elapsed_s": round(elapsed, 2), "scenarios": records}
-        )
-        print(f"wrote {args.json}")
-    return 0
+    return finish(args, info, started, records)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks postgres", description=__doc__)
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
+    return suite_main("postgres", __doc__, add_arguments, run, argv)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import gc
 import importlib.metadata
-import os
 import sqlite3
 import sys
 import tempfile
@@ -23,30 +22,54 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
+from benchmarks._common import (
+    DEPOSITED_TYPE,
+    ES_DEPOSITED,
+    OPENED_TYPE,
+    PAGE_SIZE,
+    Deposited,
+    EsAccount,
+    EsBank,
+    Opened,
+    add_common_arguments,
+    es_sqlite_env,
+    finish,
+    pages,
+    suite_main,
+)
 from benchmarks._harness import (
     Measurement,
-    percentile,
+    latency_ratios,
+    latency_record,
     print_latency_table,
     print_table,
     ratios,
+    record,
+    rotated,
+    split,
     system_info,
-    write_json,
 )
+from benchmarks._postgres import (
+    RAW_INSERT,
+    RAW_SCHEMA,
+    add_conninfo_argument,
+    conninfo,
+    create_schemas,
+    es_env,
+    psycopg,  # imported there, with a hint if it is missing
+    schema_url,
+    scratch_database,
+    sql,
+)
+from benchmarks.sqlite_bench import RawStore, _checkpoint
 
-try:
-    import psycopg
-    from psycopg import sql
-except ImportError as exc:  # pragma: no cover - a setup problem, not a benchmark result
-    raise SystemExit(
-        "the projections benchmark needs psycopg: pip install 'eventfold[postgres]'"
-    ) from exc
 try:
     from eventsourcing.persistence import InfrastructureFactory, Tracking
     from eventsourcing.popo import POPOTrackingRecorder
@@ -62,25 +85,13 @@ except ImportError as exc:  # pragma: no cover
     ) from exc
 
 import eventfold
-from benchmarks.postgres_bench import RAW_SCHEMA as PG_RAW_SCHEMA
-from benchmarks.postgres_bench import es_env, scratch_database
-from benchmarks.sqlite_bench import (
-    ES_DEPOSITED,
-    Deposited,
-    EsAccount,
-    EsBank,
-    Opened,
-    RawStore,
-    _checkpoint,
-)
 from eventfold import SqliteEventStore
 from eventfold.projections import Projection, ProjectionContext, ProjectionRunner
 from eventfold.store.postgres import PostgresEventStore, migrate
 
 RAW_SQLITE, RAW_PG, ES, EF = "raw-sqlite3", "raw-psycopg", "eventsourcing", "eventfold"
-BATCH = 500  # eventfold's default batch_size; raw and eventsourcing (its select limit) alike
+BATCH = PAGE_SIZE  # eventfold's default batch_size; raw and eventsourcing (its select limit) alike
 CHUNK = 20  # events per stream per append while writing the log (streams interleave)
-DEPOSITED_TYPE, OPENED_TYPE = "bench.Deposited", "bench.Opened"  # sqlite_bench's event types
 LATENCY_GAP_S = 0.002  # the live writer sleeps this long after each append
 WAIT_S = 600.0  # a catch-up or a live round that takes longer than this has failed
 
@@ -295,8 +306,7 @@ def catch_up(
     names = list(contenders)
     clock = time.perf_counter_ns
     for round_index in range(max(c.passes for c in contenders.values())):
-        shift = round_index % len(names)
-        for name in names[shift:] + names[:shift]:
+        for name in rotated(names, round_index):
             contender = contenders[name]
             if round_index >= contender.passes:
                 continue
@@ -421,19 +431,68 @@ def raw_log_rows(counts: Counts) -> Iterator[tuple[str, int, str, bytes]]:
                 yield stream_name(s), v, DEPOSITED_TYPE, _encode({"amount": amount(s, v)})
 
 
-# -- SQLite -----------------------------------------------------------------------------------
+# -- the raw contenders: the same loops on sqlite3 and psycopg ----------------------------
 
-RAW_PAGE_SQLITE = (
+RAW_PAGE = (
     "SELECT position, stream, type, data FROM events WHERE position > ? ORDER BY position LIMIT ?"
 )
-RAW_UPSERT_SQLITE = (
+RAW_UPSERT = (
     "INSERT INTO raw_balances (account, balance) VALUES (?, ?) ON CONFLICT (account) "
     "DO UPDATE SET balance = raw_balances.balance + excluded.balance"
 )
-RAW_CHECKPOINT_SQLITE = (
+RAW_CHECKPOINT = (
     "INSERT INTO raw_checkpoint (name, position) VALUES (?, ?) "
     "ON CONFLICT (name) DO UPDATE SET position = excluded.position"
 )
+RAW_READ_CHECKPOINT = "SELECT position FROM raw_checkpoint WHERE name = ?"
+
+
+def pg(statement: str) -> str:
+    """The same statement with psycopg's placeholders."""
+    return statement.replace("?", "%s")
+
+
+def raw_memory_pass(fetch: Callable[[int, int], Any], balances: dict[str, int]) -> None:
+    """Keyset pages of the log, a decode per payload, a dict update per event."""
+    get = balances.get
+    for rows in pages(fetch, BATCH):
+        for _, stream, type_, data in rows:
+            payload = _decode(data)
+            balances[stream] = get(stream, 0) + (
+                payload["amount"] if type_ == DEPOSITED_TYPE else 0
+            )
+
+
+def raw_sql_pass(
+    fetch: Callable[[int, int], Any],
+    after: int,
+    transaction: Callable[[], AbstractContextManager[Any]],
+    execute: Callable[..., Any],
+    upsert: str,
+    checkpoint: str,
+) -> None:
+    """The same pages from ``after``; per page one transaction: an upsert per event
+    and the checkpoint."""
+    for rows in pages(fetch, BATCH, after):
+        with transaction():
+            for _, stream, type_, data in rows:
+                payload = _decode(data)
+                execute(upsert, (stream, payload["amount"] if type_ == DEPOSITED_TYPE else 0))
+            execute(checkpoint, ("balances", rows[-1][0]))
+
+
+@contextmanager
+def _sqlite_transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+# -- SQLite -----------------------------------------------------------------------------------
 
 
 def sqlite_suite(counts: Counts, stack: ExitStack) -> list[dict[str, Measurement]]:
@@ -459,12 +518,7 @@ def sqlite_suite(counts: Counts, stack: ExitStack) -> list[dict[str, Measurement
     conn.execute("COMMIT")
 
     es_path = directory / "es.db"
-    env = {
-        "PERSISTENCE_MODULE": "benchmarks.sqlite_bench:SynchronousSQLiteFactory",
-        "SQLITE_DBNAME": str(es_path),
-        "SQLITE_SYNCHRONOUS": "NORMAL",
-        "IS_SNAPSHOTTING_ENABLED": "n",
-    }
+    env = es_sqlite_env(es_path, "normal")
     app = EsBank(env=env)
     stack.callback(app.close)
     es_ids = write_es_log(app, counts)
@@ -478,20 +532,11 @@ def sqlite_suite(counts: Counts, stack: ExitStack) -> list[dict[str, Measurement
     # (a) in-memory read model
     raw_balances: dict[str, int] = {}
 
+    def fetch(after: int, size: int) -> list[Any]:
+        return conn.execute(RAW_PAGE, (after, size)).fetchall()
+
     def raw_memory() -> None:
-        balances = raw_balances
-        get = balances.get
-        after = 0
-        while True:
-            rows = conn.execute(RAW_PAGE_SQLITE, (after, BATCH)).fetchall()
-            for _, stream, type_, data in rows:
-                payload = _decode(data)
-                balances[stream] = get(stream, 0) + (
-                    payload["amount"] if type_ == DEPOSITED_TYPE else 0
-                )
-            if len(rows) < BATCH:
-                return
-            after = rows[-1][0]
+        raw_memory_pass(fetch, raw_balances)
 
     es_memory: dict[str, Any] = {}
 
@@ -529,31 +574,15 @@ def sqlite_suite(counts: Counts, stack: ExitStack) -> list[dict[str, Measurement
         conn.execute("DELETE FROM raw_checkpoint")
 
     def raw_sql() -> None:
-        row = conn.execute(
-            "SELECT position FROM raw_checkpoint WHERE name = ?", ("balances",)
-        ).fetchone()
-        after = row[0] if row else 0
-        execute = conn.execute
-        while True:
-            rows = execute(RAW_PAGE_SQLITE, (after, BATCH)).fetchall()
-            if not rows:
-                return
-            execute("BEGIN IMMEDIATE")
-            try:
-                for _, stream, type_, data in rows:
-                    payload = _decode(data)
-                    execute(
-                        RAW_UPSERT_SQLITE,
-                        (stream, payload["amount"] if type_ == DEPOSITED_TYPE else 0),
-                    )
-                execute(RAW_CHECKPOINT_SQLITE, ("balances", rows[-1][0]))
-            except BaseException:
-                execute("ROLLBACK")
-                raise
-            execute("COMMIT")
-            if len(rows) < BATCH:
-                return
-            after = rows[-1][0]
+        row = conn.execute(RAW_READ_CHECKPOINT, ("balances",)).fetchone()
+        raw_sql_pass(
+            fetch,
+            row[0] if row else 0,
+            lambda: _sqlite_transaction(conn),
+            conn.execute,
+            RAW_UPSERT,
+            RAW_CHECKPOINT,
+        )
 
     es_view = es_factory(EsSqlBalances.name, env).tracking_recorder(EsSqliteView)
     stack.callback(es_view.datastore.close)
@@ -617,38 +646,22 @@ class _SqliteConn:
 
 # -- PostgreSQL ---------------------------------------------------------------------------------
 
-RAW_PAGE_PG = (
-    "SELECT position, stream, type, data FROM events WHERE position > %s ORDER BY position LIMIT %s"
-)
-RAW_UPSERT_PG = (
-    "INSERT INTO raw_balances (account, balance) VALUES (%s, %s) ON CONFLICT (account) "
-    "DO UPDATE SET balance = raw_balances.balance + excluded.balance"
-)
-RAW_CHECKPOINT_PG = (
-    "INSERT INTO raw_checkpoint (name, position) VALUES (%s, %s) "
-    "ON CONFLICT (name) DO UPDATE SET position = excluded.position"
-)
-
 
 def postgres_suite(url: str, counts: Counts, stack: ExitStack) -> list[dict[str, Measurement]]:
     events = counts.events
     expected = expected_balances(counts)
 
-    with psycopg.connect(url, autocommit=True) as admin:
-        for schema in ("raw_proj", "es_proj", "es_live"):
-            admin.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+    create_schemas(url, "raw_proj", "es_proj", "es_live")
 
     # raw: postgres_bench's events table, in its own schema
-    raw_url = psycopg.conninfo.make_conninfo(url, options="-c search_path=raw_proj")
-    conn = psycopg.connect(raw_url, autocommit=True)
+    conn = psycopg.connect(schema_url(url, "raw_proj"), autocommit=True)
     stack.callback(conn.close)
-    conn.execute(PG_RAW_SCHEMA)
+    conn.execute(RAW_SCHEMA)
     conn.execute("CREATE TABLE raw_balances (account text PRIMARY KEY, balance bigint NOT NULL)")
     conn.execute("CREATE TABLE raw_checkpoint (name text PRIMARY KEY, position bigint)")
     with conn.transaction(), conn.cursor() as cur:
         cur.executemany(
-            "INSERT INTO events (stream, version, id, type, schema_version, data)"
-            " VALUES (%s, %s, %s, %s, 1, %s)",
+            RAW_INSERT,
             [(stream, v, uuid.uuid4(), t, data) for stream, v, t, data in raw_log_rows(counts)],
         )
     conn.execute("VACUUM ANALYZE events")
@@ -670,23 +683,14 @@ def postgres_suite(url: str, counts: Counts, stack: ExitStack) -> list[dict[str,
         admin.execute("VACUUM ANALYZE")
 
     # (a) in-memory read model
+    page, upsert, checkpoint = pg(RAW_PAGE), pg(RAW_UPSERT), pg(RAW_CHECKPOINT)
     raw_balances: dict[str, int] = {}
 
     def raw_memory() -> None:
-        balances = raw_balances
-        get = balances.get
-        after = 0
         with conn.cursor(binary=True) as cur:
-            while True:
-                rows = cur.execute(RAW_PAGE_PG, (after, BATCH)).fetchall()
-                for _, stream, type_, data in rows:
-                    payload = _decode(data)
-                    balances[stream] = get(stream, 0) + (
-                        payload["amount"] if type_ == DEPOSITED_TYPE else 0
-                    )
-                if len(rows) < BATCH:
-                    return
-                after = rows[-1][0]
+            raw_memory_pass(
+                lambda after, size: cur.execute(page, (after, size)).fetchall(), raw_balances
+            )
 
     runners: dict[str, Any] = {}
 
@@ -737,26 +741,16 @@ def postgres_suite(url: str, counts: Counts, stack: ExitStack) -> list[dict[str,
         conn.execute("DELETE FROM raw_checkpoint")
 
     def raw_sql() -> None:
-        row = conn.execute(
-            "SELECT position FROM raw_checkpoint WHERE name = %s", ("balances",)
-        ).fetchone()
-        after = row[0] if row else 0
+        row = conn.execute(pg(RAW_READ_CHECKPOINT), ("balances",)).fetchone()
         with conn.cursor(binary=True) as reader, conn.cursor() as writer:
-            while True:
-                rows = reader.execute(RAW_PAGE_PG, (after, BATCH)).fetchall()
-                if not rows:
-                    return
-                with conn.transaction():
-                    for _, stream, type_, data in rows:
-                        payload = _decode(data)
-                        writer.execute(
-                            RAW_UPSERT_PG,
-                            (stream, payload["amount"] if type_ == DEPOSITED_TYPE else 0),
-                        )
-                    writer.execute(RAW_CHECKPOINT_PG, ("balances", rows[-1][0]))
-                if len(rows) < BATCH:
-                    return
-                after = rows[-1][0]
+            raw_sql_pass(
+                lambda after, size: reader.execute(page, (after, size)).fetchall(),
+                row[0] if row else 0,
+                conn.transaction,
+                writer.execute,
+                upsert,
+                checkpoint,
+            )
 
     # Create the view's tables once (the runner's view then finds them).
     es_factory(EsSqlBalances.name, env).tracking_recorder(EsPostgresView).datastore.close()
@@ -883,16 +877,11 @@ def ef_live_latency(
         f"{backend}: live latency, append -> read model updated ({counts.latency_samples} samples)"
     )
     results = {name: Measurement(title, "-", name, 1) for name in writers}
-    per_round = [counts.latency_warmup] + [
-        counts.latency_samples // counts.latency_rounds
-        + (1 if i < counts.latency_samples % counts.latency_rounds else 0)
-        for i in range(counts.latency_rounds)
-    ]
+    per_round = [counts.latency_warmup, *split(counts.latency_samples, counts.latency_rounds)]
     names = list(writers)
     sample = 0
     for round_index, n in enumerate(per_round):
-        shift = round_index % len(names)
-        for name in names[shift:] + names[:shift]:
+        for name in rotated(names, round_index):
             write, got = writers[name]
             got.clear()
             sent: dict[int, int] = {}
@@ -916,16 +905,8 @@ def ef_live_latency(
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--quick", action="store_true", help="small counts (a smoke run)")
-    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
-    parser.add_argument(
-        "--conninfo",
-        default=None,
-        help=(
-            "PostgreSQL server (a role that may CREATE DATABASE; default $EVENTFOLD_BENCH_POSTGRES"
-            " or postgresql://postgres@127.0.0.1:5432/postgres); a scratch database is made there"
-        ),
-    )
+    add_common_arguments(parser)
+    add_conninfo_argument(parser)
     parser.add_argument(
         "--backend",
         choices=("sqlite", "postgres", "both"),
@@ -951,21 +932,11 @@ def _report(results: dict[str, Measurement]) -> dict[str, Any]:
         value = ratio_values[f"{EF}/{name}"]
         checks.append(f"{EF}/{name} >= {target:g}x: {'met' if value >= target else 'MISSED'}")
     print("targets: " + "   ".join(checks))
-    return {
-        "scenario": first.scenario,
-        "results": [m.as_dict() for m in results.values()],
-        "ratios": {k: round(v, 3) for k, v in ratio_values.items()},
-        "targets": checks,
-    }
+    return record(results, ratio_values, targets=checks)
 
 
 def _report_latency(results: dict[str, Measurement]) -> dict[str, Any]:
-    def p(name: str, q: float) -> float:
-        return percentile(sorted(results[name].latencies_ns), q) / 1000
-
-    ratio_values = (
-        {f"p{q} {EF}/{ES}": p(EF, q) / p(ES, q) for q in (50, 99)} if ES in results else {}
-    )
+    ratio_values = latency_ratios(results, EF, [ES]) if ES in results else {}
     first = next(iter(results.values()))
     print_latency_table(first.scenario, results, ratio_values)
     if ES not in results:
@@ -973,25 +944,11 @@ def _report_latency(results: dict[str, Measurement]) -> dict[str, Any]:
             "eventsourcing: not measured on SQLite; its SQLite recorder (9.5.6) has no"
             " subscribe(), so its ProjectionRunner cannot follow a SQLite log"
         )
-    return {
-        "scenario": first.scenario,
-        "results": [
-            {
-                "contender": m.contender,
-                "samples": m.ops,
-                **{f"p{q}_us": round(p(m.contender, q), 2) for q in (50, 90, 99, 100)},
-            }
-            for m in results.values()
-        ],
-        "ratios": {k: round(v, 3) for k, v in ratio_values.items()},
-    }
+    return latency_record(results, ratio_values)
 
 
 def run(args: argparse.Namespace) -> int:
     counts = QUICK_COUNTS if args.quick else FULL_COUNTS
-    conninfo = args.conninfo or os.environ.get(
-        "EVENTFOLD_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres"
-    )
     info = system_info(
         eventfold=eventfold.__version__,
         eventsourcing=importlib.metadata.version("eventsourcing"),
@@ -1012,24 +969,15 @@ def run(args: argparse.Namespace) -> int:
                 records.append(_report(results))
         gc.collect()
     if args.backend in ("postgres", "both"):
-        with scratch_database(conninfo) as url, ExitStack() as stack:
+        with scratch_database(conninfo(args)) as url, ExitStack() as stack:
             for results in postgres_suite(url, counts, stack):
                 records.append(_report(results))
         gc.collect()
-    elapsed = time.perf_counter() - started
-    print(f"\ntotal {elapsed:.1f} s; ratios > 1 mean eventfold has the higher throughput")
-    if args.json:
-        write_json(
-            args.json, {"system": info, "elapsed_s": round(elapsed, 2), "scenarios": records}
-        )
-        print(f"wrote {args.json}")
-    return 0
+    return finish(args, info, started, records)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks projections", description=__doc__)
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
+    return suite_main("projections", __doc__, add_arguments, run, argv)
 
 
 if __name__ == "__main__":

@@ -23,20 +23,28 @@ from typing import Any
 
 import msgspec
 
-from benchmarks._harness import (
-    Measurement,
-    print_table,
-    ratios,
-    run_rounds,
-    system_info,
-    write_json,
+from benchmarks._common import (
+    DECIDER,
+    DEPOSITED_TYPE,
+    ES_DEPOSITED,
+    OPENED_TYPE,
+    PAGE_SIZE,
+    STREAM_EVENTS,
+    SYNCHRONOUS,
+    Deposited,
+    EsAccount,
+    EsBank,
+    Opened,
+    add_common_arguments,
+    check,
+    es_sqlite_env,
+    finish,
+    pages,
+    suite_main,
 )
+from benchmarks._harness import Measurement, print_table, ratios, record, run_rounds, system_info
 
 try:
-    from eventsourcing.application import Application
-    from eventsourcing.domain import Aggregate as EsAggregate
-    from eventsourcing.domain import event as es_event
-    from eventsourcing.sqlite import SQLiteConnection, SQLiteConnectionPool, SQLiteFactory
     from eventsourcing.system import NotificationLogReader
 except ImportError as exc:  # pragma: no cover - a setup problem, not a benchmark result
     raise SystemExit(
@@ -44,15 +52,12 @@ except ImportError as exc:  # pragma: no cover - a setup problem, not a benchmar
     ) from exc
 
 import eventfold
-from eventfold import CommandHandler, Decider, Event, SqliteEventStore
+from eventfold import CommandHandler, SqliteEventStore
 from eventfold.snapshots import SnapshotPolicy
 
 RAW, ES, EF = "raw-sqlite3", "eventsourcing", "eventfold"
 ES_SNAP, EF_SNAP = "eventsourcing+snap", "eventfold+snap"
 CONTENDERS = (RAW, ES, EF)
-SYNCHRONOUS = {"full": "FULL", "normal": "NORMAL"}
-PAGE_SIZE = 500  # eventfold's default page size; raw and eventsourcing page alike
-STREAM_EVENTS = 1_000  # events per stream in the read database (1 opened + 999 deposits)
 LONG_STREAM_EVENTS = 10_000  # the stream of the snapshot scenario (1 opened + 9,999 deposits)
 SNAPSHOT_TAIL = 10  # events written after the snapshot: a snapshot load reads these
 SNAPSHOT_EVERY = 1_000  # eventfold's policy; only handle() consults it, loads do not
@@ -96,92 +101,8 @@ QUICK_COUNTS = Counts(
 )
 
 
-# -- the domain, written once per library -------------------------------------------------
-
-
-class Opened(Event):
-    __event_type__ = "bench.Opened"
-
-
-class Deposited(Event):
-    __event_type__ = "bench.Deposited"
-    amount: int
-
-
-def _evolve(balance: int, event: object) -> int:
-    if type(event) is Deposited:
-        return balance + event.amount
-    return balance
-
-
-def _decide(command: object, balance: int) -> list[Event]:
-    return [Deposited(amount=10)]
-
-
-DECIDER: Decider[int, object, Event] = Decider(_decide, _evolve, int)
-
-
-class EsAccount(EsAggregate):
-    """The eventsourcing twin of the eventfold stream: declarative @event style."""
-
-    @es_event("Opened")
-    def __init__(self) -> None:
-        self.balance = 0
-
-    @es_event("Deposited")
-    def deposit(self, amount: int) -> None:
-        self.balance += amount
-
-
-ES_DEPOSITED: type[Any] = EsAccount.Deposited  # type: ignore[attr-defined]
-
-
-class EsBank(Application):
-    # One notification-log query returns up to this many events, like eventfold's page.
-    log_section_size = PAGE_SIZE
-
-
-# -- eventsourcing with the same PRAGMA synchronous as the others --------------------------
-
-
-class _SynchronousPool(SQLiteConnectionPool):
-    """eventsourcing's pool, plus ``PRAGMA synchronous`` on each new connection."""
-
-    def __init__(self, *, synchronous: str, **kwargs: Any) -> None:
-        self.synchronous = synchronous
-        super().__init__(**kwargs)
-
-    def _create_connection(self) -> SQLiteConnection:
-        conn = super()._create_connection()
-        conn._sqlite_conn.execute(f"PRAGMA synchronous={self.synchronous}")
-        return conn
-
-
-class SynchronousSQLiteFactory(SQLiteFactory):
-    """eventsourcing.sqlite with env ``SQLITE_SYNCHRONOUS`` (it otherwise keeps
-    SQLite's default, FULL). Selected by PERSISTENCE_MODULE=<this module>:<this class>."""
-
-    def __init__(self, env: Any) -> None:
-        super().__init__(env)
-        synchronous = self.env.get("SQLITE_SYNCHRONOUS")
-        if synchronous:
-            old = self.datastore.pool
-            self.datastore.pool = _SynchronousPool(
-                synchronous=synchronous, db_name=old.db_name, lock_timeout=old.lock_timeout
-            )
-            old.close()
-
-
 def make_es_app(path: Path, durability: str, *, snapshotting: bool = False) -> EsBank:
-    return EsBank(
-        env={
-            "PERSISTENCE_MODULE": f"{__name__}:SynchronousSQLiteFactory",
-            "SQLITE_DBNAME": str(path),
-            "SQLITE_SYNCHRONOUS": SYNCHRONOUS[durability],
-            # Explicit either way, so an IS_SNAPSHOTTING_ENABLED in os.environ changes nothing.
-            "IS_SNAPSHOTTING_ENABLED": "y" if snapshotting else "n",
-        }
-    )
+    return EsBank(env=es_sqlite_env(path, durability, snapshotting=snapshotting))
 
 
 # -- raw sqlite3: the same table, indexes and pragmas as eventfold --------------------------
@@ -277,25 +198,20 @@ class RawStore:
         loads = _json_decode
         for row in self.conn.execute(RAW_READ_STREAM, (stream,)).fetchall():
             payload = loads(row[6])
-            if row[4] == "bench.Deposited":
+            if row[4] == DEPOSITED_TYPE:
                 balance += payload["amount"]
             version = row[2]
         return balance, version
 
     def read_all(self) -> Iterator[tuple[tuple[Any, ...], dict[str, Any]]]:
         """Paged SELECT over the global log, decoding payload (and metadata if any)."""
-        after = 0
         loads = _json_decode
-        conn = self.conn
-        while True:
-            rows = conn.execute(RAW_READ_ALL, (after, PAGE_SIZE)).fetchall()
+        execute = self.conn.execute
+        for rows in pages(lambda after, size: execute(RAW_READ_ALL, (after, size)).fetchall()):
             for row in rows:
                 if row[7] is not None:
                     loads(row[7])
                 yield row, loads(row[6])
-            if len(rows) < PAGE_SIZE:
-                return
-            after = rows[-1][0]
 
     def close(self) -> None:
         self.conn.close()
@@ -348,7 +264,7 @@ class Bench:
         def raw_op() -> None:
             nonlocal raw_version
             raw_version = raw.append(
-                "account-1", "bench.Deposited", [{"amount": 10} for _ in range(batch)], raw_version
+                "account-1", DEPOSITED_TYPE, [{"amount": 10} for _ in range(batch)], raw_version
             )
 
         account = EsAccount()
@@ -395,7 +311,7 @@ class Bench:
         for n in range(self.counts.read_all_streams):
             stream = f"account-{n}"
             streams.append(stream)
-            version = raw.append(stream, "bench.Opened", [{}], 0)
+            version = raw.append(stream, OPENED_TYPE, [{}], 0)
             ef_version = store.append(stream, [Opened()], expected=0).to_version
             account = EsAccount()
             app.save(account)
@@ -404,7 +320,7 @@ class Bench:
             while remaining:
                 k = min(chunk, remaining)
                 remaining -= k
-                version = raw.append(stream, "bench.Deposited", [{"amount": 10}] * k, version)
+                version = raw.append(stream, DEPOSITED_TYPE, [{"amount": 10}] * k, version)
                 ef_version = store.append(
                     stream, [Deposited(amount=10) for _ in range(k)], expected=ef_version
                 ).to_version
@@ -433,15 +349,15 @@ class Bench:
 
         def raw_op() -> None:
             balance, version = raw.load(streams[pick(RAW)])
-            _check(balance == expected_balance and version == STREAM_EVENTS, RAW)
+            check(balance == expected_balance and version == STREAM_EVENTS, RAW)
 
         def es_op() -> None:
             account = app.repository.get(es_ids[pick(ES)])
-            _check(account.balance == expected_balance and account.version == STREAM_EVENTS, ES)
+            check(account.balance == expected_balance and account.version == STREAM_EVENTS, ES)
 
         def ef_op() -> None:
             loaded = handler.load(streams[pick(EF)])
-            _check(loaded.state == expected_balance and loaded.version == STREAM_EVENTS, EF)
+            check(loaded.state == expected_balance and loaded.version == STREAM_EVENTS, EF)
 
         return run_rounds(
             f"load+fold {STREAM_EVENTS}-event stream",
@@ -463,9 +379,9 @@ class Bench:
             seen = amount = 0
             for row, payload in raw.read_all():
                 seen += 1
-                if row[4] == "bench.Deposited":
+                if row[4] == DEPOSITED_TYPE:
                     amount += payload["amount"]
-            _check(seen == total_events and amount == expected_sum, RAW)
+            check(seen == total_events and amount == expected_sum, RAW)
 
         reader = NotificationLogReader(app.notification_log, section_size=PAGE_SIZE)
         to_domain_event = app.mapper.to_domain_event
@@ -478,7 +394,7 @@ class Bench:
                     seen += 1
                     if type(domain_event) is ES_DEPOSITED:
                         amount += domain_event.amount
-            _check(seen == total_events and amount == expected_sum, ES)
+            check(seen == total_events and amount == expected_sum, ES)
 
         def ef_op() -> None:
             seen = amount = 0
@@ -487,7 +403,7 @@ class Bench:
                 data = recorded.data
                 if type(data) is Deposited:
                     amount += data.amount
-            _check(seen == total_events and amount == expected_sum, EF)
+            check(seen == total_events and amount == expected_sum, EF)
 
         return run_rounds(
             f"read_all {total_events:,} events + decode",
@@ -521,7 +437,7 @@ class Bench:
             ef_snap, DECIDER, snapshots=SnapshotPolicy(every=SNAPSHOT_EVERY)
         )
 
-        raw_version = raw.append(stream, "bench.Opened", [{}], 0)
+        raw_version = raw.append(stream, OPENED_TYPE, [{}], 0)
         ef_versions = {
             s: s.append(stream, [Opened()], expected=0).to_version for s in (ef, ef_snap)
         }
@@ -534,9 +450,7 @@ class Bench:
             while deposits:
                 k = min(SETUP_BATCH, deposits)
                 deposits -= k
-                raw_version = raw.append(
-                    stream, "bench.Deposited", [{"amount": 10}] * k, raw_version
-                )
+                raw_version = raw.append(stream, DEPOSITED_TYPE, [{"amount": 10}] * k, raw_version)
                 for s in (ef, ef_snap):
                     ef_versions[s] = s.append(
                         stream, [Deposited(amount=10) for _ in range(k)], expected=ef_versions[s]
@@ -548,7 +462,7 @@ class Bench:
 
         write(head - 1)
         # The snapshots, at the same version for both libraries.
-        _check(snap_handler.rebuild_snapshot(stream) == head, EF_SNAP)
+        check(snap_handler.rebuild_snapshot(stream) == head, EF_SNAP)
         es_snap.take_snapshot(accounts[es_snap].id)
         write(tail)
         _checkpoint(raw.path, _es_path(es), _es_path(es_snap), ef.path, ef_snap.path)
@@ -557,7 +471,7 @@ class Bench:
         # "+snap" contenders have their snapshot where it was put.
         policy = snap_handler.snapshots
         snapshot = ef_snap.load_snapshot(stream)
-        _check(
+        check(
             snapshot is not None
             and policy is not None
             and snapshot.version == head
@@ -568,16 +482,16 @@ class Bench:
         if es_snap.snapshots is None:
             raise RuntimeError(f"{ES_SNAP} has no snapshot store")
         es_snapshots = list(es_snap.snapshots.get(accounts[es_snap].id, desc=True, limit=1))
-        _check(len(es_snapshots) == 1 and es_snapshots[0].originator_version == head, ES_SNAP)
-        _check(es.snapshots is None, ES)
+        check(len(es_snapshots) == 1 and es_snapshots[0].originator_version == head, ES_SNAP)
+        check(es.snapshots is None, ES)
         expected_balance = 10 * (total - 1)
-        _check(raw.load(stream) == (expected_balance, total), RAW)
+        check(raw.load(stream) == (expected_balance, total), RAW)
         for name, app in ((ES, es), (ES_SNAP, es_snap)):
             account = app.repository.get(accounts[app].id)
-            _check(account.balance == expected_balance and account.version == total, name)
+            check(account.balance == expected_balance and account.version == total, name)
         for name, h in ((EF, handler), (EF_SNAP, snap_handler)):
             loaded = h.load(stream)
-            _check(loaded.state == expected_balance and loaded.version == total, name)
+            check(loaded.state == expected_balance and loaded.version == total, name)
 
         es_id, es_snap_id = accounts[es].id, accounts[es_snap].id
         return run_rounds(
@@ -623,19 +537,11 @@ def scenario_ratios(results: dict[str, Measurement]) -> dict[str, float]:
     return ratios(results, EF, [RAW, ES])
 
 
-def _check(ok: bool, contender: str) -> None:
-    if not ok:
-        raise RuntimeError(f"{contender} read back something else than was written")
-
-
 # -- command line --------------------------------------------------------------------------
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--quick", action="store_true", help="small counts (a smoke run, under 20 s)"
-    )
-    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
+    add_common_arguments(parser, "small counts (a smoke run, under 20 s)")
     parser.add_argument(
         "--durability",
         choices=("full", "normal", "both"),
@@ -690,22 +596,8 @@ def run(args: argparse.Namespace) -> int:
                 first = next(iter(results.values()))
                 title = f"{first.scenario}  [synchronous={SYNCHRONOUS[first.durability]}]"
                 print_table(title, results, ratio_values)
-                records.append(
-                    {
-                        "scenario": first.scenario,
-                        "durability": first.durability,
-                        "results": [m.as_dict() for m in results.values()],
-                        "ratios": {k: round(v, 3) for k, v in ratio_values.items()},
-                    }
-                )
-    elapsed = time.perf_counter() - started
-    print(f"\ntotal {elapsed:.1f} s; ratios > 1 mean eventfold has the higher throughput")
-    if args.json:
-        write_json(
-            args.json, {"system": info, "elapsed_s": round(elapsed, 2), "scenarios": records}
-        )
-        print(f"wrote {args.json}")
-    return 0
+                records.append(record(results, ratio_values, durability=first.durability))
+    return finish(args, info, started, records)
 
 
 def _reads(bench: Bench, durability: str) -> list[dict[str, Measurement]]:
@@ -717,9 +609,7 @@ def _reads(bench: Bench, durability: str) -> list[dict[str, Measurement]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks sqlite", description=__doc__)
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
+    return suite_main("sqlite", __doc__, add_arguments, run, argv)
 
 
 if __name__ == "__main__":

@@ -59,11 +59,11 @@ def _open(
         _fail("name one store: --db PATH (SQLite) or --postgres CONNINFO")
     serializer = browse_serializer() if raw else None
     try:
-        if postgres is not None:
-            from eventfold.store.postgres import PostgresEventStore  # noqa: PLC0415 - extra
+        if db is not None:
+            return SqliteEventStore(db, serializer=serializer)
+        from eventfold.store.postgres import PostgresEventStore  # noqa: PLC0415 - extra
 
-            return PostgresEventStore(postgres, schema=schema, serializer=serializer, max_size=2)
-        return SqliteEventStore(db, serializer=serializer)  # type: ignore[arg-type]
+        return PostgresEventStore(postgres or "", schema=schema, serializer=serializer, max_size=2)
     except (EventfoldError, ImportError) as exc:
         _fail(str(exc))
 
