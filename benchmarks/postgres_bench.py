@@ -68,7 +68,7 @@ from benchmarks._postgres import (
     conninfo,
     create_schemas,
     es_env,
-    psycopg,  # imported there, with a hint if it is missing
+    psycopg,
     schema_url,
     scratch_database,
     sql,

@@ -63,7 +63,7 @@ from benchmarks._postgres import (
     conninfo,
     create_schemas,
     es_env,
-    psycopg,  # imported there, with a hint if it is missing
+    psycopg,
     schema_url,
     scratch_database,
     sql,
@@ -452,6 +452,14 @@ def pg(statement: str) -> str:
     return statement.replace("?", "%s")
 
 
+def raw_memory_contender(run_pass: Callable[[dict[str, int]], None], passes: int) -> Contender:
+    """``run_pass(balances)`` reads the log in pages (:func:`raw_memory_pass`)."""
+    balances: dict[str, int] = {}
+    return Contender(
+        lambda: run_pass(balances), lambda: _by_number(balances), balances.clear, passes
+    )
+
+
 def raw_memory_pass(fetch: Callable[[int, int], Any], balances: dict[str, int]) -> None:
     """Keyset pages of the log, a decode per payload, a dict update per event."""
     get = balances.get
@@ -461,6 +469,28 @@ def raw_memory_pass(fetch: Callable[[int, int], Any], balances: dict[str, int]) 
             balances[stream] = get(stream, 0) + (
                 payload["amount"] if type_ == DEPOSITED_TYPE else 0
             )
+
+
+def raw_sql_contender(
+    conn: Any, run_pass: Callable[[int], None], passes: int, *, postgres: bool = False
+) -> Contender:
+    """``run_pass(after)`` catches up from the checkpoint ``after`` (:func:`raw_sql_pass`)."""
+    read_checkpoint = pg(RAW_READ_CHECKPOINT) if postgres else RAW_READ_CHECKPOINT
+
+    def prepare() -> None:
+        conn.execute("DELETE FROM raw_balances")
+        conn.execute("DELETE FROM raw_checkpoint")
+
+    def run() -> None:
+        row = conn.execute(read_checkpoint, ("balances",)).fetchone()
+        run_pass(row[0] if row else 0)
+
+    def finish() -> dict[int, int]:
+        return _by_number(
+            dict(conn.execute("SELECT account, balance FROM raw_balances").fetchall())
+        )
+
+    return Contender(run, finish, prepare, passes)
 
 
 def raw_sql_pass(
@@ -530,13 +560,8 @@ def sqlite_suite(counts: Counts, stack: ExitStack) -> list[dict[str, Measurement
     _checkpoint(raw.path, str(es_path), str(ef_path))
 
     # (a) in-memory read model
-    raw_balances: dict[str, int] = {}
-
     def fetch(after: int, size: int) -> list[Any]:
         return conn.execute(RAW_PAGE, (after, size)).fetchall()
-
-    def raw_memory() -> None:
-        raw_memory_pass(fetch, raw_balances)
 
     es_memory: dict[str, Any] = {}
 
@@ -551,11 +576,8 @@ def sqlite_suite(counts: Counts, stack: ExitStack) -> list[dict[str, Measurement
         f"SQLite: catch-up of {events:,} events into an in-memory read model",
         events,
         {
-            RAW_SQLITE: Contender(
-                raw_memory,
-                lambda: _by_number(raw_balances),
-                raw_balances.clear,
-                counts.memory_passes,
+            RAW_SQLITE: raw_memory_contender(
+                lambda balances: raw_memory_pass(fetch, balances), counts.memory_passes
             ),
             ES: Contender(
                 es_memory_run,
@@ -569,15 +591,10 @@ def sqlite_suite(counts: Counts, stack: ExitStack) -> list[dict[str, Measurement
     )
 
     # (b) SQL read model in the same database
-    def raw_sql_prepare() -> None:
-        conn.execute("DELETE FROM raw_balances")
-        conn.execute("DELETE FROM raw_checkpoint")
-
-    def raw_sql() -> None:
-        row = conn.execute(RAW_READ_CHECKPOINT, ("balances",)).fetchone()
+    def raw_sql(after: int) -> None:
         raw_sql_pass(
             fetch,
-            row[0] if row else 0,
+            after,
             lambda: _sqlite_transaction(conn),
             conn.execute,
             RAW_UPSERT,
@@ -605,12 +622,7 @@ def sqlite_suite(counts: Counts, stack: ExitStack) -> list[dict[str, Measurement
         f"SQLite: catch-up of {events:,} events into a SQL read model (same file)",
         events,
         {
-            RAW_SQLITE: Contender(
-                raw_sql,
-                lambda: _by_number(dict(conn.execute("SELECT account, balance FROM raw_balances"))),
-                raw_sql_prepare,
-                counts.sql_passes,
-            ),
+            RAW_SQLITE: raw_sql_contender(conn, raw_sql, counts.sql_passes),
             ES: Contender(
                 lambda: es_pull(app, es_projection, es_view),
                 es_sql_finish,
@@ -684,12 +696,11 @@ def postgres_suite(url: str, counts: Counts, stack: ExitStack) -> list[dict[str,
 
     # (a) in-memory read model
     page, upsert, checkpoint = pg(RAW_PAGE), pg(RAW_UPSERT), pg(RAW_CHECKPOINT)
-    raw_balances: dict[str, int] = {}
 
-    def raw_memory() -> None:
+    def raw_memory(balances: dict[str, int]) -> None:
         with conn.cursor(binary=True) as cur:
             raw_memory_pass(
-                lambda after, size: cur.execute(page, (after, size)).fetchall(), raw_balances
+                lambda after, size: cur.execute(page, (after, size)).fetchall(), balances
             )
 
     runners: dict[str, Any] = {}
@@ -719,12 +730,7 @@ def postgres_suite(url: str, counts: Counts, stack: ExitStack) -> list[dict[str,
         f"PostgreSQL: catch-up of {events:,} events into an in-memory read model",
         events,
         {
-            RAW_PG: Contender(
-                raw_memory,
-                lambda: _by_number(raw_balances),
-                raw_balances.clear,
-                counts.memory_passes,
-            ),
+            RAW_PG: raw_memory_contender(raw_memory, counts.memory_passes),
             ES: Contender(
                 lambda: es_runner(EsMemoryBalances, EsMemoryView, memory_env),
                 lambda: _by_es_id(es_stop(EsMemoryBalances.name).balances, es_ids),
@@ -736,16 +742,11 @@ def postgres_suite(url: str, counts: Counts, stack: ExitStack) -> list[dict[str,
     )
 
     # (b) SQL read model in the same database
-    def raw_sql_prepare() -> None:
-        conn.execute("DELETE FROM raw_balances")
-        conn.execute("DELETE FROM raw_checkpoint")
-
-    def raw_sql() -> None:
-        row = conn.execute(pg(RAW_READ_CHECKPOINT), ("balances",)).fetchone()
+    def raw_sql(after: int) -> None:
         with conn.cursor(binary=True) as reader, conn.cursor() as writer:
             raw_sql_pass(
                 lambda after, size: reader.execute(page, (after, size)).fetchall(),
-                row[0] if row else 0,
+                after,
                 conn.transaction,
                 writer.execute,
                 upsert,
@@ -778,14 +779,7 @@ def postgres_suite(url: str, counts: Counts, stack: ExitStack) -> list[dict[str,
         f"PostgreSQL: catch-up of {events:,} events into a SQL read model (same database)",
         events,
         {
-            RAW_PG: Contender(
-                raw_sql,
-                lambda: _by_number(
-                    dict(conn.execute("SELECT account, balance FROM raw_balances").fetchall())
-                ),
-                raw_sql_prepare,
-                counts.sql_passes,
-            ),
+            RAW_PG: raw_sql_contender(conn, raw_sql, counts.sql_passes, postgres=True),
             ES: Contender(
                 lambda: es_runner(EsSqlBalances, EsPostgresView, runner_env),
                 es_sql_finish,
