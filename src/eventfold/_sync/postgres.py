@@ -357,8 +357,25 @@ class PostgresEventStore(StoreBase):
         params: dict[str, Any] = {"tx": str(tx), "seq": min(seq, _BIGINT_MAX), "limit": count}
         if types is None and prefix is None:
             return self._rows(self._sql["read_all"], params)
-        params.update(types=types, prefix=prefix)
-        return self._rows(self._sql["read_all_filtered"], params)
+        # Filters are applied here, on pages read in (tx, seq) order. With the
+        # filter in SQL the planner, misjudging how many rows match (always so
+        # before the table is first analysed), sorts every row after the cursor
+        # for each page instead of walking the index: quadratic catch-ups.
+        wanted = frozenset(types) if types is not None else None
+        matched: list[Row] = []
+        while len(matched) < count:
+            page = self._rows(self._sql["read_all"], params)
+            matched += [
+                row
+                for row in page
+                if (wanted is None or row[4] in wanted)
+                and (prefix is None or row[1].startswith(prefix))
+            ]
+            if len(page) < count:
+                break
+            tx, seq = split_position(page[-1][0])
+            params.update(tx=str(tx), seq=seq)
+        return matched[:count]
 
     def _get_stream(self, stream: str) -> StreamInfo | None:
         with self._errors:
