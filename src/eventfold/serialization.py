@@ -28,7 +28,8 @@ Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
 _JSON_ENCODER = msgspec.json.Encoder()
 _JSON_DECODER = msgspec.json.Decoder()
 _META_DECODER = msgspec.json.Decoder(dict[str, Any])
-_EMPTY: Mapping[str, Any] = MappingProxyType({})
+#: The metadata of events stored without any (shared, read-only).
+EMPTY_METADATA: Mapping[str, Any] = MappingProxyType({})
 
 
 class _TypeInfo:
@@ -246,5 +247,8 @@ class Serializer:
     def decode_metadata(data: bytes | None) -> Mapping[str, Any]:
         """Decode stored metadata (NULL becomes an empty mapping)."""
         if data is None:
-            return _EMPTY
-        return _META_DECODER.decode(data)
+            return EMPTY_METADATA
+        try:
+            return _META_DECODER.decode(data)
+        except msgspec.DecodeError as exc:
+            raise SerializationError(f"stored event metadata is not a JSON object: {exc}") from exc

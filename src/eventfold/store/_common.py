@@ -19,7 +19,7 @@ import msgspec
 
 from eventfold.errors import InvalidRequest, WrongExpectedVersion
 from eventfold.events import NewEvent, RecordedEvent, uuid7_bytes
-from eventfold.serialization import Serializer
+from eventfold.serialization import EMPTY_METADATA, Serializer
 
 __all__ = [
     "ANY",
@@ -261,35 +261,67 @@ def us_to_datetime(us: int) -> datetime:
 def decode_rows(serializer: Serializer, rows: Sequence[Row]) -> list[RecordedEvent]:
     """Turn stored rows into RecordedEvents (decoding payloads and metadata).
 
-    The hot path of every read: one comprehension with everything bound to
-    locals, since per-row function calls dominate the cost.
+    The hot path of every read: one comprehension with the serializer's fast
+    path (a typed decoder per type and schema version) inlined, since
+    per-row function calls dominate the cost. Anything unusual (unknown
+    types, upcasting, undecodable data) goes through ``serializer.decode``.
     """
-    decode = serializer.decode
-    decode_metadata = serializer.decode_metadata
-    return [
-        RecordedEvent(
-            id_bytes,
-            stream,
-            version,
-            position,
-            type_name,
-            decode(type_name, schema_version, data, stream),
-            decode_metadata(meta),
-            recorded,
-            schema_version,
-        )
-        for (
-            position,
-            stream,
-            version,
-            id_bytes,
-            type_name,
-            schema_version,
-            data,
-            meta,
-            recorded,
-        ) in rows
-    ]
+    fast = serializer.registry._fast
+    slow = serializer.decode
+    metadata = serializer.decode_metadata
+    try:
+        return [
+            RecordedEvent(
+                id_bytes,
+                stream,
+                version,
+                position,
+                type_name,
+                decoder(data)
+                if (decoder := fast.get((type_name, schema_version))) is not None
+                else slow(type_name, schema_version, data, stream),
+                EMPTY_METADATA if meta is None else metadata(meta),
+                recorded,
+                schema_version,
+            )
+            for (
+                position,
+                stream,
+                version,
+                id_bytes,
+                type_name,
+                schema_version,
+                data,
+                meta,
+                recorded,
+            ) in rows
+        ]
+    except msgspec.DecodeError:
+        # The fast path met data it cannot decode: the slow path says which and why.
+        return [
+            RecordedEvent(
+                id_bytes,
+                stream,
+                version,
+                position,
+                type_name,
+                slow(type_name, schema_version, data, stream),
+                metadata(meta),
+                recorded,
+                schema_version,
+            )
+            for (
+                position,
+                stream,
+                version,
+                id_bytes,
+                type_name,
+                schema_version,
+                data,
+                meta,
+                recorded,
+            ) in rows
+        ]
 
 
 def decode_row(serializer: Serializer, row: Row) -> RecordedEvent:
