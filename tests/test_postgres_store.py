@@ -8,6 +8,7 @@ import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import psycopg
 import pytest
@@ -46,6 +47,12 @@ from eventfold.testing import (
 )
 from eventfold.testing._events import Deposited
 from tests.pg import free_loopback_port, new_schema_name
+
+
+def append_sql(statements: PostgresStatements, *args: Any) -> tuple[bytes, dict[str, Any]]:
+    """The append statement and parameters the store would send."""
+    name, params = append_params(*args)
+    return statements[name], params
 
 
 @pytest.fixture
@@ -245,7 +252,7 @@ def test_version_unique_violation_is_wrong_expected_version(pg_database: str, sc
     statements = PostgresStatements(schema)
     batch = encode_batch(Serializer(), [Deposited(amount=1)])
     with psycopg.connect(pg_database, autocommit=True) as conn:
-        conn.execute(statements["append"], append_params("s", NO_STREAM, batch))
+        conn.execute(*append_sql(statements, "s", NO_STREAM, batch))
         insert = sql.SQL(
             "INSERT INTO {}.events (stream, version, id, type, schema_version, data) "
             "VALUES ('s', 1, gen_random_uuid(), 't', 1, '')"
@@ -280,7 +287,7 @@ def test_older_open_transaction_holds_readers_back_and_order_is_kept(
     early = encode_batch(pg_store.serializer, [Deposited(amount=1)])
     with psycopg.connect(pg_database) as slow:
         # `slow` gets the older transaction id, but commits after the store's append.
-        slow.execute(statements["append"], append_params("slow", NO_STREAM, early))
+        slow.execute(*append_sql(statements, "slow", NO_STREAM, early))
         result = pg_store.append("fast", [Deposited(amount=2)])
         assert result.position > cursor
         # Not visible yet: it would be ahead of the slow transaction's event.
@@ -352,7 +359,7 @@ def test_batch_whose_second_id_is_stored_leaves_nothing(
         psycopg.connect(pg_database, autocommit=True) as conn,
         pytest.raises(psycopg.errors.UniqueViolation),
     ):
-        conn.execute(statements["append"], append_params("s", ANY, batch))
+        conn.execute(*append_sql(statements, "s", ANY, batch))
     assert _count_rows(pg_database, pg_store.schema, "s") == (1 if taken_in == "s" else 0)
     assert pg_store.last_position() == before
 
@@ -387,7 +394,7 @@ def test_version_race_between_two_connections(
     with psycopg.connect(pg_database) as other:
         # The rival takes version 1 and holds it uncommitted: the store's statement
         # probes version 0 too, then waits on the unique index for the rival.
-        other.execute(statements["append"], append_params("s", NO_STREAM, rival))
+        other.execute(*append_sql(statements, "s", NO_STREAM, rival))
         thread = threading.Thread(target=append)
         thread.start()
         _wait_until_blocked_by(pg_database, other.info.backend_pid)
@@ -431,7 +438,7 @@ def test_failed_expectation_writes_and_announces_nothing(pg_database: str, schem
     "expected", [ANY, NO_STREAM, STREAM_EXISTS, 0, 1, 5, 2**63 - 1, 2**63, 2**80]
 )
 def test_append_params_encode_the_expectation(expected: Expected) -> None:
-    params = append_params("s", expected, [])
+    _, params = append_params("s", expected, [])
     for actual in [0, 1, 4, 5, 6, 2**63 - 1]:
         met = params["low"] <= actual <= params["high"]
         assert met == expectation_met(expected, actual), actual

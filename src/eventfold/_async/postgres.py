@@ -251,13 +251,14 @@ class AsyncPostgresEventStore(AsyncStoreBase):
     async def _append(
         self, stream: str, batch: list[EncodedEvent], expected: Expected
     ) -> AppendResult:
-        params = append_params(stream, expected, batch)
+        statement, params = append_params(stream, expected, batch)
+        query = self._sql[statement]
         actual = 0
         with translate_errors(self.schema, stream, expected):
             async with self._connection() as conn:
                 for _ in range(_APPEND_ATTEMPTS):
                     # The happy path is this one statement: one round trip, no BEGIN/COMMIT.
-                    state = await self._try_append(conn, stream, batch, expected, params)
+                    state = await self._try_append(conn, stream, batch, expected, query, params)
                     if isinstance(state, AppendResult):
                         return state
                     # Nothing was written: the expectation failed, the stream is
@@ -283,6 +284,7 @@ class AsyncPostgresEventStore(AsyncStoreBase):
         stream: str,
         batch: list[EncodedEvent],
         expected: Expected,
+        query: bytes,
         params: dict[str, Any],
     ) -> AppendResult | tuple[Any, ...] | None:
         """One attempt: the result, else (version, deleted) as probed, else None.
@@ -295,17 +297,17 @@ class AsyncPostgresEventStore(AsyncStoreBase):
             if self._inline:
                 # Inline projections write in the append's transaction.
                 async with conn.transaction():
-                    cursor = await conn.execute(self._sql["append"], params)
+                    cursor = await conn.execute(query, params)
                     row = await cursor.fetchone()
                     if row is not None and row[2]:
                         await self._append_inline(conn, stream, row[0], len(batch))
             elif conn.autocommit:
                 # A single statement is atomic on its own: no transaction block.
-                cursor = await conn.execute(self._sql["append"], params)
+                cursor = await conn.execute(query, params)
                 row = await cursor.fetchone()
             else:  # a pool you own, without autocommit
                 async with conn.transaction():
-                    cursor = await conn.execute(self._sql["append"], params)
+                    cursor = await conn.execute(query, params)
                     row = await cursor.fetchone()
         except UniqueViolation:
             return None

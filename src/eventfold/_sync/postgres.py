@@ -246,13 +246,14 @@ class PostgresEventStore(StoreBase):
     # -- backend I/O ------------------------------------------------------------------
 
     def _append(self, stream: str, batch: list[EncodedEvent], expected: Expected) -> AppendResult:
-        params = append_params(stream, expected, batch)
+        statement, params = append_params(stream, expected, batch)
+        query = self._sql[statement]
         actual = 0
         with translate_errors(self.schema, stream, expected):
             with self._connection() as conn:
                 for _ in range(_APPEND_ATTEMPTS):
                     # The happy path is this one statement: one round trip, no BEGIN/COMMIT.
-                    state = self._try_append(conn, stream, batch, expected, params)
+                    state = self._try_append(conn, stream, batch, expected, query, params)
                     if isinstance(state, AppendResult):
                         return state
                     # Nothing was written: the expectation failed, the stream is
@@ -278,6 +279,7 @@ class PostgresEventStore(StoreBase):
         stream: str,
         batch: list[EncodedEvent],
         expected: Expected,
+        query: bytes,
         params: dict[str, Any],
     ) -> AppendResult | tuple[Any, ...] | None:
         """One attempt: the result, else (version, deleted) as probed, else None.
@@ -290,17 +292,17 @@ class PostgresEventStore(StoreBase):
             if self._inline:
                 # Inline projections write in the append's transaction.
                 with conn.transaction():
-                    cursor = conn.execute(self._sql["append"], params)
+                    cursor = conn.execute(query, params)
                     row = cursor.fetchone()
                     if row is not None and row[2]:
                         self._append_inline(conn, stream, row[0], len(batch))
             elif conn.autocommit:
                 # A single statement is atomic on its own: no transaction block.
-                cursor = conn.execute(self._sql["append"], params)
+                cursor = conn.execute(query, params)
                 row = cursor.fetchone()
             else:  # a pool you own, without autocommit
                 with conn.transaction():
-                    cursor = conn.execute(self._sql["append"], params)
+                    cursor = conn.execute(query, params)
                     row = cursor.fetchone()
         except UniqueViolation:
             return None

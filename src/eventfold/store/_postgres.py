@@ -178,8 +178,13 @@ def to_rows(records: Sequence[Sequence[Any]]) -> list[Row]:
     ]
 
 
-def append_params(stream: str, expected: Expected, batch: Sequence[EncodedEvent]) -> dict[str, Any]:
-    """Parameters of ``append.sql``: the expectation as a version range, the batch as arrays.
+def append_params(
+    stream: str, expected: Expected, batch: Sequence[EncodedEvent]
+) -> tuple[str, dict[str, Any]]:
+    """The append statement's name and parameters: the expectation as a version range.
+
+    ``append_one.sql`` takes a single event as scalars, ``append.sql`` a batch
+    as arrays (building arrays costs the client more than the whole rest).
 
     ``low``..``high`` are the versions at which the stream satisfies
     ``expected`` (0 = no stream), so that the statement and
@@ -195,7 +200,19 @@ def append_params(stream: str, expected: Expected, batch: Sequence[EncodedEvent]
         low = high = expected
     else:
         low, high = 1, 0  # beyond any version a stream can reach: never met
-    return {
+    if len(batch) == 1:
+        (event,) = batch
+        return "append_one", {
+            "stream": stream,
+            "low": low,
+            "high": high,
+            "id": UUID(bytes=event.id),
+            "type": event.type,
+            "schema_version": event.schema_version,
+            "data": event.data,
+            "metadata": event.metadata,
+        }
+    return "append", {
         "stream": stream,
         "low": low,
         "high": high,
