@@ -32,7 +32,6 @@ from eventfold.errors import (
     InvalidRequest,
     StoreError,
     StreamDeleted,
-    StreamNotFound,
     WrongExpectedVersion,
 )
 from eventfold.events import RecordedEvent
@@ -46,10 +45,13 @@ from eventfold.store._common import (
     StreamInfo,
     check_non_negative,
     decode_deletion,
+    deletion_version,
     encode_deletion,
     expectation_met,
     idempotent_result,
+    restore_needed,
     stream_info_from,
+    truncation_point,
     us_to_datetime,
 )
 from eventfold.store._postgres import (
@@ -421,51 +423,39 @@ class AsyncPostgresEventStore(AsyncStoreBase):
         rows = await self._rows(self._sql["find_event"], {"id": UUID(bytes=event_id)})
         return rows[0] if rows else None
 
+    async def _locked_state(
+        self, conn: AsyncConnection[Any], stream: str
+    ) -> tuple[int, bytes | None]:
+        """Lock the stream's row (lifecycle changes of one stream take turns); its state."""
+        params = {"stream": stream}
+        await conn.execute(self._sql["lock_stream"], params)
+        version, _, _, deletion, _ = await _one(conn, self._sql["get_stream"], params)
+        return version, deletion
+
     async def _delete_stream(self, stream: str, hard: bool, by: str, reason: str) -> None:
         params = {"stream": stream}
         with self._errors:
             async with self._connection() as conn, conn.transaction():
-                await conn.execute(self._sql["lock_stream"], params)
-                version, _, _, deletion, _ = await _one(conn, self._sql["get_stream"], params)
-                current = decode_deletion(deletion)
-                if version == 0 and current is None:
-                    raise StreamNotFound(stream)
-                if current is not None and (current[0].hard or not hard):
-                    return  # already deleted at least as thoroughly
-                if current is not None:
-                    version = current[1]
+                version = deletion_version(stream, *await self._locked_state(conn, stream), hard)
+                if version is None:
+                    return
                 record = encode_deletion(by, reason, hard, version)
                 await conn.execute(self._sql["mark_deleted"], {**params, "deletion": record})
                 if hard:
                     await conn.execute(self._sql["erase_stream"], params)
 
     async def _restore_stream(self, stream: str) -> None:
-        params = {"stream": stream}
         with self._errors:
             async with self._connection() as conn, conn.transaction():
-                await conn.execute(self._sql["lock_stream"], params)
-                version, _, _, deletion, _ = await _one(conn, self._sql["get_stream"], params)
-                current = decode_deletion(deletion)
-                if current is None:
-                    if version == 0:
-                        raise StreamNotFound(stream)
-                    return
-                if current[0].hard:
-                    raise StreamDeleted(stream, hard=True)
-                await conn.execute(self._sql["restore_stream"], params)
+                if restore_needed(stream, *await self._locked_state(conn, stream)):
+                    await conn.execute(self._sql["restore_stream"], {"stream": stream})
 
     async def _truncate_stream(self, stream: str, before: int, by: str, reason: str) -> int:
         params = {"stream": stream}
         with self._errors:
             async with self._connection() as conn, conn.transaction():
-                await conn.execute(self._sql["lock_stream"], params)
-                version, _, _, deletion, _ = await _one(conn, self._sql["get_stream"], params)
-                current = decode_deletion(deletion)
-                if current is not None:
-                    raise StreamDeleted(stream, current[0].hard)
-                if version == 0:
-                    raise StreamNotFound(stream)
-                keep_from = min(before, version)  # the newest event always stays
+                state = await self._locked_state(conn, stream)
+                keep_from = truncation_point(stream, *state, before)
                 cursor = await conn.execute(
                     self._sql["erase_before"], {**params, "before": keep_from}
                 )

@@ -12,7 +12,7 @@ import threading
 from collections.abc import Sequence
 
 from eventfold._sync.store import StoreBase
-from eventfold.errors import StreamDeleted, StreamNotFound
+from eventfold.errors import StreamDeleted
 from eventfold.serialization import Serializer
 from eventfold.store._common import (
     AppendResult,
@@ -22,10 +22,13 @@ from eventfold.store._common import (
     Snapshot,
     StreamInfo,
     decode_deletion,
+    deletion_version,
     encode_deletion,
     ensure_expected,
     idempotent_result,
     now_us,
+    restore_needed,
+    truncation_point,
     us_to_datetime,
 )
 
@@ -162,36 +165,28 @@ class MemoryEventStore(StoreBase):
                 return None
             return self._log[place[2] - 1]
 
+    def _state(self, stream: str) -> tuple[int, bytes | None]:
+        rows = self._streams.get(stream)
+        return (rows[-1][2] if rows else 0), self._deleted.get(stream)
+
     def _delete_stream(self, stream: str, hard: bool, by: str, reason: str) -> None:
         with self._lock:
-            rows = self._streams.get(stream)
-            if not rows and stream not in self._deleted:
-                raise StreamNotFound(stream)
-            if self._is_hard_deleted(stream) or (stream in self._deleted and not hard):
-                return  # already deleted at least as thoroughly
-            version = rows[-1][2] if rows else 0
+            version = deletion_version(stream, *self._state(stream), hard)
+            if version is None:
+                return
             self._deleted[stream] = encode_deletion(by, reason, hard, version)
             if hard:
                 self._erase(self._streams.pop(stream, []))
 
     def _restore_stream(self, stream: str) -> None:
         with self._lock:
-            if stream not in self._deleted:
-                if stream not in self._streams:
-                    raise StreamNotFound(stream)
-                return
-            if self._is_hard_deleted(stream):
-                raise StreamDeleted(stream, hard=True)
-            del self._deleted[stream]
+            if restore_needed(stream, *self._state(stream)):
+                del self._deleted[stream]
 
     def _truncate_stream(self, stream: str, before: int, by: str, reason: str) -> int:
         with self._lock:
-            if stream in self._deleted:
-                raise StreamDeleted(stream, self._is_hard_deleted(stream))
-            rows = self._streams.get(stream)
-            if not rows:
-                raise StreamNotFound(stream)
-            keep_from = min(before, rows[-1][2])  # the newest event always stays
+            keep_from = truncation_point(stream, *self._state(stream), before)
+            rows = self._streams[stream]
             erased = [row for row in rows if row[2] < keep_from]
             if erased:
                 self._streams[stream] = rows[len(erased) :]

@@ -17,7 +17,7 @@ from uuid import UUID
 
 import msgspec
 
-from eventfold.errors import InvalidRequest, WrongExpectedVersion
+from eventfold.errors import InvalidRequest, StreamDeleted, StreamNotFound, WrongExpectedVersion
 from eventfold.events import NewEvent, RecordedEvent, uuid7_bytes
 from eventfold.serialization import EMPTY_METADATA, Serializer
 
@@ -298,35 +298,23 @@ def decode_rows(serializer: Serializer, rows: Sequence[Row]) -> list[RecordedEve
         ]
     except msgspec.DecodeError:
         # The fast path met data it cannot decode: the slow path says which and why.
-        return [
-            RecordedEvent(
-                id_bytes,
-                stream,
-                version,
-                position,
-                type_name,
-                slow(type_name, schema_version, data, stream),
-                metadata(meta),
-                recorded,
-                schema_version,
-            )
-            for (
-                position,
-                stream,
-                version,
-                id_bytes,
-                type_name,
-                schema_version,
-                data,
-                meta,
-                recorded,
-            ) in rows
-        ]
+        return [decode_row(serializer, row) for row in rows]
 
 
 def decode_row(serializer: Serializer, row: Row) -> RecordedEvent:
-    """Turn one stored row into a RecordedEvent."""
-    return decode_rows(serializer, (row,))[0]
+    """Turn one stored row into a RecordedEvent through the serializer's full path."""
+    position, stream, version, id_bytes, type_name, schema_version, data, meta, recorded = row
+    return RecordedEvent(
+        id_bytes,
+        stream,
+        version,
+        position,
+        type_name,
+        serializer.decode(type_name, schema_version, data, stream),
+        serializer.decode_metadata(meta),
+        recorded,
+        schema_version,
+    )
 
 
 class _DeletionRecord(msgspec.Struct, frozen=True):
@@ -382,3 +370,43 @@ def stream_info_from(
         deleted[0] if deleted else None,
         truncated[0] if truncated else None,
     )
+
+
+# -- stream lifecycle decisions, shared by every backend --------------------------------
+
+
+def deletion_version(stream: str, version: int, deletion: bytes | None, hard: bool) -> int | None:
+    """The version to record for deleting ``stream``, or None if nothing is left to do.
+
+    ``version`` is the stream's current version (0: no events), ``deletion``
+    its stored deletion record. Deleting twice is harmless; a soft-deleted
+    stream may still be hard-deleted.
+    """
+    current = decode_deletion(deletion)
+    if version == 0 and current is None:
+        raise StreamNotFound(stream)
+    if current is not None and (current[0].hard or not hard):
+        return None  # already deleted at least as thoroughly
+    return current[1] if current is not None else version
+
+
+def restore_needed(stream: str, version: int, deletion: bytes | None) -> bool:
+    """Whether restoring ``stream`` has a soft delete to undo (errors if it cannot)."""
+    current = decode_deletion(deletion)
+    if current is None:
+        if version == 0:
+            raise StreamNotFound(stream)
+        return False
+    if current[0].hard:
+        raise StreamDeleted(stream, hard=True)
+    return True
+
+
+def truncation_point(stream: str, version: int, deletion: bytes | None, before: int) -> int:
+    """The first version a truncation keeps: the newest event always stays."""
+    current = decode_deletion(deletion)
+    if current is not None:
+        raise StreamDeleted(stream, current[0].hard)
+    if version == 0:
+        raise StreamNotFound(stream)
+    return min(before, version)

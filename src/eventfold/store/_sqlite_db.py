@@ -32,7 +32,6 @@ from eventfold.errors import (
     StoreTimeout,
     StoreUnavailable,
     StreamDeleted,
-    StreamNotFound,
     WrongExpectedVersion,
 )
 from eventfold.store._common import (
@@ -42,10 +41,13 @@ from eventfold.store._common import (
     InlineHook,
     Row,
     decode_deletion,
+    deletion_version,
     encode_deletion,
     expectation_met,
     idempotent_result,
     now_us,
+    restore_needed,
+    truncation_point,
 )
 from eventfold.store._sql import load_statements
 
@@ -365,18 +367,17 @@ class SqliteDatabase:
         deletion = decode_deletion(info[3])
         return deletion is not None and deletion[0].hard
 
+    def _state(self, conn: sqlite3.Connection, stream: str) -> tuple[int, bytes | None]:
+        version, _, _, deletion, _ = conn.execute(SQL["stream_info"], (stream,)).fetchone()
+        return version, deletion
+
     def delete_stream(self, stream: str, hard: bool, by: str, reason: str) -> None:
         """Mark ``stream`` deleted; erase its events too when ``hard``."""
         conn = self.connection()
         with self._translate, self._write_transaction(conn):
-            version, _, _, deletion, _ = conn.execute(SQL["stream_info"], (stream,)).fetchone()
-            current = decode_deletion(deletion)
-            if version == 0 and current is None:
-                raise StreamNotFound(stream)
-            if current is not None and (current[0].hard or not hard):
-                return  # already deleted at least as thoroughly
-            if current is not None:
-                version = current[1]
+            version = deletion_version(stream, *self._state(conn, stream), hard)
+            if version is None:
+                return
             conn.execute(SQL["mark_deleted"], (stream, encode_deletion(by, reason, hard, version)))
             if hard:
                 conn.execute(SQL["erase_stream"], (stream,))
@@ -385,27 +386,14 @@ class SqliteDatabase:
         """Clear a soft delete."""
         conn = self.connection()
         with self._translate, self._write_transaction(conn):
-            version, _, _, deletion, _ = conn.execute(SQL["stream_info"], (stream,)).fetchone()
-            current = decode_deletion(deletion)
-            if current is None:
-                if version == 0:
-                    raise StreamNotFound(stream)
-                return
-            if current[0].hard:
-                raise StreamDeleted(stream, hard=True)
-            conn.execute(SQL["restore_stream"], (stream,))
+            if restore_needed(stream, *self._state(conn, stream)):
+                conn.execute(SQL["restore_stream"], (stream,))
 
     def truncate_stream(self, stream: str, before: int, by: str, reason: str) -> int:
         """Erase events older than ``before`` (never the newest); return the count."""
         conn = self.connection()
         with self._translate, self._write_transaction(conn):
-            version, _, _, deletion, _ = conn.execute(SQL["stream_info"], (stream,)).fetchone()
-            current = decode_deletion(deletion)
-            if current is not None:
-                raise StreamDeleted(stream, current[0].hard)
-            if version == 0:
-                raise StreamNotFound(stream)
-            keep_from = min(before, version)  # the newest event always stays
+            keep_from = truncation_point(stream, *self._state(conn, stream), before)
             erased: int = conn.execute(SQL["erase_before"], (stream, keep_from)).rowcount
             if erased:
                 record = encode_deletion(by, reason, True, keep_from)
