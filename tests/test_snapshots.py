@@ -12,12 +12,15 @@ import pytest
 
 from eventfold import (
     Aggregate,
+    AsyncCommandHandler,
+    AsyncSqliteEventStore,
     CommandHandler,
     Decider,
     InvalidRequest,
     MemoryEventStore,
     StoreError,
 )
+from eventfold.bus import EventBus
 from eventfold.snapshots import SnapshotPolicy
 from eventfold.store import EventStore
 from tests.test_commands import Credit, Credited, Debit, Wallet, ledger
@@ -175,3 +178,20 @@ def test_when_function_policy(store: EventStore) -> None:
     handler.handle("t", Credit(6))
     snapshot = store.load_snapshot("t")
     assert snapshot is not None and snapshot.version == 2
+
+
+@pytest.mark.asyncio
+async def test_async_handler_uses_snapshots_and_the_bus(tmp_path: Path) -> None:
+    published: list[Any] = []
+    bus = EventBus()
+    bus.subscribe(published.append)
+    async with AsyncSqliteEventStore(tmp_path / "a.db", durability="off") as store:
+        handler = AsyncCommandHandler(store, tally, snapshots=SnapshotPolicy(every=2), bus=bus)
+        for amount in (1, 2, 3):
+            await handler.handle("t", Credit(amount))
+        snapshot = await store.load_snapshot("t")
+        assert snapshot is not None and snapshot.version == 2
+        assert (await handler.load("t")).state == Tally(6, 3)
+        assert (await handler.load("t", as_of_version=2)).state == Tally(3, 2)
+        assert [e.version for e in published] == [1, 2, 3]
+        assert await handler.rebuild_snapshot("t") == 3
