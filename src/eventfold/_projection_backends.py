@@ -154,12 +154,13 @@ class SqliteProjectionBackend:
         return self._db.write_transaction()
 
     def get(self, name: str) -> Checkpoint | None:
-        with self._db.write_transaction() as conn:
+        with self._db.reading() as conn:
             row = conn.execute(SQL["checkpoint_get"], (name,)).fetchone()
         return None if row is None else Checkpoint(row[0], row[1], row[2])
 
     def names(self) -> list[str]:
-        rows = self._db.connection().execute(SQL["checkpoint_list"]).fetchall()
+        with self._db.reading() as conn:
+            rows = conn.execute(SQL["checkpoint_list"]).fetchall()
         return [row[0] for row in rows]
 
     def acquire(self, name: str, owner: str, ttl: float) -> bool:
@@ -200,7 +201,7 @@ class SqliteProjectionBackend:
         )
 
     def dead_letters(self, name: str) -> list[DeadLetter]:
-        with self._db.write_transaction() as conn:
+        with self._db.reading() as conn:
             rows = conn.execute(SQL["dead_letter_list"], (name,)).fetchall()
         return [
             DeadLetter(position, event_id, stream, version, type_, error, us_to_datetime(at))
@@ -212,7 +213,8 @@ class SqliteProjectionBackend:
             conn.execute(SQL["checkpoint_reset"], (name,))
 
     def backlog(self, after: int) -> tuple[int, datetime | None]:
-        count, oldest = self._db.connection().execute(SQL["count_after"], (after,)).fetchone()
+        with self._db.reading() as conn:
+            count, oldest = conn.execute(SQL["count_after"], (after,)).fetchone()
         return count, (us_to_datetime(oldest) if oldest is not None else None)
 
     def wait(self, after: int, timeout: float) -> None:
@@ -237,7 +239,8 @@ class SqliteProjectionBackend:
             conn.execute(SQL["alias_set"], (alias, target))
 
     def get_alias(self, alias: str) -> str | None:
-        row = self._db.connection().execute(SQL["alias_get"], (alias,)).fetchone()
+        with self._db.reading() as conn:
+            row = conn.execute(SQL["alias_get"], (alias,)).fetchone()
         return None if row is None else str(row[0])
 
     def _db_has_after(self, after: int) -> bool:

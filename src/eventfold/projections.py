@@ -241,6 +241,7 @@ class ProjectionRunner:
         self.poll_interval = poll_interval
         self._backend: ProjectionBackend = backend_for(store)
         self._memory_position = 0  # for in-memory projections
+        self._position: int | None = None  # the stored checkpoint, as last read or written
         self._set_up = False
         self._last_error: str | None = None
         self._rate = _Rate()
@@ -253,8 +254,10 @@ class ProjectionRunner:
         """The position of the last event this projection has fully handled."""
         if self.projection.in_memory:
             return self._memory_position
-        checkpoint = self._backend.get(self.projection.name)
-        return checkpoint.position if checkpoint is not None else 0
+        if self._position is None:
+            checkpoint = self._backend.get(self.projection.name)
+            self._position = checkpoint.position if checkpoint is not None else 0
+        return self._position
 
     def run_once(self) -> int:
         """Handle every event available now, then return how many were handled.
@@ -264,10 +267,13 @@ class ProjectionRunner:
         return self._run_batches(max_batches=None)
 
     def _run_batches(self, max_batches: int | None) -> int:
-        if not self.projection.in_memory and not self._backend.acquire(
-            self.projection.name, self.owner, self.lease_seconds
-        ):
-            return 0
+        if not self.projection.in_memory:
+            if not self._backend.acquire(self.projection.name, self.owner, self.lease_seconds):
+                return 0
+            # Read the checkpoint once per run: another runner may have moved it
+            # while this one had no lease. While the lease is held, only this
+            # runner moves it, so the position is then tracked here.
+            self._position = None
         self._setup()
         handled = 0
         batches = 0
@@ -337,6 +343,7 @@ class ProjectionRunner:
             self._memory_position = 0
         else:
             self._backend.reset(projection.name)
+            self._position = None
         if projection.teardown is not None:
             with self._backend.transaction() as conn:
                 projection.teardown(ProjectionContext(projection, conn))
@@ -369,6 +376,8 @@ class ProjectionRunner:
 
     def status(self) -> ProjectionStatus:
         """Position, lag, throughput and errors of this projection."""
+        if not self.projection.in_memory:
+            self._position = None  # report the stored checkpoint, whoever moved it
         position = self.position
         lag, oldest = self._backend.backlog(position)
         age = (datetime.now(UTC) - oldest).total_seconds() if oldest is not None else 0.0
@@ -432,6 +441,7 @@ class ProjectionRunner:
                 conn, projection.name, events[-1].position, self.owner, self.lease_seconds
             ):
                 raise LeaseLost(f"projection {projection.name!r}: another runner took over")
+        self._position = events[-1].position
         self._last_error = None
 
     def _handle_in_memory(self, page: list[RecordedEvent]) -> None:
@@ -505,6 +515,7 @@ class ProjectionRunner:
                 conn, projection.name, event.position, self.owner, self.lease_seconds
             ):
                 raise LeaseLost(f"projection {projection.name!r}: another runner took over")
+        self._position = event.position
         self._last_error = None
 
     def _skip(self, event: RecordedEvent, error: BaseException) -> None:
@@ -519,6 +530,8 @@ class ProjectionRunner:
                 conn, projection.name, event.position, self.owner, self.lease_seconds
             ):
                 raise LeaseLost(f"projection {projection.name!r}: another runner took over")
+            else:
+                self._position = event.position
 
 
 def switch_projection(store: EventStore, alias: str, projection: Projection) -> None:

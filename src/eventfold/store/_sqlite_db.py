@@ -187,6 +187,12 @@ class SqliteDatabase:
     # -- transactions -------------------------------------------------------------------
 
     @contextmanager
+    def reading(self) -> Iterator[sqlite3.Connection]:
+        """This thread's connection for reads outside a transaction (errors translated)."""
+        with self._translate:
+            yield self.connection()
+
+    @contextmanager
     def write_transaction(self) -> Iterator[sqlite3.Connection]:
         """This thread's connection inside a write transaction (errors translated).
 
