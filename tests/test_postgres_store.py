@@ -8,6 +8,7 @@ import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
@@ -27,6 +28,7 @@ from eventfold import (
     StoreTimeout,
     StoreUnavailable,
     WrongExpectedVersion,
+    uuid7,
 )
 from eventfold.serialization import Serializer
 from eventfold.store._common import AppendResult, Expected, encode_batch, expectation_met
@@ -572,3 +574,31 @@ def test_schema_version_1_is_migrated_to_the_latest(pg_database: str) -> None:
         assert info is not None and info.deleted is not None
         store.save_snapshot("s", 1, "T", 1, b"{}")
         assert store.load_snapshot("s") is not None
+
+
+def test_events_stored_before_schema_version_4_read_the_same_after(pg_database: str) -> None:
+    schema = new_schema_name()
+    statements = PostgresStatements(schema)
+    with psycopg.connect(pg_database) as conn:
+        conn.execute(statements["bootstrap"])
+        for version in (1, 2, 3):
+            conn.execute(statements[f"migration_{version}"])
+            conn.execute(statements["record_migration"], {"version": version})
+        conn.execute(
+            sql.SQL(
+                "INSERT INTO {}.events (stream, version, id, type, schema_version, data,"
+                " recorded_at) VALUES ('old', 1, %s, 'eventfold.testing.Deposited', 1,"
+                " '{{\"amount\":7}}', '2026-01-02 03:04:05.678901+00')"
+            ).format(sql.Identifier(schema)),
+            (uuid7(),),
+        )
+    assert migrate(pg_database, schema=schema) == LATEST_SCHEMA_VERSION
+    with PostgresEventStore(pg_database, schema=schema) as store:
+        (old,) = store.read("old")
+        assert old.data == Deposited(amount=7)
+        assert old.recorded_at == datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
+        store.append("old", [Deposited(amount=8)], expected=1)
+        (first, second) = store.read_all()
+        assert first.position < second.position
+        assert second.recorded_at > old.recorded_at
+        assert [e.position for e in store.read("old")] == [first.position, second.position]

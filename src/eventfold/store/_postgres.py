@@ -73,7 +73,7 @@ __all__ = [
 ]
 
 #: The schema version this eventfold writes; ``migrate()`` brings a database here.
-LATEST_SCHEMA_VERSION: Final = 3
+LATEST_SCHEMA_VERSION: Final = 4
 _SEQ_BITS: Final = 64
 _SEQ_MASK: Final = (1 << _SEQ_BITS) - 1
 _BIGINT_MAX: Final = 2**63 - 1

@@ -1,4 +1,4 @@
 -- params: ids (uuid array)
-SELECT id, stream, version, tx::text::bigint, seq
+SELECT id, stream, version, tx_id, seq
 FROM {schema}.events
 WHERE id = ANY(%(ids)s::uuid[])

@@ -1,5 +1,5 @@
 -- params: none. The newest row readers of read_all can see (same visibility).
-SELECT tx::text::bigint, seq
+SELECT tx_id, seq
 FROM {schema}.events AS e
 WHERE tx < pg_snapshot_xmin(pg_current_snapshot())
 ORDER BY e.tx DESC, e.seq DESC

@@ -1,6 +1,6 @@
 -- params: stream, version (first, inclusive), limit
-SELECT tx::text::bigint, seq, stream, version, uuid_send(id), type, schema_version, data, metadata,
-       (extract(epoch FROM recorded_at) * 1000000)::bigint
+SELECT tx_id, seq, stream, version, uuid_send(id), type, schema_version, data, metadata,
+       recorded_us
 FROM {schema}.events
 WHERE stream = %(stream)s AND version <= %(version)s
   AND NOT EXISTS (SELECT 1 FROM {schema}.streams
