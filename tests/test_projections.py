@@ -319,6 +319,8 @@ def test_projection_validation(tmp_path: Path) -> None:
         Projection("p", lambda ctx, event: None, batch_size=0)
     with pytest.raises(InvalidRequest):
         ErrorPolicy(retries=-1)
+    with pytest.raises(InvalidRequest):
+        Projection("p", lambda ctx, event: None, types="docs.Deposited")
 
 
 def test_rebuild_beside_the_live_version_then_switch(store: EventStore) -> None:
