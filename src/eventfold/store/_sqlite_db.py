@@ -262,40 +262,17 @@ class SqliteDatabase:
         if not batch:
             return AppendResult(stream, actual + 1, actual, 0)
         recorded_at = now_us()
+        # Insert parameters; with the position in front they are also the
+        # rows that inline projections receive.
+        values = [
+            (stream, actual + i, e.id, e.type, e.schema_version, e.data, e.metadata, recorded_at)
+            for i, e in enumerate(batch, 1)
+        ]
         try:
-            if len(batch) == 1:
-                e = batch[0]
-                cursor = conn.execute(
-                    SQL["insert_event"],
-                    (
-                        stream,
-                        actual + 1,
-                        e.id,
-                        e.type,
-                        e.schema_version,
-                        e.data,
-                        e.metadata,
-                        recorded_at,
-                    ),
-                )
-                position = cursor.lastrowid or 0
+            if len(values) == 1:
+                position = conn.execute(SQL["insert_event"], values[0]).lastrowid or 0
             else:
-                conn.executemany(
-                    SQL["insert_event"],
-                    [
-                        (
-                            stream,
-                            actual + i,
-                            e.id,
-                            e.type,
-                            e.schema_version,
-                            e.data,
-                            e.metadata,
-                            recorded_at,
-                        )
-                        for i, e in enumerate(batch, 1)
-                    ],
-                )
+                conn.executemany(SQL["insert_event"], values)
                 (position,) = conn.execute("SELECT last_insert_rowid()").fetchone()
         except sqlite3.IntegrityError:
             # The version was checked under the write lock, so this is an event id
@@ -306,22 +283,8 @@ class SqliteDatabase:
             raise
         if inline is not None:
             # Positions are consecutive: this transaction holds the write lock.
-            first = position - len(batch) + 1
-            rows: list[Row] = [
-                (
-                    first + i,
-                    stream,
-                    actual + 1 + i,
-                    e.id,
-                    e.type,
-                    e.schema_version,
-                    e.data,
-                    e.metadata,
-                    recorded_at,
-                )
-                for i, e in enumerate(batch)
-            ]
-            inline(conn, rows)
+            first = position - len(values) + 1
+            inline(conn, [(first + i, *value) for i, value in enumerate(values)])
         return AppendResult(stream, actual + 1, actual + len(batch), position)
 
     def _find_batch(
