@@ -25,6 +25,7 @@ import pytest
 
 from eventfold import ANY, NewEvent, RecordedEvent, StoreError
 from eventfold.store.postgres import PostgresEventStore, migrate
+from eventfold.testing import follow_log
 from eventfold.testing._events import Deposited
 from tests.pg import new_schema_name
 
@@ -86,20 +87,9 @@ def _writer(url: str, schema: str, writer: int, appends: int, acks: Any) -> None
 
 def _tail(url: str, schema: str, writers_done: threading.Event, seen: list[RecordedEvent]) -> None:
     with PostgresEventStore(url, schema=schema, max_size=1, page_size=5) as store:
-        cursor = 0
-        while True:
-            # Read the flag before the page: an empty page read after the writers
-            # finished proves this reader has caught up with every commit.
-            finished = writers_done.is_set()
-            page = list(store.read_all(after=cursor, limit=11))
-            for event in page:
-                assert event.position > cursor, "an event appeared behind the cursor"
-                cursor = event.position
-            seen.extend(page)
-            if not page:
-                if finished:
-                    return
-                writers_done.wait(0.005)
+        seen.extend(
+            follow_log(store, writers_done.is_set, limit=11, idle=lambda: writers_done.wait(0.005))
+        )
 
 
 def _collect_acks(acks: Any, writers: int) -> tuple[set[str], list[str]]:

@@ -29,6 +29,7 @@ from eventfold.testing import (
     EventStoreConcurrencySuite,
     EventStoreLifecycleSuite,
     EventStoreSuite,
+    follow_log,
 )
 from eventfold.testing._events import Deposited
 
@@ -158,17 +159,7 @@ def test_processes_write_while_a_reader_tails(tmp_path: Path) -> None:
         procs = [CTX.Process(target=_append_many, args=(path, w, count)) for w in range(writers)]
         for proc in procs:
             proc.start()
-        seen = []
-        cursor = 0
-        while True:
-            finished = all(not p.is_alive() for p in procs)
-            page = list(store.read_all(after=cursor, limit=13))
-            for event in page:
-                assert event.position > cursor
-                cursor = event.position
-            seen.extend(page)
-            if not page and finished:
-                break
+        seen = follow_log(store, lambda: all(not p.is_alive() for p in procs), limit=13)
         for proc in procs:
             proc.join(60)
             assert proc.exitcode == 0

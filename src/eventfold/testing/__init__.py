@@ -16,7 +16,7 @@ from eventfold.testing._async.conformance import AsyncEventStoreSuite
 from eventfold.testing._async.lifecycle import AsyncEventStoreLifecycleSuite
 from eventfold.testing._sync.conformance import EventStoreSuite
 from eventfold.testing._sync.lifecycle import EventStoreLifecycleSuite
-from eventfold.testing.concurrency import EventStoreConcurrencySuite, run_threads
+from eventfold.testing.concurrency import EventStoreConcurrencySuite, follow_log, run_threads
 from eventfold.testing.scenario import DeciderSpec
 
 __all__ = [
@@ -26,5 +26,6 @@ __all__ = [
     "EventStoreConcurrencySuite",
     "EventStoreLifecycleSuite",
     "EventStoreSuite",
+    "follow_log",
     "run_threads",
 ]

@@ -17,7 +17,7 @@ from eventfold.events import NewEvent, RecordedEvent
 from eventfold.store import EventStore
 from eventfold.testing._events import Deposited
 
-__all__ = ["EventStoreConcurrencySuite", "run_threads"]
+__all__ = ["EventStoreConcurrencySuite", "follow_log", "run_threads"]
 
 
 def run_threads(targets: list[Callable[[], None]]) -> None:
@@ -40,6 +40,37 @@ def run_threads(targets: list[Callable[[], None]]) -> None:
         thread.join()
     if errors:
         raise errors[0]
+
+
+def follow_log(
+    store: EventStore,
+    finished: Callable[[], bool],
+    *,
+    limit: int = 7,
+    idle: Callable[[], object] | None = None,
+) -> list[RecordedEvent]:
+    """Tail ``read_all`` from position 0 in pages of ``limit`` until writers are done.
+
+    Asserts that no event ever appears behind a position already passed, and
+    returns every event seen, in the order seen. ``finished()`` says whether
+    the writers are done; ``idle()`` runs after an empty page while they are not.
+    """
+    seen: list[RecordedEvent] = []
+    cursor = 0
+    while True:
+        # Ask before reading: an empty page read after the writers finished
+        # proves the reader has caught up with every commit.
+        done = finished()
+        page = list(store.read_all(after=cursor, limit=limit))
+        for event in page:
+            assert event.position > cursor, "an event appeared behind the cursor"
+            cursor = event.position
+        seen.extend(page)
+        if not page:
+            if done:
+                return seen
+            if idle is not None:
+                idle()
 
 
 class EventStoreConcurrencySuite:
@@ -96,20 +127,9 @@ class EventStoreConcurrencySuite:
             return run
 
         def reader() -> None:
-            cursor = 0
-            while True:
-                # Read the flag before the page: an empty page read after the
-                # writers finished proves the reader has caught up with all.
-                finished = writers_done.is_set()
-                page = list(store.read_all(after=cursor, limit=7))
-                for event in page:
-                    assert event.position > cursor, "event found behind the cursor"
-                    cursor = event.position
-                seen.extend(page)
-                if not page:
-                    if finished:
-                        return
-                    writers_done.wait(0.001)
+            seen.extend(
+                follow_log(store, writers_done.is_set, idle=lambda: writers_done.wait(0.001))
+            )
 
         def writers() -> None:
             try:
