@@ -24,12 +24,14 @@ from eventfold import (
     ConfigurationError,
     InvalidRequest,
     NewEvent,
+    RecordedEvent,
     StoreError,
     StoreTimeout,
     StoreUnavailable,
     WrongExpectedVersion,
     uuid7,
 )
+from eventfold.projections import Projection, ProjectionRunner, ProjectionStopped
 from eventfold.serialization import Serializer
 from eventfold.store._common import AppendResult, Expected, encode_batch, expectation_met
 from eventfold.store._postgres import PostgresStatements, append_params, translate_errors
@@ -602,3 +604,87 @@ def test_events_stored_before_schema_version_4_read_the_same_after(pg_database: 
         assert first.position < second.position
         assert second.recorded_at > old.recorded_at
         assert [e.position for e in store.read("old")] == [first.position, second.position]
+
+
+# -- streamed catch-ups ---------------------------------------------------------------------
+
+
+def _positions_projection(seen: list[RecordedEvent], **options: Any) -> Projection:
+    return Projection(
+        f"p_{new_schema_name()}", lambda ctx, event: seen.append(event), in_memory=True, **options
+    )
+
+
+def test_a_streamed_catch_up_keeps_the_visibility_rule(
+    pg_database: str, pg_store: PostgresEventStore
+) -> None:
+    for n in range(10):
+        pg_store.append("before", [Deposited(amount=n)])
+    seen: list[RecordedEvent] = []
+    runner = ProjectionRunner(pg_store, _positions_projection(seen, batch_size=2))
+    statements = PostgresStatements(pg_store.schema)
+    early = encode_batch(pg_store.serializer, [Deposited(amount=1)])
+    with psycopg.connect(pg_database) as slow:
+        slow.execute(*append_sql(statements, "slow", NO_STREAM, early))
+        pg_store.append("fast", [Deposited(amount=2)])
+        # Pages of 2 after the first: streamed. Still nothing past the open transaction.
+        assert runner.run_once() == 10
+    assert runner.run_once() == 2
+    assert [e.stream for e in seen] == ["before"] * 10 + ["slow", "fast"]
+    assert [e.position for e in seen] == [e.position for e in pg_store.read_all()]
+
+
+def test_a_stopped_streamed_catch_up_gives_its_connection_back(
+    pg_database: str, schema: str
+) -> None:
+    with PostgresEventStore(pg_database, schema=schema, max_size=2, connect_timeout=2) as store:
+        store.append("s", [Deposited(amount=n) for n in range(300)])
+        seen: list[RecordedEvent] = []
+
+        def handle(ctx: Any, event: RecordedEvent) -> None:
+            if event.version == 150:
+                raise ValueError("poison")
+            seen.append(event)
+
+        runner = ProjectionRunner(store, Projection("stops", handle, batch_size=10, in_memory=True))
+        with pytest.raises(ProjectionStopped) as stopped:
+            runner.run_once()
+        # The traceback (kept here) holds the runner's frames: only closing the
+        # read explicitly frees its connection, not garbage collection.
+        assert stopped.value.event.version == 150
+        assert [e.version for e in seen] == list(range(1, 150))
+        # Both connections of the pool are free: the abandoned stream was closed.
+        with store.pool.connection() as first, store.pool.connection() as second:
+            assert first.execute("SELECT 1").fetchone() == second.execute("SELECT 1").fetchone()
+
+
+def test_a_one_connection_pool_catches_up_page_by_page(pg_database: str, schema: str) -> None:
+    # Streaming would hold the pool's only connection while the handler needs it.
+    with PostgresEventStore(pg_database, schema=schema, max_size=1, connect_timeout=2) as store:
+        store.append("s", [Deposited(amount=n) for n in range(50)])
+        versions: list[int] = []
+
+        def handle(ctx: Any, event: RecordedEvent) -> None:
+            if event.version % 10 == 0:
+                info = store.get_stream(event.stream)
+                versions.append(info.version if info is not None else -1)
+
+        handled = ProjectionRunner(
+            store, Projection("reads", handle, batch_size=4, in_memory=True)
+        ).run_once()
+        assert handled == 50
+        assert versions == [50] * 5
+
+
+@pytest.mark.asyncio
+async def test_async_pages_stream_the_same_log_in_order(pg_database: str, schema: str) -> None:
+    async with AsyncPostgresEventStore(pg_database, schema=schema, max_size=2) as store:
+        for n in range(30):
+            await store.append(f"s{n % 3}", [Deposited(amount=n), Deposited(amount=-n)])
+        log = [(e.position, e.stream) async for e in store.read_all()]
+        # Pages of 2: the first read alone, then statements of 400 rows streamed.
+        pages = [page async for page in store._read_all_pages(0, None, None, 2)]
+        assert [(row[0], row[1]) for page in pages for row in page] == log
+        assert all(len(page) == 2 for page in pages)
+        only = [page async for page in store._read_all_pages(0, None, "s1", 2)]
+        assert [row[0] for page in only for row in page] == [p for p, s in log if s == "s1"]

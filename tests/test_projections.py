@@ -33,7 +33,8 @@ from eventfold.projections import (
     switch_projection,
 )
 from eventfold.store import EventStore
-from eventfold.testing._events import Deposited, Withdrawn
+from eventfold.testing import run_threads
+from eventfold.testing._events import Deposited, Opened, Withdrawn
 
 # -- a read model that works on every store -----------------------------------------------
 
@@ -427,3 +428,110 @@ def test_in_memory_projection_policies_apply_to_exactly_the_failing_event(
     assert stopper.position == max(
         e.position for e in store.read_all() if e.position < stopped.value.event.position
     )
+
+
+# -- long catch-ups (PostgreSQL streams a backlog over several statements) ------------------
+
+
+def big_log(store: EventStore, events: int = 1_800) -> None:
+    """``events`` events in 9 streams of 3 kinds, appended 50 at a time."""
+    for start in range(0, events, 50):
+        for offset in range(0, 50, 25):
+            stream = f"{'acc' if (start // 50) % 3 else 'other'}-{(start // 50) % 3}"
+            store.append(
+                stream,
+                [
+                    Deposited(amount=n)
+                    if n % 3
+                    else Opened(owner=str(n))
+                    if n % 2
+                    else Withdrawn(amount=n)
+                    for n in range(start + offset, start + offset + 25)
+                ],
+            )
+
+
+@pytest.mark.parametrize(
+    ("types", "prefix"),
+    [(None, None), (["eventfold.testing.Deposited", "eventfold.testing.Withdrawn"], "acc-")],
+)
+def test_an_in_memory_catch_up_handles_each_event_once_in_log_order(
+    store: EventStore, types: list[str] | None, prefix: str | None
+) -> None:
+    # Pages of 4: PostgreSQL ends a streamed statement every 800 rows, so this
+    # log is read by several statements, and the last page is a partial one.
+    big_log(store)
+    seen: list[int] = []
+    projection = Projection(
+        f"order-{uuid.uuid4().hex[:8]}",
+        lambda ctx, event: seen.append(event.position),
+        types=types,
+        stream_prefix=prefix,
+        batch_size=4,
+        in_memory=True,
+    )
+    pages: list[Progress] = []
+    runner = ProjectionRunner(store, projection)
+    handled = runner.catch_up(pages.append)
+    wanted = [e.position for e in store.read_all(types=types, stream_prefix=prefix)]
+    assert seen == wanted and handled == len(wanted)
+    assert 0 < len(wanted) < 1_800 if prefix else len(wanted) == 1_800
+    done = [p.done for p in pages]
+    assert done[-1] == len(wanted) and pages[-1].left == 0
+    assert all(1 <= b - a <= 4 for a, b in zip([0, *done], done, strict=False))
+    assert runner.position == wanted[-1]
+
+
+def test_an_in_memory_catch_up_stopped_midway_resumes_where_it_stopped(
+    store: EventStore,
+) -> None:
+    big_log(store)
+    log = [e.position for e in store.read_all()]
+    poison = log[1_000]
+    seen: list[int] = []
+
+    def handle(ctx: ProjectionContext, event: RecordedEvent) -> None:
+        if event.position == poison:
+            raise ValueError("poison")
+        seen.append(event.position)
+
+    first = ProjectionRunner(store, Projection("stops", handle, batch_size=7, in_memory=True))
+    with pytest.raises(ProjectionStopped):
+        first.run_once()
+    assert seen == log[:1_000] and first.position == log[999]
+    # The stopped read gave its connection back: appends and reads go on.
+    store.append("after-stop", [Deposited(amount=1)])
+    poison = -1
+    assert first.run_once() == len(log) - 1_000 + 1
+    assert seen == [e.position for e in store.read_all()]
+
+
+def test_concurrent_writers_and_a_streaming_catch_up_miss_and_double_nothing(
+    store: EventStore,
+) -> None:
+    big_log(store, 600)
+    seen: list[int] = []
+    runner = ProjectionRunner(
+        store,
+        Projection(
+            "follower", lambda ctx, event: seen.append(event.position), batch_size=5, in_memory=True
+        ),
+    )
+    finished: list[int] = []
+
+    def write(writer: int) -> None:
+        try:
+            for n in range(60):
+                store.append(f"w{writer}", [Deposited(amount=n), Deposited(amount=-n)])
+        finally:
+            finished.append(writer)
+
+    def follow() -> None:
+        while len(finished) < 4:
+            runner.run_once()
+        runner.run_once()
+
+    run_threads([follow] + [lambda w=w: write(w) for w in range(4)])
+    assert seen == sorted(set(seen))  # in order, none twice
+    assert seen == [e.position for e in store.read_all()]  # none missed
+    assert len(seen) == 600 + 4 * 60 * 2

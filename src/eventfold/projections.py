@@ -37,7 +37,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -268,9 +268,14 @@ class ProjectionRunner:
 
         Returns 0 without handling anything if another runner holds the lease.
         """
-        return self._run_batches(max_batches=None)
+        return self._run_pages()
 
-    def _run_batches(self, max_batches: int | None) -> int:
+    def _run_pages(self, after_page: Callable[[int, float], None] | None = None) -> int:
+        """Handle pages until the log's end.
+
+        ``after_page(count, seconds)`` runs after each page; ``seconds`` spans
+        its read and its handling.
+        """
         if not self.projection.in_memory:
             if not self._backend.acquire(self.projection.name, self.owner, self.lease_seconds):
                 return 0
@@ -280,37 +285,63 @@ class ProjectionRunner:
             self._position = None
         self._setup()
         handled = 0
-        batches = 0
-        while max_batches is None or batches < max_batches:
-            batches += 1
-            page = self._next_page()
-            if not page:
-                return handled
-            started = time.perf_counter()
-            self._handle_page(page)
-            self._rate.add(len(page), time.perf_counter() - started)
-            handled += len(page)
+        clock = time.perf_counter
+        mark = clock()  # the end of the previous page: its time includes the read
+        while True:
+            # Until a read finds nothing: events the handlers appended (a
+            # process manager's) are handled in this run too.
+            before = handled
+            pages = self._pages()
+            try:
+                for page in pages:
+                    started = clock()
+                    self._handle_page(page)
+                    done = clock()
+                    self._rate.add(len(page), done - started)
+                    handled += len(page)
+                    if after_page is not None:
+                        after_page(len(page), done - mark)
+                        done = clock()
+                    mark = done
+            finally:
+                pages.close()  # a streaming read gives its connection back now
+            if handled == before:
+                break
         return handled
 
-    def _next_page(self) -> list[RecordedEvent]:
+    def _pages(self) -> Generator[list[RecordedEvent], None, None]:
+        """The log after this runner's position, decoded, in pages of ``batch_size``."""
         projection, store = self.projection, self.store
-        if isinstance(store, StoreBase):
-            # The store's own page read: one call per batch instead of a
-            # generator step per event (catch-up speed is read speed).
-            store._check_open()
-            types = list(projection.types) if projection.types is not None else None
-            rows = store._read_all_page(
-                self.position, types, projection.stream_prefix, projection.batch_size
-            )
-            return decode_rows(store.serializer, rows)
-        return list(
-            store.read_all(
-                after=self.position,
-                types=projection.types,
-                stream_prefix=projection.stream_prefix,
-                limit=projection.batch_size,
-            )
-        )
+        types = list(projection.types) if projection.types is not None else None
+        size, prefix = projection.batch_size, projection.stream_prefix
+        if not isinstance(store, StoreBase):
+            after = self.position
+            while events := list(
+                store.read_all(after=after, types=types, stream_prefix=prefix, limit=size)
+            ):
+                yield events
+                after = events[-1].position
+            return
+        # The store's own page reads: one call per batch instead of a generator
+        # step per event (catch-up speed is read speed).
+        store._check_open()
+        serializer = store.serializer
+        rows: Iterator[Sequence[Row]]
+        if projection.in_memory:
+            # May read ahead (PostgreSQL streams a backlog), holding a connection
+            # meanwhile. SQL read models take connections of their own for each
+            # batch, so they read page by page and never wait on themselves.
+            rows = store._read_all_pages(self.position, types, prefix, size)
+        else:
+            # The base class's page-by-page read, never a backend's read-ahead.
+            rows = StoreBase._read_all_pages(store, self.position, types, prefix, size)
+        try:
+            for page in rows:
+                yield decode_rows(serializer, page)
+        finally:
+            close = getattr(rows, "close", None)
+            if close is not None:
+                close()
 
     def run(self, stop: threading.Event | None = None) -> None:
         """Catch up, then follow new events until ``stop`` is set.
@@ -380,16 +411,17 @@ class ProjectionRunner:
         """Like :meth:`run_once`, reporting ``Progress`` (done, left, ETA) after each batch."""
         if progress is None:
             return self.run_once()
-        total = 0
-        while True:
-            started = time.perf_counter()
-            handled = self._run_batches(max_batches=1)
-            if handled == 0:
-                return total
-            total += handled
+        done = 0
+        name = self.projection.name
+
+        def report(count: int, seconds: float) -> None:
+            nonlocal done
+            done += count
             left, _ = self._backend.backlog(self.position)
-            rate = handled / max(time.perf_counter() - started, 1e-9)
-            progress(Progress(self.projection.name, total, left, left / rate if rate else 0.0))
+            rate = count / max(seconds, 1e-9)
+            progress(Progress(name, done, left, left / rate if rate else 0.0))
+
+        return self._run_pages(report)
 
     def status(self) -> ProjectionStatus:
         """Position, lag, throughput and errors of this projection."""

@@ -300,6 +300,25 @@ class AsyncStoreBase(abc.ABC):
     ) -> Sequence[Row]:
         """Up to ``count`` rows of the global log with position > ``after``."""
 
+    async def _read_all_pages(
+        self, after: int, types: list[str] | None, prefix: str | None, count: int
+    ) -> AsyncIterator[Sequence[Row]]:
+        """Pages (at most ``count`` rows each) of the global log after ``after``, to its end.
+
+        For a caller that handles a whole backlog page by page (a projection
+        catching up). This default reads page after page; a backend may
+        override it to read ahead while the caller handles a page. Close the
+        iterator when stopping early.
+        """
+        while True:
+            page = await self._read_all_page(after, types, prefix, count)
+            if not page:
+                return
+            yield page
+            if len(page) < count:
+                return
+            after = page[-1][0]
+
     @abc.abstractmethod
     async def _get_stream(self, stream: str) -> StreamInfo | None:
         """Current version and metadata of ``stream``."""
