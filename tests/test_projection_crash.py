@@ -18,6 +18,7 @@ import signal
 import sqlite3
 import subprocess
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ from eventfold import ANY, SqliteEventStore, StoreError
 from eventfold.projections import Projection, ProjectionContext, ProjectionRunner
 from eventfold.store import EventStore
 from eventfold.store.postgres import PostgresEventStore, migrate
-from eventfold.testing._events import Deposited
+from eventfold.testing._events import Deposited, Opened
 from tests.pg import new_schema_name
 
 CTX = multiprocessing.get_context("spawn")
@@ -192,3 +193,69 @@ def test_projection_resumes_after_a_postgres_restart(pg_database: str) -> None:
         assert failures == []
         assert before[-1].position < after.position
         assert read_counts(store) == {"s-0": 20, "s-1": 20, "s-2": 20}
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not RESTART, reason="set EVENTFOLD_TEST_PG_RESTART to restart the server")
+def test_a_streamed_in_memory_catch_up_survives_a_postgres_restart(
+    pg_database: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    schema = new_schema_name()
+    migrate(pg_database, schema=schema)
+    with PostgresEventStore(pg_database, schema=schema, max_size=4) as store:
+        # 8,000 events of 4 kB: more than socket buffers hold, so the server is
+        # still sending the paused statement's rows when it goes down.
+        for start in range(0, 8_000, 500):
+            store.append(
+                f"s-{start // 500 % 3}", [Opened(owner=f"{n:04}" * 1_000) for n in range(500)]
+            )
+        log = [e.position for e in store.read_all()]
+        seen: list[int] = []
+        paused, restarted = threading.Event(), threading.Event()
+
+        def handle(ctx: ProjectionContext, event: Any) -> None:
+            if len(seen) == 1_000 and not restarted.is_set():
+                # Early in the first streamed statement (pages of 20: 4,000
+                # rows each): hold still while the server restarts.
+                paused.set()
+                restarted.wait(120)
+            seen.append(event.position)
+
+        projection = Projection("streamed", handle, batch_size=20, in_memory=True)
+        runner = ProjectionRunner(store, projection, poll_interval=0.2)
+        stop = threading.Event()
+        failures: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                runner.run(stop)
+            except BaseException as exc:
+                failures.append(exc)
+                paused.set()
+
+        worker = threading.Thread(target=run)
+        worker.start()
+        try:
+            assert paused.wait(60)
+            assert RESTART is not None
+            subprocess.run(shlex.split(RESTART), check=True, timeout=120)
+            restarted.set()
+            while True:
+                try:
+                    last = store.append("after", [Deposited(amount=1)]).position
+                    break
+                except StoreError as exc:
+                    assert exc.retryable  # pooled connections die once with the server
+            deadline = time.monotonic() + 60
+            while runner.position < last and not failures and time.monotonic() < deadline:
+                stop.wait(0.05)  # polls the runner's progress, no assumption on timing
+        finally:
+            stop.set()
+            worker.join(60)
+        assert failures == []
+        assert seen == [*log, last]  # every event once, in log order
+        # The runner met the restart inside the stream, and retried.
+        assert any(
+            r.name == "eventfold.projections" and "cannot reach PostgreSQL" in r.getMessage()
+            for r in caplog.records
+        )
