@@ -10,6 +10,7 @@ equal the counts taken from the log itself: every event counted exactly once.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import multiprocessing
 import os
@@ -18,7 +19,7 @@ import signal
 import sqlite3
 import subprocess
 import threading
-import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -139,6 +140,44 @@ def test_kill_9_at_twenty_points_loses_and_doubles_nothing(target: tuple[str, st
 RESTART = os.environ.get("EVENTFOLD_TEST_PG_RESTART")
 
 
+@contextlib.contextmanager
+def running(runner: ProjectionRunner, *wake: threading.Event) -> Iterator[list[BaseException]]:
+    """Run ``runner.run`` in a thread; yields its failures (which also set the ``wake`` events)."""
+    stop = threading.Event()
+    failures: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            runner.run(stop)
+        except BaseException as exc:
+            failures.append(exc)
+            for event in wake:
+                event.set()
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    try:
+        yield failures
+    finally:
+        stop.set()
+        worker.join(60)
+    assert not worker.is_alive()
+
+
+def restart_postgres() -> None:
+    assert RESTART is not None
+    subprocess.run(shlex.split(RESTART), check=True, timeout=120)
+
+
+def append_retrying(store: EventStore, stream: str, event: Any) -> int:
+    """Append one event, retrying while pooled connections die with the restarted server."""
+    while True:
+        try:
+            return store.append(stream, [event]).position
+        except StoreError as exc:
+            assert exc.retryable
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not RESTART, reason="set EVENTFOLD_TEST_PG_RESTART to restart the server")
 def test_projection_resumes_after_a_postgres_restart(pg_database: str) -> None:
@@ -161,37 +200,14 @@ def test_projection_resumes_after_a_postgres_restart(pg_database: str) -> None:
         runner = ProjectionRunner(
             store, dataclasses.replace(projection, handle=handle), poll_interval=0.2
         )
-        stop = threading.Event()
-        failures: list[BaseException] = []
-
-        def run() -> None:
-            try:
-                runner.run(stop)
-            except BaseException as exc:
-                failures.append(exc)
-                delivered.set()
-
-        worker = threading.Thread(target=run)
-        worker.start()
-        try:
-            assert RESTART is not None
-            subprocess.run(shlex.split(RESTART), check=True, timeout=120)
-            after = None
+        with running(runner, delivered) as failures:
+            restart_postgres()
+            after = 0
             for i in range(30):
-                while True:
-                    try:
-                        after = store.append(f"s-{i % 3}", [Deposited(amount=i)])
-                        break
-                    except StoreError as exc:
-                        assert exc.retryable  # pooled connections die once with the server
-            assert after is not None
+                after = append_retrying(store, f"s-{i % 3}", Deposited(amount=i))
             assert delivered.wait(60), "the projection did not resume after the restart"
-        finally:
-            stop.set()
-            worker.join(60)
-        assert not worker.is_alive()
         assert failures == []
-        assert before[-1].position < after.position
+        assert before[-1].position < after
         assert read_counts(store) == {"s-0": 20, "s-1": 20, "s-2": 20}
 
 
@@ -211,7 +227,7 @@ def test_a_streamed_in_memory_catch_up_survives_a_postgres_restart(
             )
         log = [e.position for e in store.read_all()]
         seen: list[int] = []
-        paused, restarted = threading.Event(), threading.Event()
+        paused, restarted, reached = threading.Event(), threading.Event(), threading.Event()
 
         def handle(ctx: ProjectionContext, event: Any) -> None:
             if len(seen) == 1_000 and not restarted.is_set():
@@ -220,38 +236,17 @@ def test_a_streamed_in_memory_catch_up_survives_a_postgres_restart(
                 paused.set()
                 restarted.wait(120)
             seen.append(event.position)
+            if event.stream == "after":
+                reached.set()
 
         projection = Projection("streamed", handle, batch_size=20, in_memory=True)
         runner = ProjectionRunner(store, projection, poll_interval=0.2)
-        stop = threading.Event()
-        failures: list[BaseException] = []
-
-        def run() -> None:
-            try:
-                runner.run(stop)
-            except BaseException as exc:
-                failures.append(exc)
-                paused.set()
-
-        worker = threading.Thread(target=run)
-        worker.start()
-        try:
+        with running(runner, paused, reached) as failures:
             assert paused.wait(60)
-            assert RESTART is not None
-            subprocess.run(shlex.split(RESTART), check=True, timeout=120)
+            restart_postgres()
             restarted.set()
-            while True:
-                try:
-                    last = store.append("after", [Deposited(amount=1)]).position
-                    break
-                except StoreError as exc:
-                    assert exc.retryable  # pooled connections die once with the server
-            deadline = time.monotonic() + 60
-            while runner.position < last and not failures and time.monotonic() < deadline:
-                stop.wait(0.05)  # polls the runner's progress, no assumption on timing
-        finally:
-            stop.set()
-            worker.join(60)
+            last = append_retrying(store, "after", Deposited(amount=1))
+            assert reached.wait(60), "the projection did not resume after the restart"
         assert failures == []
         assert seen == [*log, last]  # every event once, in log order
         # The runner met the restart inside the stream, and retried.
