@@ -219,11 +219,12 @@ def test_a_streamed_in_memory_catch_up_survives_a_postgres_restart(
     schema = new_schema_name()
     migrate(pg_database, schema=schema)
     with PostgresEventStore(pg_database, schema=schema, max_size=4) as store:
-        # 8,000 events of 4 kB: more than socket buffers hold, so the server is
-        # still sending the paused statement's rows when it goes down.
-        for start in range(0, 8_000, 500):
+        # 10,500 events of 8 kB, read in pages of 50: a streamed statement of
+        # 10,000 rows (80 MB) is far more than socket buffers hold, so the
+        # server is still sending it when it goes down.
+        for start in range(0, 10_500, 500):
             store.append(
-                f"s-{start // 500 % 3}", [Opened(owner=f"{n:04}" * 1_000) for n in range(500)]
+                f"s-{start // 500 % 3}", [Opened(owner=f"{n:08}" * 1_000) for n in range(500)]
             )
         log = [e.position for e in store.read_all()]
         seen: list[int] = []
@@ -231,15 +232,15 @@ def test_a_streamed_in_memory_catch_up_survives_a_postgres_restart(
 
         def handle(ctx: ProjectionContext, event: Any) -> None:
             if len(seen) == 1_000 and not restarted.is_set():
-                # Early in the first streamed statement (pages of 20: 4,000
-                # rows each): hold still while the server restarts.
+                # Early in the first streamed statement: hold still while
+                # the server restarts.
                 paused.set()
                 restarted.wait(120)
             seen.append(event.position)
             if event.stream == "after":
                 reached.set()
 
-        projection = Projection("streamed", handle, batch_size=20, in_memory=True)
+        projection = Projection("streamed", handle, batch_size=50, in_memory=True)
         runner = ProjectionRunner(store, projection, poll_interval=0.2)
         with running(runner, paused, reached) as failures:
             assert paused.wait(60)
