@@ -191,6 +191,24 @@ def test_schema_v1_file_is_migrated_in_place(tmp_path: Path) -> None:
         assert store.get_stream("old").deleted is not None  # type: ignore[union-attr]
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+        indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='index'")}
+        assert "eventfold_streams_deleted" in indexes  # version 4
+
+
+def test_log_reads_never_scan_the_streams_table(tmp_path: Path) -> None:
+    # Deleted streams are found through their own index: a log read costs the
+    # same with a million streams as with ten.
+    with SqliteEventStore(tmp_path / "plan.db") as store:
+        conn = store._db.connection()
+        for name in ("read_all", "read_all_filtered"):
+            params = (0, 10) if name == "read_all" else (0, None, None, 10)
+            plan = [row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + SQL[name], params)]
+            streams = [step for step in plan if "eventfold_streams" in step]
+            assert streams and all(
+                "USING INDEX eventfold_streams_deleted" in step
+                or "USING COVERING INDEX eventfold_streams_deleted" in step
+                for step in streams
+            ), plan
 
 
 def test_connections_of_finished_threads_are_closed(tmp_path: Path) -> None:

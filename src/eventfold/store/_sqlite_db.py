@@ -54,7 +54,7 @@ from eventfold.store._sql import load_statements
 __all__ = ["Durability", "SqliteDatabase"]
 
 SQL = load_statements("sqlite")
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 #: ``full``: an acknowledged append survives power loss (fsync per commit).
 #: ``normal``: survives a crash of the process; the last commits may be lost
