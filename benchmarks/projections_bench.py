@@ -115,7 +115,7 @@ class Counts:
 FULL_COUNTS = Counts(
     streams=500,
     events_per_stream=100,
-    memory_passes=5,
+    memory_passes=9,  # short passes (~50 ms): more of them against bursts of noise
     sql_passes=3,
     es_sql_passes=2,
     latency_samples=1_000,
