@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import subprocess
 import sys
 import threading
@@ -31,6 +32,7 @@ from eventfold import (
     WrongExpectedVersion,
     uuid7,
 )
+from eventfold._sync import postgres as sync_postgres
 from eventfold.projections import Projection, ProjectionRunner, ProjectionStopped
 from eventfold.serialization import Serializer
 from eventfold.store._common import AppendResult, Expected, encode_batch, expectation_met
@@ -49,7 +51,7 @@ from eventfold.testing import (
     EventStoreLifecycleSuite,
     EventStoreSuite,
 )
-from eventfold.testing._events import Deposited
+from eventfold.testing._events import Deposited, Opened
 from tests.pg import free_loopback_port, new_schema_name
 
 
@@ -688,3 +690,41 @@ async def test_async_pages_stream_the_same_log_in_order(pg_database: str, schema
         assert all(len(page) == 2 for page in pages)
         only = [page async for page in store._read_all_pages(0, None, "s1", 2)]
         assert [row[0] for page in only for row in page] == [p for p, s in log if s == "s1"]
+
+
+def test_streamed_statements_end_on_time_and_the_next_reads_on(
+    pg_store: PostgresEventStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A time bound of 0: every statement ends after its first chunk.
+    monkeypatch.setattr(sync_postgres, "_STREAM_SECONDS", 0.0)
+    for n in range(20):
+        pg_store.append(f"s{n % 4}", [Deposited(amount=i) for i in range(10)])
+    log = [e.position for e in pg_store.read_all()]
+    pages = list(pg_store._read_all_pages(0, None, None, 4))
+    assert [row[0] for page in pages for row in page] == log
+    assert [len(page) for page in pages] == [4] * 50
+
+
+def test_statement_timeout_in_a_streamed_catch_up_reads_on(
+    pg_database: str, schema: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(sync_postgres, "_STREAM_SECONDS", 3600.0)  # only the server's timeout
+    timeout = psycopg.conninfo.make_conninfo(pg_database, options="-c statement_timeout=300")
+    with PostgresEventStore(timeout, schema=schema, max_size=2) as store:
+        # 64 MB in one streamed statement: far more than socket buffers, so the
+        # server is still sending when the handler below holds it up.
+        for start in range(0, 8_000, 500):
+            store.append(f"s{start}", [Opened(owner=f"{n:08}" * 1_000) for n in range(500)])
+        log = [e.position for e in store.read_all()]
+        seen: list[int] = []
+
+        def handle(ctx: Any, event: RecordedEvent) -> None:
+            if len(seen) == 200:
+                time.sleep(1.0)  # a slow handler: longer than statement_timeout
+            seen.append(event.position)
+
+        projection = Projection("slow", handle, batch_size=50, in_memory=True)
+        with caplog.at_level(logging.INFO, logger="eventfold.store.postgres"):
+            assert ProjectionRunner(store, projection).run_once() == 8_000
+        assert seen == log
+        assert any("statement_timeout ended" in r.getMessage() for r in caplog.records)

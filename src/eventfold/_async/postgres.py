@@ -20,8 +20,10 @@ from it by ``tools/unasync.py``.
 from __future__ import annotations
 
 import asyncio  # unasync: import threading
+import logging
 import math
-from collections.abc import AsyncIterator, Sequence
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from contextlib import asynccontextmanager  # unasync: from contextlib import contextmanager
 from typing import Any, TypeAlias
 from uuid import UUID
@@ -31,6 +33,7 @@ from eventfold.errors import (
     ConfigurationError,
     InvalidRequest,
     StoreError,
+    StoreTimeout,
     StreamDeleted,
     WrongExpectedVersion,
 )
@@ -70,6 +73,8 @@ from eventfold.store._postgres import (
 
 __all__ = ["AsyncPostgresEventStore", "migrate"]
 
+logger = logging.getLogger("eventfold.store.postgres")
+
 AsyncPool: TypeAlias = AsyncConnectionPool[AsyncConnection[Any]]
 
 # An append with expectation ANY or STREAM_EXISTS that loses the race for a
@@ -78,7 +83,10 @@ AsyncPool: TypeAlias = AsyncConnectionPool[AsyncConnection[Any]]
 _APPEND_ATTEMPTS = 64
 _XID8_MAX = 2**64 - 1
 _BIGINT_MAX = 2**63 - 1
-_STREAM_PAGES = 200  # pages per streamed statement: bounds how long one holds a snapshot
+# A streamed statement ends after this many pages or seconds, whichever comes
+# first: it holds a snapshot, and a slow handler keeps it open.
+_STREAM_PAGES = 200
+_STREAM_SECONDS = 1.0
 
 
 def _matching(rows: Sequence[Row], wanted: frozenset[str] | None, prefix: str | None) -> list[Row]:
@@ -422,28 +430,46 @@ class AsyncPostgresEventStore(AsyncStoreBase):
             if tx > _XID8_MAX:
                 return
             params = {"tx": str(tx), "seq": min(seq, _BIGINT_MAX), "limit": limit}
-            read = 0
-            records: list[Any] = []
-            with self._errors:
-                async with self._connection() as conn, conn.cursor(binary=True) as cursor:
-                    async for record in cursor.stream(self._sql["read_all"], params, size=count):
-                        records.append(record)
-                        if len(records) < count:
-                            continue
-                        read += count
-                        rows = to_rows(records)
+            start, read = after, 0
+            deadline = time.monotonic() + _STREAM_SECONDS
+            chunks = self._record_chunks(params, count)
+            try:
+                async for records in chunks:
+                    read += len(records)
+                    rows = to_rows(records)
+                    after = rows[-1][0]
+                    page = _matching(rows, wanted, prefix) if filtered else rows
+                    if page:
+                        yield page
+                    if time.monotonic() > deadline:
+                        break  # statements stay short: the next one starts at `after`
+                else:
+                    if read < limit:
+                        return  # the end of the log as this statement saw it
+            except StoreTimeout:
+                # statement_timeout ended the statement while the caller handled a
+                # page (the server waits for the client to read on). The pages
+                # yielded stand; the next statement starts after them.
+                if after == start:
+                    raise
+                logger.info("statement_timeout ended a streamed read; reading on from there")
+            finally:
+                await chunks.aclose()  # gives the connection back now, mid-stream too
+
+    async def _record_chunks(
+        self, params: dict[str, Any], count: int
+    ) -> AsyncGenerator[list[Any], None]:
+        """One read_all statement's rows, streamed, in lists of ``count`` (the last shorter)."""
+        with self._errors:
+            async with self._connection() as conn, conn.cursor(binary=True) as cursor:
+                records: list[Any] = []
+                async for record in cursor.stream(self._sql["read_all"], params, size=count):
+                    records.append(record)
+                    if len(records) == count:
+                        yield records
                         records = []
-                        after = rows[-1][0]
-                        page = _matching(rows, wanted, prefix) if filtered else rows
-                        if page:
-                            yield page
-            if records:
-                rows = to_rows(records)
-                page = _matching(rows, wanted, prefix) if filtered else rows
-                if page:
-                    yield page
-            if read + len(records) < limit:
-                return  # the end of the log as this statement saw it
+                if records:
+                    yield records
 
     async def _get_stream(self, stream: str) -> StreamInfo | None:
         with self._errors:

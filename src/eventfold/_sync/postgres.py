@@ -20,9 +20,11 @@ from it by ``tools/unasync.py``.
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Generator, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeAlias
 from uuid import UUID
@@ -32,6 +34,7 @@ from eventfold.errors import (
     ConfigurationError,
     InvalidRequest,
     StoreError,
+    StoreTimeout,
     StreamDeleted,
     WrongExpectedVersion,
 )
@@ -71,6 +74,8 @@ from eventfold.store._postgres import (
 
 __all__ = ["PostgresEventStore", "migrate"]
 
+logger = logging.getLogger("eventfold.store.postgres")
+
 Pool: TypeAlias = ConnectionPool[Connection[Any]]
 
 # An append with expectation ANY or STREAM_EXISTS that loses the race for a
@@ -79,7 +84,10 @@ Pool: TypeAlias = ConnectionPool[Connection[Any]]
 _APPEND_ATTEMPTS = 64
 _XID8_MAX = 2**64 - 1
 _BIGINT_MAX = 2**63 - 1
-_STREAM_PAGES = 200  # pages per streamed statement: bounds how long one holds a snapshot
+# A streamed statement ends after this many pages or seconds, whichever comes
+# first: it holds a snapshot, and a slow handler keeps it open.
+_STREAM_PAGES = 200
+_STREAM_SECONDS = 1.0
 
 
 def _matching(rows: Sequence[Row], wanted: frozenset[str] | None, prefix: str | None) -> list[Row]:
@@ -413,28 +421,44 @@ class PostgresEventStore(StoreBase):
             if tx > _XID8_MAX:
                 return
             params = {"tx": str(tx), "seq": min(seq, _BIGINT_MAX), "limit": limit}
-            read = 0
-            records: list[Any] = []
-            with self._errors:
-                with self._connection() as conn, conn.cursor(binary=True) as cursor:
-                    for record in cursor.stream(self._sql["read_all"], params, size=count):
-                        records.append(record)
-                        if len(records) < count:
-                            continue
-                        read += count
-                        rows = to_rows(records)
+            start, read = after, 0
+            deadline = time.monotonic() + _STREAM_SECONDS
+            chunks = self._record_chunks(params, count)
+            try:
+                for records in chunks:
+                    read += len(records)
+                    rows = to_rows(records)
+                    after = rows[-1][0]
+                    page = _matching(rows, wanted, prefix) if filtered else rows
+                    if page:
+                        yield page
+                    if time.monotonic() > deadline:
+                        break  # statements stay short: the next one starts at `after`
+                else:
+                    if read < limit:
+                        return  # the end of the log as this statement saw it
+            except StoreTimeout:
+                # statement_timeout ended the statement while the caller handled a
+                # page (the server waits for the client to read on). The pages
+                # yielded stand; the next statement starts after them.
+                if after == start:
+                    raise
+                logger.info("statement_timeout ended a streamed read; reading on from there")
+            finally:
+                chunks.close()  # gives the connection back now, mid-stream too
+
+    def _record_chunks(self, params: dict[str, Any], count: int) -> Generator[list[Any], None]:
+        """One read_all statement's rows, streamed, in lists of ``count`` (the last shorter)."""
+        with self._errors:
+            with self._connection() as conn, conn.cursor(binary=True) as cursor:
+                records: list[Any] = []
+                for record in cursor.stream(self._sql["read_all"], params, size=count):
+                    records.append(record)
+                    if len(records) == count:
+                        yield records
                         records = []
-                        after = rows[-1][0]
-                        page = _matching(rows, wanted, prefix) if filtered else rows
-                        if page:
-                            yield page
-            if records:
-                rows = to_rows(records)
-                page = _matching(rows, wanted, prefix) if filtered else rows
-                if page:
-                    yield page
-            if read + len(records) < limit:
-                return  # the end of the log as this statement saw it
+                if records:
+                    yield records
 
     def _get_stream(self, stream: str) -> StreamInfo | None:
         with self._errors:
