@@ -728,3 +728,19 @@ def test_statement_timeout_in_a_streamed_catch_up_reads_on(
             assert ProjectionRunner(store, projection).run_once() == 8_000
         assert seen == log
         assert any("statement_timeout ended" in r.getMessage() for r in caplog.records)
+
+
+def test_without_chunked_rows_a_backlog_is_read_page_by_page(
+    pg_database: str, schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sync_postgres, "CHUNKED_ROWS", False)  # as with libpq older than 17
+    with PostgresEventStore(pg_database, schema=schema, max_size=2, connect_timeout=2) as store:
+        store.append("s", [Deposited(amount=n) for n in range(30)])
+        pages = store._read_all_pages(0, None, None, 4)
+        first, second = next(pages), next(pages)
+        # Between pages no connection is held: both of the pool's are free.
+        with store.pool.connection() as one, store.pool.connection() as two:
+            assert one.execute("SELECT 1").fetchone() == two.execute("SELECT 1").fetchone()
+        rest = list(pages)
+        rows = [row[0] for page in [first, second, *rest] for row in page]
+        assert rows == [e.position for e in store.read_all()]

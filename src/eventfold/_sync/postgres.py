@@ -59,6 +59,7 @@ from eventfold.store._common import (
     us_to_datetime,
 )
 from eventfold.store._postgres import (
+    CHUNKED_ROWS,
     LATEST_SCHEMA_VERSION,
     Connection,
     ConnectionPool,
@@ -402,14 +403,15 @@ class PostgresEventStore(StoreBase):
         # trip, planning or index descent per page: twice the catch-up speed).
         # The first page is an ordinary read, so a follower that is nearly
         # caught up holds no connection while it handles events. A pool of one
-        # connection never streams: the caller's handlers may need it.
+        # connection never streams (the caller's handlers may need it), nor
+        # does a libpq older than 17 (no chunked rows).
         first = self._read_all_page(after, types, prefix, count)
         if first:
             yield first
         if len(first) < count:
             return
         after = first[-1][0]
-        if self._pool.max_size < 2:
+        if self._pool.max_size < 2 or not CHUNKED_ROWS:
             for page in super()._read_all_pages(after, types, prefix, count):
                 yield page
             return

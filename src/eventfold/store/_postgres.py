@@ -70,11 +70,15 @@ __all__ = [
     "split_position",
     "to_rows",
     "translate_errors",
+    "CHUNKED_ROWS",
 ]
 
 #: The schema version this eventfold writes; ``migrate()`` brings a database here.
 LATEST_SCHEMA_VERSION: Final = 4
 _SEQ_BITS: Final = 64
+#: Whether libpq can return a result in chunks of rows (libpq 17 and newer;
+#: psycopg[binary] bundles one): streamed reads need it.
+CHUNKED_ROWS: Final = psycopg.pq.version() >= 170000
 _SEQ_MASK: Final = (1 << _SEQ_BITS) - 1
 _BIGINT_MAX: Final = 2**63 - 1
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,47}")
