@@ -313,6 +313,94 @@ def test_run_follows_new_events_until_stopped(store: EventStore) -> None:
     assert runner.status().running is False
 
 
+def count_log_reads(store: EventStore) -> list[int]:
+    """Count the store's page reads of the global log (one list item per read)."""
+    reads: list[int] = []
+    original = store._read_all_page  # type: ignore[attr-defined]
+
+    def counting(*args: Any) -> Any:
+        reads.append(1)
+        return original(*args)
+
+    store._read_all_page = counting  # type: ignore[attr-defined]
+    return reads
+
+
+@pytest.mark.parametrize("in_memory", [True, False])
+def test_a_runner_waits_quietly_when_the_log_ends_with_events_it_skips(
+    store: EventStore, in_memory: bool
+) -> None:
+    store.append("acc-1", [Deposited(amount=1), Withdrawn(amount=1)])
+    store.append("other", [Deposited(amount=5)])
+    handled: list[int] = []
+    arrived = threading.Event()
+
+    def handle(ctx: ProjectionContext, event: RecordedEvent) -> None:
+        handled.append(event.position)
+        arrived.set()
+
+    projection = Projection(
+        f"deposits_{uuid.uuid4().hex[:8]}",
+        handle,
+        types=["eventfold.testing.Deposited"],
+        stream_prefix="acc-",
+        in_memory=in_memory,
+    )
+    runner = ProjectionRunner(store, projection, poll_interval=60)
+    assert runner.run_once() == 1
+    # The checkpoint moved over the skipped tail: nothing is left to do.
+    assert runner.position == store.last_position()
+    assert runner.status().lag_events == 0
+    reads = count_log_reads(store)
+    stop = threading.Event()
+    worker = threading.Thread(target=runner.run, args=(stop,))
+    worker.start()
+    try:
+        # An idle moment: a runner woken at once by the skipped events would
+        # read the log thousands of times here (a poll interval of 60 s: none).
+        stop.wait(0.3)
+        assert len(reads) <= 2  # the run's first pass, and its check for more
+        arrived.clear()
+        store.append("other", [Deposited(amount=6)])
+        latest = store.append("acc-1", [Deposited(amount=2)]).position
+        assert arrived.wait(10), "new events did not wake the runner"
+    finally:
+        stop.set()
+        worker.join(10)
+    assert not worker.is_alive()
+    wanted = store.read_all(types=projection.types, stream_prefix="acc-")
+    assert handled == [e.position for e in wanted]
+    assert handled[-1] == latest
+
+
+def test_a_standby_runner_tries_for_the_lease_once_per_poll_interval(store: EventStore) -> None:
+    fill(store, accounts=2, per_account=2)
+    model = Balances()
+    active = ProjectionRunner(store, model.projection(), owner="active")
+    assert active.run_once() > 0  # holds the lease for lease_seconds
+    store.append("acc-0", [Deposited(amount=1)])  # the active runner has not seen it yet
+    standby = ProjectionRunner(store, model.projection(), owner="standby", poll_interval=60)
+    attempts: list[int] = []
+    acquire = standby._backend.acquire
+
+    def counting_acquire(*args: Any) -> bool:
+        attempts.append(1)
+        return acquire(*args)
+
+    standby._backend.acquire = counting_acquire  # type: ignore[method-assign]
+    stop = threading.Event()
+    worker = threading.Thread(target=standby.run, args=(stop,))
+    worker.start()
+    try:
+        stop.wait(0.3)  # an idle moment: the standby must not spin on the lease
+    finally:
+        stop.set()
+        worker.join(10)
+    assert not worker.is_alive()
+    assert attempts == [1]
+    assert standby.status().position == active.position
+
+
 def test_projection_validation(tmp_path: Path) -> None:
     with pytest.raises(InvalidRequest):
         Projection("", lambda ctx, event: None)

@@ -26,7 +26,10 @@ from eventfold.store import EventStore
 from eventfold.store._common import now_us, us_to_datetime
 from eventfold.store._sqlite_db import SQL
 
-__all__ = ["Checkpoint", "DeadLetter", "ProjectionBackend", "backend_for"]
+__all__ = ["STOP_CHECK", "Checkpoint", "DeadLetter", "ProjectionBackend", "backend_for"]
+
+#: How soon (seconds) a waiting runner notices that it was asked to stop.
+STOP_CHECK = 0.1
 
 
 class Checkpoint(msgspec.Struct, frozen=True):
@@ -99,8 +102,8 @@ class ProjectionBackend(Protocol):
         """Events after ``after`` and the recording time of the oldest of them."""
         ...
 
-    def wait(self, after: int, timeout: float) -> None:
-        """Return when events after ``after`` may exist, or after ``timeout`` seconds."""
+    def wait(self, after: int, timeout: float, stop: threading.Event) -> None:
+        """Return when events after ``after`` may exist, ``stop`` is set, or after ``timeout``."""
         ...
 
     def close(self) -> None:
@@ -217,14 +220,14 @@ class SqliteProjectionBackend:
             count, oldest = conn.execute(SQL["count_after"], (after,)).fetchone()
         return count, (us_to_datetime(oldest) if oldest is not None else None)
 
-    def wait(self, after: int, timeout: float) -> None:
+    def wait(self, after: int, timeout: float, stop: threading.Event) -> None:
         # Another process's commit changes PRAGMA data_version; polling it is
         # one cheap statement, done at a modest pace rather than spinning.
         conn = self._db.connection()
         (start,) = conn.execute(SQL["data_version"]).fetchone()
         deadline = time.monotonic() + timeout
         pause = 0.001
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and not stop.is_set():
             (current,) = conn.execute(SQL["data_version"]).fetchone()
             if current != start or self._db_has_after(after):
                 return
@@ -337,10 +340,16 @@ class MemoryProjectionBackend:
         events = list(self._store.read_all(after=after))
         return len(events), (events[0].recorded_at if events else None)
 
-    def wait(self, after: int, timeout: float) -> None:
+    def wait(self, after: int, timeout: float, stop: threading.Event) -> None:
         store = self._store
+        deadline = time.monotonic() + timeout
         with store._appended:
-            store._appended.wait_for(lambda: len(store._log) > after, timeout)
+            while not stop.is_set():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or store._appended.wait_for(
+                    lambda: len(store._log) > after, min(remaining, STOP_CHECK)
+                ):
+                    return
 
     def close(self) -> None:
         return None

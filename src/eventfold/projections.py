@@ -250,12 +250,19 @@ class ProjectionRunner:
         self._last_error: str | None = None
         self._rate = _Rate()
         self._running = False
+        self._standby = False  # the last run found the lease held by another runner
 
     # -- running ------------------------------------------------------------------------
 
     @property
     def position(self) -> int:
-        """The position of the last event this projection has fully handled."""
+        """How far this projection has processed the log.
+
+        Every event up to here is handled, or is not this projection's (other
+        types or streams, deleted streams): a run that ends with such events
+        moves the checkpoint over them, so waiting for new events and the
+        status's lag start after them.
+        """
         if self.projection.in_memory:
             return self._memory_position
         if self._position is None:
@@ -277,13 +284,20 @@ class ProjectionRunner:
         its read and its handling.
         """
         if not self.projection.in_memory:
-            if not self._backend.acquire(self.projection.name, self.owner, self.lease_seconds):
+            self._standby = not self._backend.acquire(
+                self.projection.name, self.owner, self.lease_seconds
+            )
+            if self._standby:
                 return 0
             # Read the checkpoint once per run: another runner may have moved it
             # while this one had no lease. While the lease is held, only this
             # runner moves it, so the position is then tracked here.
             self._position = None
         self._setup()
+        # Every event up to `head` is read below: at the end the checkpoint
+        # moves over the ones this projection skips. Otherwise a log ending
+        # with them would wake the runner's wait at once, again and again.
+        head = self.store.last_position()
         handled = 0
         clock = time.perf_counter
         mark = clock()  # the end of the previous page: its time includes the read
@@ -307,6 +321,7 @@ class ProjectionRunner:
                 pages.close()  # a streaming read gives its connection back now
             if handled == before:
                 break
+        self._skip_to(head)
         return handled
 
     def _pages(self) -> Generator[list[RecordedEvent], None, None]:
@@ -360,7 +375,10 @@ class ProjectionRunner:
                     self.run_once()
                     if stop.is_set():
                         break
-                    self._backend.wait(self.position, self.poll_interval)
+                    if self._standby:
+                        stop.wait(self.poll_interval)  # then try for the lease again
+                    else:
+                        self._backend.wait(self.position, self.poll_interval, stop)
                     pause = self.poll_interval / 10
                 except StoreError as exc:
                     if not exc.retryable:
@@ -492,6 +510,19 @@ class ProjectionRunner:
                 raise LeaseLost(f"projection {projection.name!r}: another runner took over")
         self._position = events[-1].position
         self._last_error = None
+
+    def _skip_to(self, head: int) -> None:
+        """Move the checkpoint over events up to ``head`` that this projection skips."""
+        if head <= self.position:
+            return
+        if self.projection.in_memory:
+            self._memory_position = head
+            return
+        backend, name = self._backend, self.projection.name
+        with backend.transaction() as conn:
+            if not backend.advance(conn, name, head, self.owner, self.lease_seconds):
+                raise LeaseLost(f"projection {name!r}: another runner took over")
+        self._position = head
 
     def _handle_in_memory(self, page: list[RecordedEvent]) -> None:
         # The fast path: one loop, no per-event bookkeeping. The position is
