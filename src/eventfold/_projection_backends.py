@@ -341,15 +341,11 @@ class MemoryProjectionBackend:
         return len(events), (events[0].recorded_at if events else None)
 
     def wait(self, after: int, timeout: float, stop: threading.Event) -> None:
-        store = self._store
         deadline = time.monotonic() + timeout
-        with store._appended:
-            while not stop.is_set():
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or store._appended.wait_for(
-                    lambda: len(store._log) > after, min(remaining, STOP_CHECK)
-                ):
-                    return
+        while not stop.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or self._store._wait_for_append(after, min(remaining, STOP_CHECK)):
+                return
 
     def close(self) -> None:
         return None

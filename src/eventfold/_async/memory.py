@@ -7,10 +7,12 @@ PostgreSQL (a payload that cannot be serialised fails here too).
 
 from __future__ import annotations
 
+import asyncio  # unasync: remove
 import threading
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager  # unasync: from contextlib import contextmanager
 
-from eventfold._async.store import AsyncStoreBase
+from eventfold._async.store import AsyncStoreBase, Wait
 from eventfold.errors import StreamDeleted
 from eventfold.serialization import Serializer
 from eventfold.store._common import (
@@ -157,6 +159,21 @@ class AsyncMemoryEventStore(AsyncStoreBase):
     async def _last_position(self) -> int:
         with self._lock:
             return len(self._log)
+
+    @asynccontextmanager  # unasync: @contextmanager
+    async def _follow(self) -> AsyncIterator[Wait]:
+        async def wait(after: int, timeout: float) -> None:
+            # The async flavour waits on a worker thread: the condition is a
+            # threading one, notified by appends from any thread or loop.
+            block = self._wait_for_append
+            await asyncio.to_thread(block, after, timeout)  # unasync: block(after, timeout)
+
+        yield wait
+
+    def _wait_for_append(self, after: int, timeout: float) -> bool:
+        """Block until the log holds events after ``after`` or ``timeout`` passes; say which."""
+        with self._appended:
+            return self._appended.wait_for(lambda: len(self._log) > after, timeout)
 
     async def _close(self) -> None:
         return None

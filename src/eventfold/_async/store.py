@@ -7,12 +7,15 @@ it by ``tools/unasync.py`` (run ``python tools/unasync.py`` after editing).
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator, Mapping, Sequence
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager  # unasync: from contextlib import contextmanager
 from datetime import datetime
 from types import TracebackType
 from typing import Any, Self
 from uuid import UUID
 
+from eventfold._runner import AsyncClock
 from eventfold.errors import InvalidRequest, StoreClosed
 from eventfold.events import RecordedEvent
 from eventfold.serialization import Serializer
@@ -34,9 +37,13 @@ from eventfold.store._common import (
     encode_batch,
 )
 
-__all__ = ["AsyncStoreBase"]
+__all__ = ["AsyncStoreBase", "Wait"]
 
 _LAST_VERSION = 2**62
+
+#: ``wait(after, timeout)``: return once events after position ``after`` may
+#: exist, or after ``timeout`` seconds (a subscription's wait for news).
+Wait = Callable[[int, float], Awaitable[None]]  # unasync: Wait = Callable[[int, float], None]
 
 
 class AsyncStoreBase(abc.ABC):
@@ -125,8 +132,7 @@ class AsyncStoreBase(abc.ABC):
         self._check_open()
         check_non_negative("after", after)
         type_list = _check_types(types)
-        if stream_prefix is not None and (not isinstance(stream_prefix, str) or not stream_prefix):
-            raise InvalidRequest("stream_prefix must be a non-empty str or None")
+        _check_prefix(stream_prefix)
         remaining = _check_limit(limit)
         window = _check_window(since, until)
         serializer = self.serializer
@@ -142,6 +148,45 @@ class AsyncStoreBase(abc.ABC):
             remaining -= min(len(rows), remaining)
             if len(page) < count:
                 return
+
+    async def subscribe(
+        self,
+        *,
+        after: int = 0,
+        types: Sequence[str] | None = None,
+        stream_prefix: str | None = None,
+        poll_interval: float = 5.0,
+    ) -> AsyncGenerator[RecordedEvent, None]:
+        """Yield the events after position ``after``, then each new one as it commits.
+
+        ``types`` and ``stream_prefix`` filter as in :meth:`read_all`. The
+        subscription catches up through ``read_all``, then waits for news:
+        PostgreSQL LISTENs for appends, a memory store is woken by them, SQLite
+        checks its newest position with a short back-off (at most every 50 ms).
+        A read happens at least every ``poll_interval`` seconds whatever the
+        wait says. It runs until the consumer stops iterating (close it to
+        release what waiting holds). Delivery is at least once from your own
+        checkpoint: keep the position of each handled event and pass it as
+        ``after`` next time, or let a ``ProjectionRunner`` keep it for you.
+        """
+        self._check_open()
+        cursor = check_non_negative("after", after)
+        type_list = _check_types(types)
+        _check_prefix(stream_prefix)
+        if not isinstance(poll_interval, (int, float)) or poll_interval <= 0:
+            raise InvalidRequest(f"poll_interval must be seconds > 0, not {poll_interval!r}")
+        async with self._follow() as wait:
+            while True:
+                # Every event up to `head` is read below: the wait then starts
+                # after it even if the log ends with events the filters skip.
+                head = await self._last_position()
+                async for event in self.read_all(
+                    after=cursor, types=type_list, stream_prefix=stream_prefix
+                ):
+                    yield event
+                    cursor = event.position
+                cursor = max(cursor, head)
+                await wait(cursor, poll_interval)
 
     async def find_event(self, event_id: UUID) -> RecordedEvent | None:
         """The event with id ``event_id``, or None (also for events of deleted streams)."""
@@ -319,6 +364,27 @@ class AsyncStoreBase(abc.ABC):
                 return
             after = page[-1][0]
 
+    @asynccontextmanager  # unasync: @contextmanager
+    async def _follow(self) -> AsyncIterator[Wait]:
+        """How a subscription waits for news; held while it runs.
+
+        This default polls the newest position, backing off from 1 ms to
+        50 ms. Backends that can be told of appends (LISTEN, a condition)
+        override it.
+        """
+
+        async def wait(after: int, timeout: float) -> None:
+            deadline = time.monotonic() + timeout
+            pause = 0.001
+            while await self._last_position() <= after:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return
+                await AsyncClock.sleep(min(pause, remaining))
+                pause = min(pause * 2, 0.05)
+
+        yield wait
+
     @abc.abstractmethod
     async def _get_stream(self, stream: str) -> StreamInfo | None:
         """Current version and metadata of ``stream``."""
@@ -386,6 +452,11 @@ def _check_window(since: datetime | None, until: datetime | None) -> tuple[int, 
         else:
             bounds.append(datetime_to_us(value))
     return bounds[0], bounds[1]
+
+
+def _check_prefix(stream_prefix: str | None) -> None:
+    if stream_prefix is not None and (not isinstance(stream_prefix, str) or not stream_prefix):
+        raise InvalidRequest("stream_prefix must be a non-empty str or None")
 
 
 def _check_types(types: Sequence[str] | None) -> list[str] | None:

@@ -9,9 +9,10 @@ PostgreSQL (a payload that cannot be serialised fails here too).
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
-from eventfold._sync.store import StoreBase
+from eventfold._sync.store import StoreBase, Wait
 from eventfold.errors import StreamDeleted
 from eventfold.serialization import Serializer
 from eventfold.store._common import (
@@ -154,6 +155,21 @@ class MemoryEventStore(StoreBase):
     def _last_position(self) -> int:
         with self._lock:
             return len(self._log)
+
+    @contextmanager
+    def _follow(self) -> Iterator[Wait]:
+        def wait(after: int, timeout: float) -> None:
+            # The async flavour waits on a worker thread: the condition is a
+            # threading one, notified by appends from any thread or loop.
+            block = self._wait_for_append
+            block(after, timeout)
+
+        yield wait
+
+    def _wait_for_append(self, after: int, timeout: float) -> bool:
+        """Block until the log holds events after ``after`` or ``timeout`` passes; say which."""
+        with self._appended:
+            return self._appended.wait_for(lambda: len(self._log) > after, timeout)
 
     def _close(self) -> None:
         return None

@@ -29,16 +29,14 @@ from contextlib import contextmanager
 from typing import Any, TypeAlias
 from uuid import UUID
 
-from eventfold._sync.store import StoreBase
+from eventfold._sync.store import StoreBase, Wait
 from eventfold.errors import (
     ConfigurationError,
-    InvalidRequest,
     StoreError,
     StoreTimeout,
     StreamDeleted,
     WrongExpectedVersion,
 )
-from eventfold.events import RecordedEvent
 from eventfold.serialization import Serializer
 from eventfold.store._common import (
     AppendResult,
@@ -47,7 +45,6 @@ from eventfold.store._common import (
     Row,
     Snapshot,
     StreamInfo,
-    check_non_negative,
     decode_deletion,
     deletion_version,
     encode_deletion,
@@ -570,21 +567,13 @@ class PostgresEventStore(StoreBase):
 
     # -- live subscription --------------------------------------------------------------
 
-    def subscribe(self, *, after: int = 0, poll_interval: float = 5.0) -> Iterator[RecordedEvent]:
-        """Yield every event after position ``after``, then new events as they commit.
-
-        Catches up through :meth:`read_all`, then waits on a dedicated
-        connection that LISTENs for appends to this schema; ``poll_interval``
-        seconds without a notification trigger a read anyway (an event can
-        become visible without a notification when an older transaction that
-        held readers back ends). Runs until the consumer stops iterating.
-        Delivery is at-least-once from the consumer's own checkpoint: store
-        the position of each handled event and pass it as ``after`` next time.
-        """
-        self._check_open()
-        cursor = check_non_negative("after", after)
-        if not isinstance(poll_interval, (int, float)) or poll_interval <= 0:
-            raise InvalidRequest(f"poll_interval must be seconds > 0, not {poll_interval!r}")
+    @contextmanager
+    def _follow(self) -> Iterator[Wait]:
+        # A dedicated connection LISTENs for appends to this schema. It listens
+        # before the subscription's first read, so any commit after that read
+        # is announced; notifications queued behind the one that woke a wait
+        # only cause one cheap, empty read each. Without NOTIFY (notify=False)
+        # the poll interval finds new events.
         if self._conninfo is None:
             raise ConfigurationError("subscribe() needs a pool whose conninfo is a string")
         with self._errors:
@@ -593,16 +582,13 @@ class PostgresEventStore(StoreBase):
             listener = Connection.connect(self._conninfo, **self._connect_kwargs)
         try:
             with self._errors:
-                # LISTEN before the first read: a commit after that read is announced.
                 listener.execute(self._sql["listen"])
-            while True:
-                for event in self.read_all(after=cursor):
-                    yield event
-                    cursor = event.position
+
+            def wait(after: int, timeout: float) -> None:
                 with self._errors:
-                    # One notification (or the poll interval) wakes the reader; any
-                    # queued behind it only cause one cheap, empty read each.
-                    for _ in listener.notifies(timeout=poll_interval, stop_after=1):
+                    for _ in listener.notifies(timeout=timeout, stop_after=1):
                         pass
+
+            yield wait
         finally:
             listener.close()

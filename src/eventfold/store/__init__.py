@@ -13,7 +13,7 @@ checkers, so code and third-party backends can depend on the protocol only.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterator, Mapping, Sequence
 from datetime import datetime
 from types import TracebackType
 from typing import Any, Protocol, Self, runtime_checkable
@@ -85,6 +85,17 @@ class EventStore(Protocol):
         until: datetime | None = None,
     ) -> Iterator[RecordedEvent]:
         """Yield events of the global log with position > ``after``, in log order."""
+        ...
+
+    def subscribe(
+        self,
+        *,
+        after: int = 0,
+        types: Sequence[str] | None = None,
+        stream_prefix: str | None = None,
+        poll_interval: float = 5.0,
+    ) -> Generator[RecordedEvent, None, None]:
+        """Yield events after ``after`` like ``read_all``, then new ones as they commit."""
         ...
 
     def get_stream(self, stream: str) -> StreamInfo | None:
@@ -194,6 +205,17 @@ class AsyncEventStore(Protocol):
         until: datetime | None = None,
     ) -> AsyncIterator[RecordedEvent]:
         """Yield events of the global log with position > ``after``, in log order."""
+        ...
+
+    def subscribe(
+        self,
+        *,
+        after: int = 0,
+        types: Sequence[str] | None = None,
+        stream_prefix: str | None = None,
+        poll_interval: float = 5.0,
+    ) -> AsyncGenerator[RecordedEvent, None]:
+        """Yield events after ``after`` like ``read_all``, then new ones as they commit."""
         ...
 
     async def get_stream(self, stream: str) -> StreamInfo | None:

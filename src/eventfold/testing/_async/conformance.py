@@ -279,6 +279,46 @@ class AsyncEventStoreSuite:
         assert await collect(store.read_all(types=[])) == []
         assert await collect(store.read_all(after=positions[-1])) == []
 
+    async def test_subscribe_catches_up_then_delivers_new_events(
+        self, store: AsyncEventStore
+    ) -> None:
+        store.page_size = 2
+        await store.append("acc-1", [*deposits(1, 2), Withdrawn(amount=1)])
+        await store.append("other", deposits(3))
+        subscription = store.subscribe(
+            types=["eventfold.testing.Deposited"], stream_prefix="acc-", poll_interval=0.05
+        )
+        caught_up = [await subscription.__anext__(), await subscription.__anext__()]
+        assert [(e.stream, e.data) for e in caught_up] == [("acc-1", d) for d in deposits(1, 2)]
+        # Appended while the subscriber is between events: the skipped ones
+        # are passed over, the wanted one arrives, in log order.
+        await store.append("other", deposits(4))
+        await store.append("acc-1", [Withdrawn(amount=2)])
+        latest = await store.append("acc-2", deposits(5))
+        live = await subscription.__anext__()
+        assert (live.stream, live.data, live.position) == (
+            "acc-2",
+            Deposited(amount=5),
+            latest.position,
+        )
+        await subscription.aclose()
+        # From a checkpoint: only what came after it.
+        again = store.subscribe(after=caught_up[-1].position, types=["eventfold.testing.Deposited"])
+        assert (await again.__anext__()).data == Deposited(amount=3)
+        await again.aclose()
+
+    async def test_malformed_subscribe_arguments(self, store: AsyncEventStore) -> None:
+        bad: list[dict[str, Any]] = [
+            {"after": -1},
+            {"types": "Deposited"},
+            {"stream_prefix": ""},
+            {"poll_interval": 0},
+            {"poll_interval": "1"},
+        ]
+        for kwargs in bad:
+            with pytest.raises(InvalidRequest):
+                await store.subscribe(**kwargs).__anext__()
+
     async def test_stream_metadata(self, store: AsyncEventStore) -> None:
         await store.set_stream_metadata("s", {"owner": "ann", "retention_days": 30})
         assert await store.get_stream("s") is None

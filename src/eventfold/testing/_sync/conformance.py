@@ -275,6 +275,44 @@ class EventStoreSuite:
         assert collect(store.read_all(types=[])) == []
         assert collect(store.read_all(after=positions[-1])) == []
 
+    def test_subscribe_catches_up_then_delivers_new_events(self, store: EventStore) -> None:
+        store.page_size = 2
+        store.append("acc-1", [*deposits(1, 2), Withdrawn(amount=1)])
+        store.append("other", deposits(3))
+        subscription = store.subscribe(
+            types=["eventfold.testing.Deposited"], stream_prefix="acc-", poll_interval=0.05
+        )
+        caught_up = [subscription.__next__(), subscription.__next__()]
+        assert [(e.stream, e.data) for e in caught_up] == [("acc-1", d) for d in deposits(1, 2)]
+        # Appended while the subscriber is between events: the skipped ones
+        # are passed over, the wanted one arrives, in log order.
+        store.append("other", deposits(4))
+        store.append("acc-1", [Withdrawn(amount=2)])
+        latest = store.append("acc-2", deposits(5))
+        live = subscription.__next__()
+        assert (live.stream, live.data, live.position) == (
+            "acc-2",
+            Deposited(amount=5),
+            latest.position,
+        )
+        subscription.close()
+        # From a checkpoint: only what came after it.
+        again = store.subscribe(after=caught_up[-1].position, types=["eventfold.testing.Deposited"])
+        assert (again.__next__()).data == Deposited(amount=3)
+        again.close()
+
+    def test_malformed_subscribe_arguments(self, store: EventStore) -> None:
+        bad: list[dict[str, Any]] = [
+            {"after": -1},
+            {"types": "Deposited"},
+            {"stream_prefix": ""},
+            {"poll_interval": 0},
+            {"poll_interval": "1"},
+        ]
+        for kwargs in bad:
+            with pytest.raises(InvalidRequest):
+                store.subscribe(**kwargs).__next__()
+
     def test_stream_metadata(self, store: EventStore) -> None:
         store.set_stream_metadata("s", {"owner": "ann", "retention_days": 30})
         assert store.get_stream("s") is None
