@@ -500,14 +500,11 @@ class ProjectionRunner:
         with backend.transaction() as conn:
             if not backend.transactional and not backend.owns(projection.name, self.owner):
                 # Effects here cannot be rolled back: check the lease before them.
-                raise LeaseLost(f"projection {projection.name!r}: another runner took over")
+                raise self._lease_lost()
             ctx = ProjectionContext(projection, conn)
             for event in events:
                 projection.handle(ctx, event)
-            if not self._backend.advance(
-                conn, projection.name, events[-1].position, self.owner, self.lease_seconds
-            ):
-                raise LeaseLost(f"projection {projection.name!r}: another runner took over")
+            self._advance(conn, events[-1].position)
         self._position = events[-1].position
         self._last_error = None
 
@@ -518,11 +515,20 @@ class ProjectionRunner:
         if self.projection.in_memory:
             self._memory_position = head
             return
-        backend, name = self._backend, self.projection.name
-        with backend.transaction() as conn:
-            if not backend.advance(conn, name, head, self.owner, self.lease_seconds):
-                raise LeaseLost(f"projection {name!r}: another runner took over")
+        with self._backend.transaction() as conn:
+            self._advance(conn, head)
         self._position = head
+
+    def _advance(self, conn: Any, position: int) -> None:
+        """Move the stored checkpoint in ``conn``'s transaction, if the lease is still ours."""
+        backend = self._backend
+        if not backend.advance(
+            conn, self.projection.name, position, self.owner, self.lease_seconds
+        ):
+            raise self._lease_lost()
+
+    def _lease_lost(self) -> LeaseLost:
+        return LeaseLost(f"projection {self.projection.name!r}: another runner took over")
 
     def _handle_in_memory(self, page: list[RecordedEvent]) -> None:
         # The fast path: one loop, no per-event bookkeeping. The position is
@@ -588,13 +594,10 @@ class ProjectionRunner:
         # handler first, then record the progress (at-least-once delivery).
         projection, backend = self.projection, self._backend
         if not backend.owns(projection.name, self.owner):
-            raise LeaseLost(f"projection {projection.name!r}: another runner took over")
+            raise self._lease_lost()
         projection.handle(ProjectionContext(projection, None), event)
         with backend.transaction() as conn:
-            if not backend.advance(
-                conn, projection.name, event.position, self.owner, self.lease_seconds
-            ):
-                raise LeaseLost(f"projection {projection.name!r}: another runner took over")
+            self._advance(conn, event.position)
         self._position = event.position
         self._last_error = None
 
@@ -606,11 +609,8 @@ class ProjectionRunner:
             )
             if projection.in_memory:
                 self._memory_position = event.position
-            elif not self._backend.advance(
-                conn, projection.name, event.position, self.owner, self.lease_seconds
-            ):
-                raise LeaseLost(f"projection {projection.name!r}: another runner took over")
             else:
+                self._advance(conn, event.position)
                 self._position = event.position
 
 
