@@ -37,7 +37,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable, Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -341,7 +341,7 @@ class ProjectionRunner:
         # step per event (catch-up speed is read speed).
         store._check_open()
         serializer = store.serializer
-        rows: Iterator[Sequence[Row]]
+        rows: Generator[Sequence[Row], None, None]
         if projection.in_memory:
             # May read ahead (PostgreSQL streams a backlog), holding a connection
             # meanwhile. SQL read models take connections of their own for each
@@ -354,9 +354,7 @@ class ProjectionRunner:
             for page in rows:
                 yield decode_rows(serializer, page)
         finally:
-            close = getattr(rows, "close", None)
-            if close is not None:
-                close()
+            rows.close()
 
     def run(self, stop: threading.Event | None = None) -> None:
         """Catch up, then follow new events until ``stop`` is set.

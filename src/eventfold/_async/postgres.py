@@ -87,6 +87,14 @@ _STREAM_PAGES = 200
 _STREAM_SECONDS = 1.0
 
 
+def _read_all_params(after: int, limit: int) -> dict[str, Any] | None:
+    """read_all.sql's parameters for the cursor ``after`` (None: past any transaction id)."""
+    tx, seq = split_position(after)
+    if tx > _XID8_MAX:
+        return None  # no transaction PostgreSQL can issue comes after it
+    return {"tx": str(tx), "seq": min(seq, _BIGINT_MAX), "limit": limit}
+
+
 def _matching(rows: Sequence[Row], wanted: frozenset[str] | None, prefix: str | None) -> list[Row]:
     """The rows of types in ``wanted`` (None: any) of streams starting with ``prefix``."""
     return [
@@ -380,10 +388,9 @@ class AsyncPostgresEventStore(AsyncStoreBase):
     async def _read_all_page(
         self, after: int, types: list[str] | None, prefix: str | None, count: int
     ) -> Sequence[Row]:
-        tx, seq = split_position(after)
-        if tx > _XID8_MAX:
-            return []  # past any transaction id PostgreSQL can issue
-        params: dict[str, Any] = {"tx": str(tx), "seq": min(seq, _BIGINT_MAX), "limit": count}
+        params = _read_all_params(after, count)
+        if params is None:
+            return []
         if types is None and prefix is None:
             return await self._rows(self._sql["read_all"], params)
         # Filters are applied here, on pages read in (tx, seq) order. With the
@@ -403,7 +410,7 @@ class AsyncPostgresEventStore(AsyncStoreBase):
 
     async def _read_all_pages(
         self, after: int, types: list[str] | None, prefix: str | None, count: int
-    ) -> AsyncIterator[Sequence[Row]]:
+    ) -> AsyncGenerator[Sequence[Row], None]:
         # A backlog streams: one statement returns up to _STREAM_PAGES pages and
         # their rows arrive while the caller handles earlier pages (no round
         # trip, planning or index descent per page: twice the catch-up speed).
@@ -425,10 +432,9 @@ class AsyncPostgresEventStore(AsyncStoreBase):
         filtered = types is not None or prefix is not None
         limit = count * _STREAM_PAGES
         while True:
-            tx, seq = split_position(after)
-            if tx > _XID8_MAX:
+            params = _read_all_params(after, limit)
+            if params is None:
                 return
-            params = {"tx": str(tx), "seq": min(seq, _BIGINT_MAX), "limit": limit}
             start, read = after, 0
             deadline = time.monotonic() + _STREAM_SECONDS
             chunks = self._record_chunks(params, count)

@@ -342,13 +342,13 @@ class StoreBase(abc.ABC):
 
     def _read_all_pages(
         self, after: int, types: list[str] | None, prefix: str | None, count: int
-    ) -> Iterator[Sequence[Row]]:
+    ) -> Generator[Sequence[Row], None]:
         """Pages (at most ``count`` rows each) of the global log after ``after``, to its end.
 
         For a caller that handles a whole backlog page by page (a projection
         catching up). This default reads page after page; a backend may
         override it to read ahead while the caller handles a page. Close the
-        iterator when stopping early.
+        generator when stopping early.
         """
         while True:
             page = self._read_all_page(after, types, prefix, count)
