@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any, Protocol
@@ -26,10 +26,23 @@ from eventfold.store import EventStore
 from eventfold.store._common import now_us, us_to_datetime
 from eventfold.store._sqlite_db import SQL
 
-__all__ = ["STOP_CHECK", "Checkpoint", "DeadLetter", "ProjectionBackend", "backend_for"]
+__all__ = ["Checkpoint", "DeadLetter", "ProjectionBackend", "backend_for", "wait_in_slices"]
 
 #: How soon (seconds) a waiting runner notices that it was asked to stop.
 STOP_CHECK = 0.1
+
+
+def wait_in_slices(stop: threading.Event, timeout: float, step: Callable[[float], bool]) -> None:
+    """Call ``step(seconds)`` until it returns True, ``stop`` is set or ``timeout`` passes.
+
+    Each call waits at most STOP_CHECK seconds, so a runner asked to stop
+    leaves its wait soon.
+    """
+    deadline = time.monotonic() + timeout
+    while not stop.is_set():
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or step(min(remaining, STOP_CHECK)):
+            return
 
 
 class Checkpoint(msgspec.Struct, frozen=True):
@@ -341,11 +354,7 @@ class MemoryProjectionBackend:
         return len(events), (events[0].recorded_at if events else None)
 
     def wait(self, after: int, timeout: float, stop: threading.Event) -> None:
-        deadline = time.monotonic() + timeout
-        while not stop.is_set():
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or self._store._wait_for_append(after, min(remaining, STOP_CHECK)):
-                return
+        wait_in_slices(stop, timeout, lambda seconds: self._store._wait_for_append(after, seconds))
 
     def close(self) -> None:
         return None

@@ -9,15 +9,14 @@ different machines agree on when a lease has run out.
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from datetime import datetime
 from typing import Any
 
 import psycopg
 
-from eventfold._projection_backends import STOP_CHECK, Checkpoint, DeadLetter
+from eventfold._projection_backends import Checkpoint, DeadLetter, wait_in_slices
 from eventfold._sync.postgres import PostgresEventStore
 from eventfold.errors import ConfigurationError
 from eventfold.events import RecordedEvent
@@ -123,18 +122,17 @@ class PostgresProjectionBackend:
         return int(row[0]), (us_to_datetime(row[1]) if row[1] is not None else None)
 
     def wait(self, after: int, timeout: float, stop: threading.Event) -> None:
-        deadline = time.monotonic() + timeout
         with self._errors:
             listener = self._listen()
             # LISTEN is active before this check: a commit after it is announced.
             if self._store.last_position() > after:
                 return
-            while not stop.is_set():
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return
-                for _ in listener.notifies(timeout=min(remaining, STOP_CHECK), stop_after=1):
-                    return
+
+            def notified(seconds: float) -> bool:
+                with closing(listener.notifies(timeout=seconds, stop_after=1)) as notifies:
+                    return next(notifies, None) is not None
+
+            wait_in_slices(stop, timeout, notified)
 
     def _listen(self) -> psycopg.Connection[Any]:
         if self._listener is None or self._listener.closed or self._listener.broken:
