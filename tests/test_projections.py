@@ -35,6 +35,7 @@ from eventfold.projections import (
 from eventfold.store import EventStore
 from eventfold.testing import run_threads
 from eventfold.testing._events import Deposited, Opened, Withdrawn
+from tests.calls import count_calls
 
 # -- a read model that works on every store -----------------------------------------------
 
@@ -313,19 +314,6 @@ def test_run_follows_new_events_until_stopped(store: EventStore) -> None:
     assert runner.status().running is False
 
 
-def count_log_reads(store: EventStore) -> list[int]:
-    """Count the store's page reads of the global log (one list item per read)."""
-    reads: list[int] = []
-    original = store._read_all_page  # type: ignore[attr-defined]
-
-    def counting(*args: Any) -> Any:
-        reads.append(1)
-        return original(*args)
-
-    store._read_all_page = counting  # type: ignore[attr-defined]
-    return reads
-
-
 @pytest.mark.parametrize("in_memory", [True, False])
 def test_a_runner_waits_quietly_when_the_log_ends_with_events_it_skips(
     store: EventStore, in_memory: bool
@@ -351,7 +339,7 @@ def test_a_runner_waits_quietly_when_the_log_ends_with_events_it_skips(
     # The checkpoint moved over the skipped tail: nothing is left to do.
     assert runner.position == store.last_position()
     assert runner.status().lag_events == 0
-    reads = count_log_reads(store)
+    reads = count_calls(store, "_read_all_page")
     stop = threading.Event()
     worker = threading.Thread(target=runner.run, args=(stop,))
     worker.start()
@@ -380,14 +368,7 @@ def test_a_standby_runner_tries_for_the_lease_once_per_poll_interval(store: Even
     assert active.run_once() > 0  # holds the lease for lease_seconds
     store.append("acc-0", [Deposited(amount=1)])  # the active runner has not seen it yet
     standby = ProjectionRunner(store, model.projection(), owner="standby", poll_interval=60)
-    attempts: list[int] = []
-    acquire = standby._backend.acquire
-
-    def counting_acquire(*args: Any) -> bool:
-        attempts.append(1)
-        return acquire(*args)
-
-    standby._backend.acquire = counting_acquire  # type: ignore[method-assign]
+    attempts = count_calls(standby._backend, "acquire")
     stop = threading.Event()
     worker = threading.Thread(target=standby.run, args=(stop,))
     worker.start()

@@ -6,7 +6,6 @@ import asyncio
 import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import pytest_asyncio
@@ -15,19 +14,7 @@ from eventfold import AsyncMemoryEventStore, AsyncSqliteEventStore, RecordedEven
 from eventfold.store import AsyncEventStore, EventStore
 from eventfold.testing import run_threads
 from eventfold.testing._events import Deposited, Withdrawn
-
-
-def count_calls(store: Any, method: str) -> list[int]:
-    """Count calls of one of the store's backend methods (one list item per call)."""
-    calls: list[int] = []
-    original = getattr(store, method)
-
-    def counting(*args: Any) -> Any:
-        calls.append(1)
-        return original(*args)
-
-    setattr(store, method, counting)
-    return calls
+from tests.calls import count_calls
 
 
 def test_a_blocked_subscriber_gets_each_new_event_once_in_order(any_store: EventStore) -> None:
