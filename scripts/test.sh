@@ -4,6 +4,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
+fi
+# Also when .venv exists without the test extras (the demo command makes one
+# with the CLI extra only).
+if ! .venv/bin/python -c 'import pytest, pytest_asyncio, hypothesis, psycopg, psycopg_pool' \
+    2>/dev/null; then
     .venv/bin/python -m pip install --quiet --upgrade pip
     .venv/bin/python -m pip install --quiet -e '.[test,postgres]'
 fi
