@@ -13,8 +13,9 @@ the user's own exceptions and pass through the command handler unchanged.
     ├── StreamNotFound
     │   └── StreamDeleted             # appending to a deleted stream
     ├── InvalidRequest                # also a ValueError: bad argument
-    ├── SerializationError
-    │   └── UnknownEventType
+    ├── SerializationError            # .stream/.version/.position of a stored event
+    │   ├── UnknownEventType
+    │   └── InvalidEvent              # also an InvalidRequest: would not read back
     ├── StoreError                    # wraps driver errors; .retryable
     │   ├── StoreUnavailable
     │   ├── StoreTimeout
@@ -24,10 +25,14 @@ the user's own exceptions and pass through the command handler unchanged.
 
 from __future__ import annotations
 
+from typing import Self
+from uuid import UUID
+
 __all__ = [
     "ConcurrencyError",
     "ConfigurationError",
     "EventfoldError",
+    "InvalidEvent",
     "InvalidRequest",
     "SerializationError",
     "StoreClosed",
@@ -92,11 +97,39 @@ class InvalidRequest(EventfoldError, ValueError):
 
 
 class SerializationError(EventfoldError):
-    """An event or metadata could not be encoded, or stored data not decoded."""
+    """An event or metadata could not be encoded, or stored data not decoded.
+
+    Raised for a stored event, it says where that event is: ``stream``,
+    ``version``, ``position`` and ``event_id`` (a UUID) are set then, and
+    None for errors that concern no stored event. A reader that must go on
+    past an event it cannot decode resumes with ``read_all(after=position)``.
+    """
+
+    stream: str | None = None
+    version: int | None = None
+    position: int | None = None
+    event_id: UUID | None = None
+
+    def locate(
+        self, stream: str, version: int, position: int, event_id: UUID | None = None
+    ) -> Self:
+        """Record where the stored event is (and name it in the message); return self."""
+        self.stream, self.version, self.position, self.event_id = (
+            stream,
+            version,
+            position,
+            event_id,
+        )
+        where = f"stored event at position {position} (stream {stream!r}, version {version})"
+        self.args = (f"{where}: {self.args[0]}" if self.args else where, *self.args[1:])
+        return self
 
 
 class UnknownEventType(SerializationError):
     """A stored event names a type that no registered class matches."""
+
+    type_name: str
+    schema_version: int
 
     def __init__(self, type_name: str, schema_version: int = 1, stream: str | None = None) -> None:
         self.type_name = type_name
@@ -107,6 +140,26 @@ class UnknownEventType(SerializationError):
             f"unknown event type {type_name!r} (schema version {schema_version}){where}: "
             "import or register the class that defines it"
         )
+
+
+class InvalidEvent(SerializationError, InvalidRequest):
+    """An event (or its metadata) that would not read back as written.
+
+    The write path encodes every event and decodes it again as readers will,
+    and refuses the batch, with nothing written, when that is not possible
+    (a value not of its field's declared type, a NaN or infinite float, a
+    non-str metadata key, a value that would come back as another type).
+    ``event_type`` names the type, ``field`` the place (``quantity``,
+    ``lines[2].price``, ``metadata['tags']``, or ``""`` for the event as a
+    whole) and ``problem`` what is wrong.
+    """
+
+    def __init__(self, event_type: str, field: str, problem: str) -> None:
+        self.event_type = event_type
+        self.field = field
+        self.problem = problem
+        where = f" at {field}" if field else ""
+        super().__init__(f"{event_type} event{where}: {problem}; nothing was appended")
 
 
 class StoreError(EventfoldError):

@@ -12,11 +12,18 @@ import dataclasses
 import threading
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, NoReturn, TypeVar
 
 import msgspec
 
-from eventfold.errors import ConfigurationError, SerializationError, UnknownEventType
+from eventfold._roundtrip import first_difference, locate_encode_error, split_validation_error
+from eventfold.errors import (
+    ConfigurationError,
+    InvalidEvent,
+    InvalidRequest,
+    SerializationError,
+    UnknownEventType,
+)
 
 __all__ = ["Serializer", "TypeRegistry", "Upcaster", "default_registry", "event_type"]
 
@@ -146,7 +153,19 @@ class TypeRegistry:
                     f"no upcaster for event type {name!r} from schema version {version} "
                     f"to {target}" + (f" in stream {stream!r}" if stream else "")
                 )
-            payload = fn(payload)
+            try:
+                payload = fn(payload)
+            except Exception as exc:
+                where = f" in stream {stream!r}" if stream else ""
+                raise SerializationError(
+                    f"upcaster of event type {name!r} from schema version {version}{where} "
+                    f"raised {type(exc).__name__}: {exc}"
+                ) from exc
+            if not isinstance(payload, dict):
+                raise SerializationError(
+                    f"upcaster of event type {name!r} from schema version {version} returned "
+                    f"{type(payload).__name__}, not a dict"
+                )
             version += 1
         return payload
 
@@ -185,63 +204,131 @@ class Serializer:
         *,
         on_unknown: Literal["error", "raw"] = "error",
     ) -> None:
+        if on_unknown not in ("error", "raw"):
+            raise ConfigurationError(f'on_unknown must be "error" or "raw", not {on_unknown!r}')
         self.registry = registry or default_registry
         self.on_unknown = on_unknown
 
     def encode(self, event: object) -> tuple[str, int, bytes]:
-        """Encode an event object; raise SerializationError if it cannot be."""
+        """Encode an event object; raise InvalidEvent if it would not read back as written.
+
+        The JSON is decoded again with the type's own decoder, the one
+        readers use, and compared with ``event``: a field not of its declared
+        type, a NaN or infinite float, a non-str key, a value that would come
+        back as another type are refused here, before anything is stored.
+        """
         cls = type(event)
         info = self.registry._by_class.get(cls)
         if info is None:
             try:
                 info = self.registry.info_for_class(cls)
             except ConfigurationError as exc:
-                raise SerializationError(str(exc)) from exc
+                raise InvalidEvent(cls.__qualname__, "", str(exc)) from exc
         try:
-            return info.name, info.version, _JSON_ENCODER.encode(event)
-        except (TypeError, ValueError, OverflowError, msgspec.EncodeError) as exc:
-            raise SerializationError(f"cannot encode {info.name} event: {exc}") from exc
+            data = _JSON_ENCODER.encode(event)
+        except _ENCODE_ERRORS as exc:
+            raise InvalidEvent(info.name, locate_encode_error(event), _encode_problem(exc)) from exc
+        try:
+            restored = info.decoder.decode(data)
+        except msgspec.ValidationError as exc:
+            raise InvalidEvent(info.name, *split_validation_error(str(exc))) from exc
+        except RecursionError as exc:
+            raise InvalidEvent(info.name, "", _encode_problem(exc)) from exc
+        if restored != event:
+            field, problem = first_difference(event, restored)
+            if problem:
+                raise InvalidEvent(info.name, field, problem)
+        return info.name, info.version, data
 
-    def decode(self, name: str, schema_version: int, data: bytes, stream: str | None) -> Any:
-        """Decode stored bytes to an instance of the registered class."""
+    def decode(
+        self,
+        name: str,
+        schema_version: int,
+        data: bytes,
+        stream: str | None = None,
+        version: int | None = None,
+        position: int | None = None,
+    ) -> Any:
+        """Decode stored bytes to an instance of the registered class.
+
+        Raises SerializationError (UnknownEventType for a type no class
+        matches) for data that cannot be decoded, upcasted or converted,
+        naming the stored event when ``stream``, ``version`` and ``position``
+        are given.
+        """
         fast = self.registry._fast.get((name, schema_version))
         if fast is not None:
             try:
                 return fast(data)
-            except msgspec.DecodeError:
+            except (msgspec.DecodeError, RecursionError):
                 pass  # the slow path below raises the descriptive error
+        try:
+            return self._decode(name, schema_version, data, stream)
+        except SerializationError as exc:
+            if stream is not None and version is not None and position is not None:
+                exc.locate(stream, version, position)
+            raise
+
+    def _decode(self, name: str, schema_version: int, data: bytes, stream: str | None) -> Any:
         try:
             info = self.registry.info_for_name(name, schema_version, stream)
         except UnknownEventType:
             if self.on_unknown == "raw":
-                return _JSON_DECODER.decode(data)
+                return _decode_json(data, f"stored {name} event")
             raise
         try:
             if schema_version == info.version and info.name == name:
                 decode = info.decoder.decode
                 self.registry._fast[(name, schema_version)] = decode
                 return decode(data)
-            payload = _JSON_DECODER.decode(data)
+            payload = _decode_json(data, f"stored {name} event")
+            if not isinstance(payload, dict):
+                raise SerializationError(
+                    f"stored {name} event (schema version {schema_version}) is not a JSON "
+                    f"object but {type(payload).__name__}"
+                )
             payload = self.registry.upcast(name, payload, schema_version, info.version, stream)
             return msgspec.convert(payload, info.cls)
         except msgspec.ValidationError as exc:
-            where = f" in stream {stream!r}" if stream else ""
             raise SerializationError(
-                f"stored {name} event (schema version {schema_version}){where} "
+                f"stored {name} event (schema version {schema_version}) "
                 f"does not match {info.cls.__qualname__}: {exc}"
             ) from exc
         except msgspec.DecodeError as exc:
             raise SerializationError(f"stored {name} event is not valid JSON: {exc}") from exc
+        except RecursionError as exc:
+            raise SerializationError(f"stored {name} event is nested too deeply to decode") from exc
 
     @staticmethod
-    def encode_metadata(metadata: Mapping[str, Any]) -> bytes | None:
-        """Encode metadata; empty metadata is stored as NULL."""
+    def encode_metadata(metadata: object, event_type: str | None = None) -> bytes | None:
+        """Encode metadata; empty metadata is stored as NULL.
+
+        Metadata must be a mapping with str keys whose values read back as
+        written (the rule of :meth:`encode`). A violation raises InvalidEvent
+        naming ``event_type``, or InvalidRequest for a stream's metadata
+        (``event_type`` None).
+        """
+        if not isinstance(metadata, Mapping):
+            _refuse_metadata(
+                event_type,
+                "",
+                f"metadata must be a mapping with str keys, not {type(metadata).__name__}",
+            )
         if not metadata:
             return None
         try:
-            return _JSON_ENCODER.encode(metadata)
-        except (TypeError, ValueError, OverflowError, msgspec.EncodeError) as exc:
-            raise SerializationError(f"cannot encode event metadata: {exc}") from exc
+            data = _JSON_ENCODER.encode(metadata)
+        except _ENCODE_ERRORS as exc:
+            _refuse_metadata(event_type, locate_encode_error(metadata), _encode_problem(exc))
+        try:
+            restored = _META_DECODER.decode(data)
+        except RecursionError as exc:
+            _refuse_metadata(event_type, "", _encode_problem(exc))
+        if restored != metadata:
+            field, problem = first_difference(metadata, restored)
+            if problem:
+                _refuse_metadata(event_type, field, problem)
+        return data
 
     @staticmethod
     def decode_metadata(data: bytes | None) -> Mapping[str, Any]:
@@ -252,3 +339,30 @@ class Serializer:
             return _META_DECODER.decode(data)
         except msgspec.DecodeError as exc:
             raise SerializationError(f"stored event metadata is not a JSON object: {exc}") from exc
+        except RecursionError as exc:
+            raise SerializationError("stored event metadata is nested too deeply") from exc
+
+
+_ENCODE_ERRORS = (TypeError, ValueError, OverflowError, RecursionError, msgspec.EncodeError)
+
+
+def _encode_problem(exc: BaseException) -> str:
+    if isinstance(exc, RecursionError):
+        return (
+            "nested too deeply to store and read back (JSON depth beyond Python's recursion limit)"
+        )
+    return f"cannot be encoded as JSON: {exc}"
+
+
+def _decode_json(data: bytes, what: str) -> Any:
+    try:
+        return _JSON_DECODER.decode(data)
+    except msgspec.DecodeError as exc:
+        raise SerializationError(f"{what} is not valid JSON: {exc}") from exc
+
+
+def _refuse_metadata(event_type: str | None, field: str, problem: str) -> NoReturn:
+    place = "metadata" if not field else f"metadata{'' if field.startswith('[') else '.'}{field}"
+    if event_type is None:
+        raise InvalidRequest(f"stream {place}: {problem}")
+    raise InvalidEvent(event_type, place, problem)

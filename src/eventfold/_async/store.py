@@ -21,6 +21,7 @@ from eventfold.events import RecordedEvent
 from eventfold.serialization import Serializer
 from eventfold.store._common import (
     ANY,
+    MAX_VERSION,
     AppendResult,
     EncodedEvent,
     Expected,
@@ -28,12 +29,16 @@ from eventfold.store._common import (
     Row,
     Snapshot,
     StreamInfo,
+    check_bool,
     check_expected,
     check_non_negative,
+    check_position,
+    check_seconds,
     check_stream_name,
     check_who_why,
     datetime_to_us,
     decode_rows,
+    decode_rows_partial,
     encode_batch,
 )
 
@@ -50,8 +55,14 @@ class AsyncStoreBase(abc.ABC):
     """Validation, encoding, decoding and paging on top of a backend's row I/O.
 
     Subclasses implement the ``_``-prefixed abstract methods; they receive
-    validated arguments and encoded events, and return stored rows.
+    validated arguments and encoded events, and return stored rows. Every
+    argument is checked here, before any I/O: a version or count is an int
+    up to 2**63-1, a position any int >= 0 (one beyond ``_max_position``,
+    the largest the backend issues, is after every event), a flag a bool.
     """
+
+    #: The largest position this backend can issue.
+    _max_position: int = MAX_VERSION
 
     def __init__(self, *, serializer: Serializer | None = None, page_size: int = 500) -> None:
         self.serializer = serializer or Serializer()
@@ -95,6 +106,7 @@ class AsyncStoreBase(abc.ABC):
         """
         self._check_open()
         check_stream_name(stream)
+        check_bool("backwards", backwards)
         if from_version is None:
             cursor = _LAST_VERSION if backwards else 1
         else:
@@ -104,8 +116,11 @@ class AsyncStoreBase(abc.ABC):
         while remaining:
             count = min(self.page_size, remaining)
             page = await self._read_page(stream, cursor, backwards, count)
-            for event in decode_rows(serializer, page):
+            events, error = decode_rows_partial(serializer, page)
+            for event in events:
                 yield event
+            if error is not None:
+                raise error
             if len(page) < count:
                 return
             remaining -= len(page)
@@ -130,12 +145,14 @@ class AsyncStoreBase(abc.ABC):
         scanning from ``after``: give a recent ``after`` to bound the scan.
         """
         self._check_open()
-        check_non_negative("after", after)
+        check_position("after", after)
         type_list = _check_types(types)
         _check_prefix(stream_prefix)
         remaining = _check_limit(limit)
         window = _check_window(since, until)
         serializer = self.serializer
+        if after > self._max_position:
+            return  # no event of this store comes after it
         while remaining:
             count = min(self.page_size, remaining)
             page = await self._read_all_page(after, type_list, stream_prefix, count)
@@ -143,8 +160,11 @@ class AsyncStoreBase(abc.ABC):
                 return
             after = page[-1][0]
             rows = page if window is None else [r for r in page if window[0] <= r[8] < window[1]]
-            for event in decode_rows(serializer, rows[:remaining]):
+            events, error = decode_rows_partial(serializer, rows[:remaining])
+            for event in events:
                 yield event
+            if error is not None:
+                raise error
             remaining -= min(len(rows), remaining)
             if len(page) < count:
                 return
@@ -170,11 +190,10 @@ class AsyncStoreBase(abc.ABC):
         ``after`` next time, or let a ``ProjectionRunner`` keep it for you.
         """
         self._check_open()
-        cursor = check_non_negative("after", after)
+        cursor = min(check_position("after", after), self._max_position)
         type_list = _check_types(types)
         _check_prefix(stream_prefix)
-        if not isinstance(poll_interval, (int, float)) or poll_interval <= 0:
-            raise InvalidRequest(f"poll_interval must be seconds > 0, not {poll_interval!r}")
+        check_seconds("poll_interval", poll_interval)
         async with self._follow() as wait:
             while True:
                 # Every event up to `head` is read below: the wait then starts
@@ -209,8 +228,9 @@ class AsyncStoreBase(abc.ABC):
         """
         self._check_open()
         check_stream_name(stream)
+        check_bool("hard", hard)
         check_who_why(by, reason)
-        await self._delete_stream(stream, bool(hard), by, reason)
+        await self._delete_stream(stream, hard, by, reason)
 
     async def restore_stream(self, stream: str) -> None:
         """Undo a soft delete (a hard delete cannot be undone)."""
@@ -272,6 +292,8 @@ class AsyncStoreBase(abc.ABC):
         self._check_open()
         if stream is not None:
             check_stream_name(stream)
+        if state_type is not None and (not isinstance(state_type, str) or not state_type):
+            raise InvalidRequest("state_type must be a non-empty str or None")
         if keep_schema_version is not None:
             check_non_negative("keep_schema_version", keep_schema_version, minimum=1)
         return await self._delete_snapshots(stream, state_type, keep_schema_version)
@@ -286,8 +308,6 @@ class AsyncStoreBase(abc.ABC):
         """Replace the user metadata of ``stream`` (allowed before its first event)."""
         self._check_open()
         check_stream_name(stream)
-        if not isinstance(metadata, Mapping):
-            raise InvalidRequest("stream metadata must be a mapping")
         await self._set_stream_metadata(stream, self.serializer.encode_metadata(metadata))
 
     async def last_position(self) -> int:
@@ -437,7 +457,7 @@ class AsyncStoreBase(abc.ABC):
 def _check_limit(limit: int | None) -> int:
     if limit is None:
         return _LAST_VERSION
-    return check_non_negative("limit", limit)
+    return check_non_negative("limit", limit, maximum=None)
 
 
 def _check_window(since: datetime | None, until: datetime | None) -> tuple[int, int] | None:

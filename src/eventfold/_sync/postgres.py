@@ -39,6 +39,7 @@ from eventfold.errors import (
 )
 from eventfold.serialization import Serializer
 from eventfold.store._common import (
+    MAX_POSITION,
     AppendResult,
     EncodedEvent,
     Expected,
@@ -167,6 +168,9 @@ class PostgresEventStore(StoreBase):
         writers ``notify=False`` gives more appends per second; subscribers
         then see new events within their ``poll_interval``.
     """
+
+    #: Positions are (tx << 64) | seq with a 64-bit transaction id.
+    _max_position = MAX_POSITION
 
     def __init__(
         self,

@@ -22,6 +22,7 @@ from eventfold.events import RecordedEvent
 from eventfold.serialization import Serializer
 from eventfold.store._common import (
     ANY,
+    MAX_VERSION,
     AppendResult,
     EncodedEvent,
     Expected,
@@ -29,12 +30,16 @@ from eventfold.store._common import (
     Row,
     Snapshot,
     StreamInfo,
+    check_bool,
     check_expected,
     check_non_negative,
+    check_position,
+    check_seconds,
     check_stream_name,
     check_who_why,
     datetime_to_us,
     decode_rows,
+    decode_rows_partial,
     encode_batch,
 )
 
@@ -51,8 +56,14 @@ class StoreBase(abc.ABC):
     """Validation, encoding, decoding and paging on top of a backend's row I/O.
 
     Subclasses implement the ``_``-prefixed abstract methods; they receive
-    validated arguments and encoded events, and return stored rows.
+    validated arguments and encoded events, and return stored rows. Every
+    argument is checked here, before any I/O: a version or count is an int
+    up to 2**63-1, a position any int >= 0 (one beyond ``_max_position``,
+    the largest the backend issues, is after every event), a flag a bool.
     """
+
+    #: The largest position this backend can issue.
+    _max_position: int = MAX_VERSION
 
     def __init__(self, *, serializer: Serializer | None = None, page_size: int = 500) -> None:
         self.serializer = serializer or Serializer()
@@ -96,6 +107,7 @@ class StoreBase(abc.ABC):
         """
         self._check_open()
         check_stream_name(stream)
+        check_bool("backwards", backwards)
         if from_version is None:
             cursor = _LAST_VERSION if backwards else 1
         else:
@@ -105,8 +117,11 @@ class StoreBase(abc.ABC):
         while remaining:
             count = min(self.page_size, remaining)
             page = self._read_page(stream, cursor, backwards, count)
-            for event in decode_rows(serializer, page):
+            events, error = decode_rows_partial(serializer, page)
+            for event in events:
                 yield event
+            if error is not None:
+                raise error
             if len(page) < count:
                 return
             remaining -= len(page)
@@ -131,12 +146,14 @@ class StoreBase(abc.ABC):
         scanning from ``after``: give a recent ``after`` to bound the scan.
         """
         self._check_open()
-        check_non_negative("after", after)
+        check_position("after", after)
         type_list = _check_types(types)
         _check_prefix(stream_prefix)
         remaining = _check_limit(limit)
         window = _check_window(since, until)
         serializer = self.serializer
+        if after > self._max_position:
+            return  # no event of this store comes after it
         while remaining:
             count = min(self.page_size, remaining)
             page = self._read_all_page(after, type_list, stream_prefix, count)
@@ -144,8 +161,11 @@ class StoreBase(abc.ABC):
                 return
             after = page[-1][0]
             rows = page if window is None else [r for r in page if window[0] <= r[8] < window[1]]
-            for event in decode_rows(serializer, rows[:remaining]):
+            events, error = decode_rows_partial(serializer, rows[:remaining])
+            for event in events:
                 yield event
+            if error is not None:
+                raise error
             remaining -= min(len(rows), remaining)
             if len(page) < count:
                 return
@@ -171,11 +191,10 @@ class StoreBase(abc.ABC):
         ``after`` next time, or let a ``ProjectionRunner`` keep it for you.
         """
         self._check_open()
-        cursor = check_non_negative("after", after)
+        cursor = min(check_position("after", after), self._max_position)
         type_list = _check_types(types)
         _check_prefix(stream_prefix)
-        if not isinstance(poll_interval, (int, float)) or poll_interval <= 0:
-            raise InvalidRequest(f"poll_interval must be seconds > 0, not {poll_interval!r}")
+        check_seconds("poll_interval", poll_interval)
         with self._follow() as wait:
             while True:
                 # Every event up to `head` is read below: the wait then starts
@@ -210,8 +229,9 @@ class StoreBase(abc.ABC):
         """
         self._check_open()
         check_stream_name(stream)
+        check_bool("hard", hard)
         check_who_why(by, reason)
-        self._delete_stream(stream, bool(hard), by, reason)
+        self._delete_stream(stream, hard, by, reason)
 
     def restore_stream(self, stream: str) -> None:
         """Undo a soft delete (a hard delete cannot be undone)."""
@@ -271,6 +291,8 @@ class StoreBase(abc.ABC):
         self._check_open()
         if stream is not None:
             check_stream_name(stream)
+        if state_type is not None and (not isinstance(state_type, str) or not state_type):
+            raise InvalidRequest("state_type must be a non-empty str or None")
         if keep_schema_version is not None:
             check_non_negative("keep_schema_version", keep_schema_version, minimum=1)
         return self._delete_snapshots(stream, state_type, keep_schema_version)
@@ -285,8 +307,6 @@ class StoreBase(abc.ABC):
         """Replace the user metadata of ``stream`` (allowed before its first event)."""
         self._check_open()
         check_stream_name(stream)
-        if not isinstance(metadata, Mapping):
-            raise InvalidRequest("stream metadata must be a mapping")
         self._set_stream_metadata(stream, self.serializer.encode_metadata(metadata))
 
     def last_position(self) -> int:
@@ -432,7 +452,7 @@ class StoreBase(abc.ABC):
 def _check_limit(limit: int | None) -> int:
     if limit is None:
         return _LAST_VERSION
-    return check_non_negative("limit", limit)
+    return check_non_negative("limit", limit, maximum=None)
 
 
 def _check_window(since: datetime | None, until: datetime | None) -> tuple[int, int] | None:

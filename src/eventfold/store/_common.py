@@ -9,6 +9,7 @@ disagree about semantics.
 from __future__ import annotations
 
 import enum
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
@@ -17,8 +18,14 @@ from uuid import UUID
 
 import msgspec
 
-from eventfold.errors import InvalidRequest, StreamDeleted, StreamNotFound, WrongExpectedVersion
-from eventfold.events import NewEvent, RecordedEvent, uuid7_bytes
+from eventfold.errors import (
+    InvalidRequest,
+    SerializationError,
+    StreamDeleted,
+    StreamNotFound,
+    WrongExpectedVersion,
+)
+from eventfold.events import NewEvent, RecordedEvent, uuid7_bytes, uuid_from_bytes
 from eventfold.serialization import EMPTY_METADATA, Serializer
 
 __all__ = [
@@ -36,6 +43,11 @@ __all__ = [
 ]
 
 MAX_STREAM_NAME = 512
+#: The largest version, limit or count any backend stores (SQLite's and
+#: PostgreSQL's 64-bit signed integers).
+MAX_VERSION: Final = 2**63 - 1
+#: The largest position any backend issues (PostgreSQL's are 128-bit pairs).
+MAX_POSITION: Final = 2**128 - 1
 
 
 class StreamState(enum.Enum):
@@ -157,15 +169,68 @@ def check_expected(expected: object) -> Expected:
             f"expected must be ANY, NO_STREAM, STREAM_EXISTS or an int version, not {expected!r}"
         )
     if expected < 0:
+        # No upper bound: a version no stream can reach is a wrong expectation.
         raise InvalidRequest(f"expected version must be >= 0, not {expected}")
     return expected
 
 
-def check_non_negative(name: str, value: object, *, minimum: int = 0) -> int:
-    """Validate an int argument such as a version, position or limit."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise InvalidRequest(f"{name} must be an int >= {minimum}, not {value!r}")
+def check_non_negative(
+    name: str, value: object, *, minimum: int = 0, maximum: int | None = MAX_VERSION
+) -> int:
+    """Validate an int argument such as a version or count (at most 2**63-1).
+
+    ``maximum=None`` leaves it unbounded (a limit: more than exists means all).
+    """
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int)
+        or value < minimum
+        or (maximum is not None and value > maximum)
+    ):
+        if maximum is None:
+            bound = f"an int >= {minimum}"
+        else:
+            top = "2**63-1" if maximum == MAX_VERSION else str(maximum)
+            bound = f"an int from {minimum} to {top}"
+        raise InvalidRequest(f"{name} must be {bound}, not {_short(value)}")
     return value
+
+
+def check_position(name: str, value: object) -> int:
+    """Validate a global-log position argument: an int >= 0.
+
+    Positions are opaque cursors, so any size is valid: one beyond every
+    position a backend can issue is after every event (reads find nothing).
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InvalidRequest(f"{name} must be a position (an int >= 0), not {_short(value)}")
+    return value
+
+
+def check_bool(name: str, value: object) -> bool:
+    """Validate a flag: only True or False (a flag that destroys data takes no "no")."""
+    if not isinstance(value, bool):
+        raise InvalidRequest(f"{name} must be True or False, not {_short(value)}")
+    return value
+
+
+def check_seconds(name: str, value: object, *, allow_zero: bool = False) -> float:
+    """Validate a duration: a finite int or float > 0 (>= 0 with ``allow_zero``)."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or value < 0
+        or (value == 0 and not allow_zero)
+    ):
+        sign = ">= 0" if allow_zero else "> 0"
+        raise InvalidRequest(f"{name} must be finite seconds {sign}, not {_short(value)}")
+    return float(value)
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def expectation_met(expected: Expected, actual: int) -> bool:
@@ -201,15 +266,34 @@ def encode_batch(serializer: Serializer, events: Sequence[object]) -> list[Encod
             if id_bytes in seen:
                 raise InvalidRequest(f"event id {event_id} appears twice in one batch")
             seen.add(id_bytes)
-            type_name, schema_version, payload = encode(item.data)
-            meta = serializer.encode_metadata(item.metadata) if item.metadata else None
+            data = item.data
+            if isinstance(data, (NewEvent, RecordedEvent)):
+                raise InvalidRequest(_wrapped_event(data))
+            type_name, schema_version, payload = encode(data)
+            metadata = item.metadata
+            meta = (
+                serializer.encode_metadata(metadata, type_name)
+                if metadata or not isinstance(metadata, Mapping)
+                else None
+            )
         else:
             # Fresh ids are unique by construction: no duplicate check needed.
+            if isinstance(item, (NewEvent, RecordedEvent)):
+                raise InvalidRequest(_wrapped_event(item))
             id_bytes = uuid7_bytes()
             type_name, schema_version, payload = encode(item)
             meta = None
         encoded.append(EncodedEvent(id_bytes, type_name, schema_version, payload, meta))
     return encoded
+
+
+def _wrapped_event(value: object) -> str:
+    if isinstance(value, RecordedEvent):
+        return (
+            "a RecordedEvent cannot be appended: to copy it, append "
+            "NewEvent(data=event.data, id=event.id, metadata=event.metadata)"
+        )
+    return f"event data must be an event object, not a {type(value).__name__}"
 
 
 def idempotent_result(
@@ -264,7 +348,9 @@ def decode_rows(serializer: Serializer, rows: Sequence[Row]) -> list[RecordedEve
     The hot path of every read: one comprehension with the serializer's fast
     path (a typed decoder per type and schema version) inlined, since
     per-row function calls dominate the cost. Anything unusual (unknown
-    types, upcasting, undecodable data) goes through ``serializer.decode``.
+    types, upcasting, undecodable data) goes through ``serializer.decode``;
+    an event that cannot be decoded raises SerializationError naming its
+    stream, version and position.
     """
     fast = serializer.registry._fast
     slow = serializer.decode
@@ -279,7 +365,7 @@ def decode_rows(serializer: Serializer, rows: Sequence[Row]) -> list[RecordedEve
                 type_name,
                 decoder(data)
                 if (decoder := fast.get((type_name, schema_version))) is not None
-                else slow(type_name, schema_version, data, stream),
+                else slow(type_name, schema_version, data, stream, version, position),
                 EMPTY_METADATA if meta is None else metadata(meta),
                 recorded,
                 schema_version,
@@ -296,25 +382,96 @@ def decode_rows(serializer: Serializer, rows: Sequence[Row]) -> list[RecordedEve
                 recorded,
             ) in rows
         ]
-    except msgspec.DecodeError:
-        # The fast path met data it cannot decode: the slow path says which and why.
+    except (msgspec.DecodeError, SerializationError, RecursionError):
+        # Something met data it cannot decode: the full path says which and why.
         return [decode_row(serializer, row) for row in rows]
 
 
 def decode_row(serializer: Serializer, row: Row) -> RecordedEvent:
-    """Turn one stored row into a RecordedEvent through the serializer's full path."""
+    """Turn one stored row into a RecordedEvent through the serializer's full path.
+
+    Raises SerializationError (with ``stream``, ``version``, ``position`` and
+    ``event_id`` set) if its payload or metadata cannot be decoded.
+    """
     position, stream, version, id_bytes, type_name, schema_version, data, meta, recorded = row
+    try:
+        payload = serializer.decode(type_name, schema_version, data, stream, version, position)
+        metadata = serializer.decode_metadata(meta)
+    except SerializationError as exc:
+        if exc.position is None:
+            exc.locate(stream, version, position)
+        exc.event_id = uuid_from_bytes(id_bytes)
+        raise
     return RecordedEvent(
-        id_bytes,
-        stream,
-        version,
-        position,
-        type_name,
-        serializer.decode(type_name, schema_version, data, stream),
-        serializer.decode_metadata(meta),
-        recorded,
-        schema_version,
+        id_bytes, stream, version, position, type_name, payload, metadata, recorded, schema_version
     )
+
+
+def decode_rows_partial(
+    serializer: Serializer, rows: Sequence[Row]
+) -> tuple[list[RecordedEvent], SerializationError | None]:
+    """The events of ``rows`` up to the first that cannot be decoded, and its error.
+
+    Readers yield what they could decode before raising, so a reader that
+    stops at an undecodable event has seen every event before it.
+    """
+    try:
+        return decode_rows(serializer, rows), None
+    except SerializationError:
+        pass
+    events: list[RecordedEvent] = []
+    for row in rows:
+        try:
+            events.append(decode_row(serializer, row))
+        except SerializationError as exc:
+            return events, exc
+    return events, None  # pragma: no cover - the full decode failed on some row
+
+
+class Undecodable:
+    """The payload of a stored event that could not be decoded when it was read.
+
+    Readers that must not stop at such an event (projection runners, which
+    hand it to their error policy) get it as ``RecordedEvent.data``, with
+    the error and the stored ``row`` (None when the store gave no row).
+    """
+
+    __slots__ = ("error", "row")
+
+    def __init__(self, error: SerializationError, row: Row | None) -> None:
+        self.error = error
+        self.row = row
+
+    def __repr__(self) -> str:
+        return f"Undecodable({self.error})"
+
+
+def decode_rows_lenient(serializer: Serializer, rows: Sequence[Row]) -> list[RecordedEvent]:
+    """Like :func:`decode_rows`, but an undecodable event becomes one whose data is
+    :class:`Undecodable` instead of raising (a projection's error policy decides)."""
+    try:
+        return decode_rows(serializer, rows)
+    except SerializationError:
+        pass
+    events: list[RecordedEvent] = []
+    for row in rows:
+        try:
+            events.append(decode_row(serializer, row))
+        except SerializationError as exc:
+            events.append(
+                RecordedEvent(
+                    row[3],
+                    row[1],
+                    row[2],
+                    row[0],
+                    row[4],
+                    Undecodable(exc, row),
+                    EMPTY_METADATA,
+                    row[8],
+                    row[5],
+                )
+            )
+    return events
 
 
 class _DeletionRecord(msgspec.Struct, frozen=True):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from eventfold.events import Event
 
-__all__ = ["Deposited", "Opened", "Unserialisable", "Withdrawn"]
+__all__ = ["Deposited", "Measured", "Opened", "Received", "Unserialisable", "Withdrawn"]
 
 
 class Opened(Event, frozen=True):
@@ -33,3 +33,18 @@ class Unserialisable(Event, frozen=True):
 
     __event_type__ = "eventfold.testing.Unserialisable"
     payload: object
+
+
+class Received(Event, frozen=True):
+    """Goods arrived (an int field: a float such as 2.5 must be refused)."""
+
+    __event_type__ = "eventfold.testing.Received"
+    quantity: int
+
+
+class Measured(Event, frozen=True):
+    """A reading (float fields: NaN and infinities must be refused)."""
+
+    __event_type__ = "eventfold.testing.Measured"
+    value: float
+    previous: float | None = None

@@ -16,11 +16,13 @@ import asyncio  # unasync: remove
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
-from uuid import UUID
+from uuid import UUID, uuid4
 
+import msgspec
 import pytest
 
 from eventfold.errors import (
+    InvalidEvent,
     InvalidRequest,
     SerializationError,
     StoreClosed,
@@ -30,7 +32,14 @@ from eventfold.errors import (
 from eventfold.events import NewEvent, RecordedEvent, uuid7
 from eventfold.serialization import Serializer, TypeRegistry
 from eventfold.store import ANY, NO_STREAM, STREAM_EXISTS, AsyncEventStore
-from eventfold.testing._events import Deposited, Opened, Unserialisable, Withdrawn
+from eventfold.testing._events import (
+    Deposited,
+    Measured,
+    Opened,
+    Received,
+    Unserialisable,
+    Withdrawn,
+)
 
 __all__ = ["AsyncEventStoreSuite"]
 
@@ -40,6 +49,13 @@ T = TypeVar("T")
 async def collect(events: AsyncIterator[T]) -> list[T]:
     """All items of an iterator, as a list."""
     return [event async for event in events]  # unasync: return list(events)
+
+
+def error_field(payload: Any) -> str:
+    """Where the suite expects a refused ``Unserialisable(payload=...)`` to be named."""
+    if isinstance(payload, dict):
+        return "payload.k"
+    return "payload"
 
 
 def deposits(*amounts: int) -> list[Deposited]:
@@ -158,6 +174,196 @@ class AsyncEventStoreSuite:
         with pytest.raises(SerializationError):
             await store.append("s", [{"amount": 1}])
         assert await store.last_position() == 0
+
+    # -- nothing is written that cannot be read back -------------------------------------
+
+    async def _refused(self, store: AsyncEventStore, events: list[Any], field: str) -> InvalidEvent:
+        """Append ``events`` to a fresh stream; check the refusal and that nothing was written."""
+        await store.append("kept", deposits(1))
+        before = await collect(store.read_all())
+        with pytest.raises(InvalidEvent) as info:
+            await store.append("s", events)
+        assert info.value.field == field
+        assert field in str(info.value)
+        assert await store.get_stream("s") is None
+        assert await collect(store.read_all()) == before
+        return info.value
+
+    async def test_field_of_another_type_is_refused(self, store: AsyncEventStore) -> None:
+        error = await self._refused(store, [Received(quantity=2.5)], "quantity")  # type: ignore[arg-type]
+        assert error.event_type == "eventfold.testing.Received"
+        assert "int" in error.problem
+        # the whole batch is refused, also when the bad event is not the first
+        await self._refused(store, [Received(quantity=1), Received(quantity="2")], "quantity")  # type: ignore[arg-type]
+
+    @pytest.mark.parametrize("metadata", [[1], "abc", 5, b"x", (1,), {1}, None])
+    async def test_metadata_that_is_not_a_mapping_is_refused(
+        self, store: AsyncEventStore, metadata: Any
+    ) -> None:
+        error = await self._refused(
+            store, [NewEvent(data=Deposited(amount=1), metadata=metadata)], "metadata"
+        )
+        assert "mapping" in error.problem
+
+    @pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+    async def test_nan_and_infinity_are_refused(self, store: AsyncEventStore, value: float) -> None:
+        await self._refused(store, [Measured(value=value)], "value")
+        await self._refused(store, [Measured(value=1.0, previous=value)], "previous")
+        await self._refused(store, [Unserialisable(payload={"xs": [1.0, value]})], "payload.xs[1]")
+        meta = {"reading": value}
+        await self._refused(
+            store, [NewEvent(data=Deposited(amount=1), metadata=meta)], "metadata.reading"
+        )
+
+    @pytest.mark.parametrize("key", [1, b"k", 2.5, (1, 2)])
+    async def test_metadata_keys_must_be_str(self, store: AsyncEventStore, key: Any) -> None:
+        meta = {key: "a"}
+        await self._refused(store, [NewEvent(data=Deposited(amount=1), metadata=meta)], "metadata")
+        nested = {"outer": {key: "a"}}
+        await self._refused(
+            store, [NewEvent(data=Deposited(amount=1), metadata=nested)], "metadata.outer"
+        )
+
+    @pytest.mark.parametrize(
+        "payload",
+        [b"raw", (1, 2), datetime(2026, 1, 1, tzinfo=UTC), uuid4(), {"k": (1,)}, {1, 2}],
+    )
+    async def test_values_that_would_read_back_as_another_type_are_refused(
+        self, store: AsyncEventStore, payload: Any
+    ) -> None:
+        error = await self._refused(store, [Unserialisable(payload=payload)], error_field(payload))
+        assert "read back" in error.problem
+
+    async def test_values_that_read_back_equal_are_accepted(self, store: AsyncEventStore) -> None:
+        fine: list[object] = [
+            Unserialisable(payload={"a": [1, "x", None, True, 2.5, {"b": []}]}),
+            Measured(value=3),  # an int in a float field reads back as an equal float
+            Measured(value=-0.0, previous=None),
+        ]
+        meta = {"correlation_id": "c", "nested": {"n": [1, 2.0]}}
+        await store.append("s", [*fine, NewEvent(data=Deposited(amount=1), metadata=meta)])
+        events = await collect(store.read("s"))
+        assert [e.data for e in events[:3]] == fine
+        assert dict(events[3].metadata) == meta
+
+    async def test_too_deeply_nested_events_are_refused(self, store: AsyncEventStore) -> None:
+        deep: Any = []
+        for _ in range(5000):
+            deep = [deep]
+        await store.append("kept", deposits(1))
+        with pytest.raises(InvalidEvent) as info:
+            await store.append("s", [Unserialisable(payload=deep)])
+        assert "deep" in str(info.value)
+        meta: Any = {}
+        for _ in range(5000):
+            meta = {"m": meta}
+        with pytest.raises(InvalidEvent):
+            await store.append("s", [NewEvent(data=Deposited(amount=1), metadata=meta)])
+        assert await store.get_stream("s") is None
+
+    async def test_stream_metadata_follows_the_same_rule(self, store: AsyncEventStore) -> None:
+        bad: list[Any] = [[1], {"k": float("nan")}, {1: "a"}, {"t": (1,)}]
+        for metadata in bad:
+            with pytest.raises(InvalidRequest) as info:
+                await store.set_stream_metadata("s", metadata)
+            assert "metadata" in str(info.value)
+        assert await store.get_stream("s") is None
+
+    async def test_recorded_events_are_not_event_data(self, store: AsyncEventStore) -> None:
+        await store.append("a", deposits(1))
+        (recorded,) = await collect(store.read("a"))
+        with pytest.raises(InvalidRequest) as info:
+            await store.append("b", [recorded])
+        assert "NewEvent(data=event.data" in str(info.value)
+        with pytest.raises(InvalidRequest):
+            await store.append("b", [NewEvent(data=NewEvent(data=Deposited(amount=1)))])
+        assert await store.get_stream("b") is None
+
+    # -- arguments: flags take bools, integers stay in range ------------------------------
+
+    @pytest.mark.parametrize("flag", ["no", "false", 1, 0, None, ""])
+    async def test_flags_take_bools_only(self, store: AsyncEventStore, flag: Any) -> None:
+        await store.append("s", deposits(1, 2))
+        with pytest.raises(InvalidRequest) as info:
+            await store.delete_stream("s", hard=flag)
+        assert "hard" in str(info.value)
+        with pytest.raises(InvalidRequest) as info:
+            await collect(store.read("s", backwards=flag))
+        assert "backwards" in str(info.value)
+        info_after = await store.get_stream("s")
+        assert info_after is not None and info_after.deleted is None
+        assert len(await collect(store.read("s"))) == 2
+
+    async def test_versions_beyond_64_bits_are_invalid(self, store: AsyncEventStore) -> None:
+        await store.append("s", deposits(1))
+        await store.save_snapshot("s", 1, "T", 1, b"{}")
+        huge = 2**63
+        calls: list[tuple[str, Any]] = [
+            ("from_version", lambda: collect(store.read("s", from_version=huge))),
+            ("max_version", lambda: store.load_snapshot("s", max_version=huge)),
+            ("version", lambda: store.save_snapshot("s", huge, "T", 1, b"{}")),
+            ("schema_version", lambda: store.save_snapshot("s", 1, "T", huge, b"{}")),
+            ("before_version", lambda: store.truncate_stream("s", huge)),
+        ]
+        for name, call in calls:
+            with pytest.raises(InvalidRequest) as info:
+                await call()
+            assert name in str(info.value)
+        assert [e.version for e in await collect(store.read("s", from_version=huge - 1))] == []
+        snapshot = await store.load_snapshot("s", max_version=huge - 1)
+        assert snapshot is not None and snapshot.version == 1
+
+    async def test_positions_beyond_the_log_read_nothing(self, store: AsyncEventStore) -> None:
+        await store.append("s", deposits(1))
+        assert await collect(store.read_all(after=2**200)) == []
+        assert await collect(store.read_all(after=2**63)) is not None  # no error
+        assert len(await collect(store.read_all(limit=2**70))) == 1
+
+    # -- reading what cannot be decoded ----------------------------------------------------
+
+    async def test_read_errors_name_stream_version_and_position(
+        self, store: AsyncEventStore
+    ) -> None:
+        result = await store.append("acc-7", [Received(quantity=3)])
+        other = TypeRegistry()
+
+        class Changed(msgspec.Struct, frozen=True):
+            quantity: str  # a release changed the field's type, without an upcaster
+
+        other.register(Changed, name="eventfold.testing.Received")
+        store.serializer = Serializer(other)
+        for reader in (store.read("acc-7"), store.read_all()):
+            with pytest.raises(SerializationError) as info:
+                await collect(reader)
+            error = info.value
+            assert (error.stream, error.version, error.position) == ("acc-7", 1, result.position)
+            assert f"position {result.position}" in str(error)
+            assert "acc-7" in str(error)
+            assert "quantity" in str(error)
+
+    async def test_a_failing_upcaster_raises_serialization_error(
+        self, store: AsyncEventStore
+    ) -> None:
+        result = await store.append("acc-8", [Received(quantity=3)])
+        other = TypeRegistry()
+
+        class ReceivedV2(msgspec.Struct, frozen=True):
+            amount: int
+
+        other.register(ReceivedV2, name="eventfold.testing.Received", version=2)
+
+        @other.upcaster("eventfold.testing.Received", 1)
+        def broken(payload: dict[str, Any]) -> dict[str, Any]:
+            return {"amount": payload["amount"]}  # KeyError: the v1 field is "quantity"
+
+        store.serializer = Serializer(other)
+        with pytest.raises(SerializationError) as info:
+            await collect(store.read("acc-8"))
+        error = info.value
+        assert isinstance(error.__cause__, KeyError)
+        assert error.position == result.position
+        for part in ("eventfold.testing.Received", "schema version 1", "acc-8", "KeyError"):
+            assert part in str(error)
 
     async def test_unknown_event_type_on_read(self, store: AsyncEventStore) -> None:
         await store.append("acc-9", deposits(1))

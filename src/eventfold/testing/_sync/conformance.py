@@ -16,11 +16,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
-from uuid import UUID
+from uuid import UUID, uuid4
 
+import msgspec
 import pytest
 
 from eventfold.errors import (
+    InvalidEvent,
     InvalidRequest,
     SerializationError,
     StoreClosed,
@@ -30,7 +32,14 @@ from eventfold.errors import (
 from eventfold.events import NewEvent, RecordedEvent, uuid7
 from eventfold.serialization import Serializer, TypeRegistry
 from eventfold.store import ANY, NO_STREAM, STREAM_EXISTS, EventStore
-from eventfold.testing._events import Deposited, Opened, Unserialisable, Withdrawn
+from eventfold.testing._events import (
+    Deposited,
+    Measured,
+    Opened,
+    Received,
+    Unserialisable,
+    Withdrawn,
+)
 
 __all__ = ["EventStoreSuite"]
 
@@ -40,6 +49,13 @@ T = TypeVar("T")
 def collect(events: Iterator[T]) -> list[T]:
     """All items of an iterator, as a list."""
     return list(events)
+
+
+def error_field(payload: Any) -> str:
+    """Where the suite expects a refused ``Unserialisable(payload=...)`` to be named."""
+    if isinstance(payload, dict):
+        return "payload.k"
+    return "payload"
 
 
 def deposits(*amounts: int) -> list[Deposited]:
@@ -156,6 +172,192 @@ class EventStoreSuite:
         with pytest.raises(SerializationError):
             store.append("s", [{"amount": 1}])
         assert store.last_position() == 0
+
+    # -- nothing is written that cannot be read back -------------------------------------
+
+    def _refused(self, store: EventStore, events: list[Any], field: str) -> InvalidEvent:
+        """Append ``events`` to a fresh stream; check the refusal and that nothing was written."""
+        store.append("kept", deposits(1))
+        before = collect(store.read_all())
+        with pytest.raises(InvalidEvent) as info:
+            store.append("s", events)
+        assert info.value.field == field
+        assert field in str(info.value)
+        assert store.get_stream("s") is None
+        assert collect(store.read_all()) == before
+        return info.value
+
+    def test_field_of_another_type_is_refused(self, store: EventStore) -> None:
+        error = self._refused(store, [Received(quantity=2.5)], "quantity")  # type: ignore[arg-type]
+        assert error.event_type == "eventfold.testing.Received"
+        assert "int" in error.problem
+        # the whole batch is refused, also when the bad event is not the first
+        self._refused(store, [Received(quantity=1), Received(quantity="2")], "quantity")  # type: ignore[arg-type]
+
+    @pytest.mark.parametrize("metadata", [[1], "abc", 5, b"x", (1,), {1}, None])
+    def test_metadata_that_is_not_a_mapping_is_refused(
+        self, store: EventStore, metadata: Any
+    ) -> None:
+        error = self._refused(
+            store, [NewEvent(data=Deposited(amount=1), metadata=metadata)], "metadata"
+        )
+        assert "mapping" in error.problem
+
+    @pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+    def test_nan_and_infinity_are_refused(self, store: EventStore, value: float) -> None:
+        self._refused(store, [Measured(value=value)], "value")
+        self._refused(store, [Measured(value=1.0, previous=value)], "previous")
+        self._refused(store, [Unserialisable(payload={"xs": [1.0, value]})], "payload.xs[1]")
+        meta = {"reading": value}
+        self._refused(
+            store, [NewEvent(data=Deposited(amount=1), metadata=meta)], "metadata.reading"
+        )
+
+    @pytest.mark.parametrize("key", [1, b"k", 2.5, (1, 2)])
+    def test_metadata_keys_must_be_str(self, store: EventStore, key: Any) -> None:
+        meta = {key: "a"}
+        self._refused(store, [NewEvent(data=Deposited(amount=1), metadata=meta)], "metadata")
+        nested = {"outer": {key: "a"}}
+        self._refused(
+            store, [NewEvent(data=Deposited(amount=1), metadata=nested)], "metadata.outer"
+        )
+
+    @pytest.mark.parametrize(
+        "payload",
+        [b"raw", (1, 2), datetime(2026, 1, 1, tzinfo=UTC), uuid4(), {"k": (1,)}, {1, 2}],
+    )
+    def test_values_that_would_read_back_as_another_type_are_refused(
+        self, store: EventStore, payload: Any
+    ) -> None:
+        error = self._refused(store, [Unserialisable(payload=payload)], error_field(payload))
+        assert "read back" in error.problem
+
+    def test_values_that_read_back_equal_are_accepted(self, store: EventStore) -> None:
+        fine: list[object] = [
+            Unserialisable(payload={"a": [1, "x", None, True, 2.5, {"b": []}]}),
+            Measured(value=3),  # an int in a float field reads back as an equal float
+            Measured(value=-0.0, previous=None),
+        ]
+        meta = {"correlation_id": "c", "nested": {"n": [1, 2.0]}}
+        store.append("s", [*fine, NewEvent(data=Deposited(amount=1), metadata=meta)])
+        events = collect(store.read("s"))
+        assert [e.data for e in events[:3]] == fine
+        assert dict(events[3].metadata) == meta
+
+    def test_too_deeply_nested_events_are_refused(self, store: EventStore) -> None:
+        deep: Any = []
+        for _ in range(5000):
+            deep = [deep]
+        store.append("kept", deposits(1))
+        with pytest.raises(InvalidEvent) as info:
+            store.append("s", [Unserialisable(payload=deep)])
+        assert "deep" in str(info.value)
+        meta: Any = {}
+        for _ in range(5000):
+            meta = {"m": meta}
+        with pytest.raises(InvalidEvent):
+            store.append("s", [NewEvent(data=Deposited(amount=1), metadata=meta)])
+        assert store.get_stream("s") is None
+
+    def test_stream_metadata_follows_the_same_rule(self, store: EventStore) -> None:
+        bad: list[Any] = [[1], {"k": float("nan")}, {1: "a"}, {"t": (1,)}]
+        for metadata in bad:
+            with pytest.raises(InvalidRequest) as info:
+                store.set_stream_metadata("s", metadata)
+            assert "metadata" in str(info.value)
+        assert store.get_stream("s") is None
+
+    def test_recorded_events_are_not_event_data(self, store: EventStore) -> None:
+        store.append("a", deposits(1))
+        (recorded,) = collect(store.read("a"))
+        with pytest.raises(InvalidRequest) as info:
+            store.append("b", [recorded])
+        assert "NewEvent(data=event.data" in str(info.value)
+        with pytest.raises(InvalidRequest):
+            store.append("b", [NewEvent(data=NewEvent(data=Deposited(amount=1)))])
+        assert store.get_stream("b") is None
+
+    # -- arguments: flags take bools, integers stay in range ------------------------------
+
+    @pytest.mark.parametrize("flag", ["no", "false", 1, 0, None, ""])
+    def test_flags_take_bools_only(self, store: EventStore, flag: Any) -> None:
+        store.append("s", deposits(1, 2))
+        with pytest.raises(InvalidRequest) as info:
+            store.delete_stream("s", hard=flag)
+        assert "hard" in str(info.value)
+        with pytest.raises(InvalidRequest) as info:
+            collect(store.read("s", backwards=flag))
+        assert "backwards" in str(info.value)
+        info_after = store.get_stream("s")
+        assert info_after is not None and info_after.deleted is None
+        assert len(collect(store.read("s"))) == 2
+
+    def test_versions_beyond_64_bits_are_invalid(self, store: EventStore) -> None:
+        store.append("s", deposits(1))
+        store.save_snapshot("s", 1, "T", 1, b"{}")
+        huge = 2**63
+        calls: list[tuple[str, Any]] = [
+            ("from_version", lambda: collect(store.read("s", from_version=huge))),
+            ("max_version", lambda: store.load_snapshot("s", max_version=huge)),
+            ("version", lambda: store.save_snapshot("s", huge, "T", 1, b"{}")),
+            ("schema_version", lambda: store.save_snapshot("s", 1, "T", huge, b"{}")),
+            ("before_version", lambda: store.truncate_stream("s", huge)),
+        ]
+        for name, call in calls:
+            with pytest.raises(InvalidRequest) as info:
+                call()
+            assert name in str(info.value)
+        assert [e.version for e in collect(store.read("s", from_version=huge - 1))] == []
+        snapshot = store.load_snapshot("s", max_version=huge - 1)
+        assert snapshot is not None and snapshot.version == 1
+
+    def test_positions_beyond_the_log_read_nothing(self, store: EventStore) -> None:
+        store.append("s", deposits(1))
+        assert collect(store.read_all(after=2**200)) == []
+        assert collect(store.read_all(after=2**63)) is not None  # no error
+        assert len(collect(store.read_all(limit=2**70))) == 1
+
+    # -- reading what cannot be decoded ----------------------------------------------------
+
+    def test_read_errors_name_stream_version_and_position(self, store: EventStore) -> None:
+        result = store.append("acc-7", [Received(quantity=3)])
+        other = TypeRegistry()
+
+        class Changed(msgspec.Struct, frozen=True):
+            quantity: str  # a release changed the field's type, without an upcaster
+
+        other.register(Changed, name="eventfold.testing.Received")
+        store.serializer = Serializer(other)
+        for reader in (store.read("acc-7"), store.read_all()):
+            with pytest.raises(SerializationError) as info:
+                collect(reader)
+            error = info.value
+            assert (error.stream, error.version, error.position) == ("acc-7", 1, result.position)
+            assert f"position {result.position}" in str(error)
+            assert "acc-7" in str(error)
+            assert "quantity" in str(error)
+
+    def test_a_failing_upcaster_raises_serialization_error(self, store: EventStore) -> None:
+        result = store.append("acc-8", [Received(quantity=3)])
+        other = TypeRegistry()
+
+        class ReceivedV2(msgspec.Struct, frozen=True):
+            amount: int
+
+        other.register(ReceivedV2, name="eventfold.testing.Received", version=2)
+
+        @other.upcaster("eventfold.testing.Received", 1)
+        def broken(payload: dict[str, Any]) -> dict[str, Any]:
+            return {"amount": payload["amount"]}  # KeyError: the v1 field is "quantity"
+
+        store.serializer = Serializer(other)
+        with pytest.raises(SerializationError) as info:
+            collect(store.read("acc-8"))
+        error = info.value
+        assert isinstance(error.__cause__, KeyError)
+        assert error.position == result.position
+        for part in ("eventfold.testing.Received", "schema version 1", "acc-8", "KeyError"):
+            assert part in str(error)
 
     def test_unknown_event_type_on_read(self, store: EventStore) -> None:
         store.append("acc-9", deposits(1))
