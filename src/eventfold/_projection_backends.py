@@ -54,7 +54,12 @@ class Checkpoint(msgspec.Struct, frozen=True):
 
 
 class DeadLetter(msgspec.Struct, frozen=True):
-    """An event a projection could not handle and skipped, with the error."""
+    """An event a projection could not handle (or decode) and skipped, with the error.
+
+    ``schema_version``, ``data`` and ``metadata`` are the event as stored
+    (raw JSON bytes), None once the event itself was erased: what an
+    operator needs to see when the event could not even be decoded.
+    """
 
     position: int
     event_id: bytes
@@ -63,6 +68,9 @@ class DeadLetter(msgspec.Struct, frozen=True):
     type: str
     error: str
     recorded_at: datetime
+    schema_version: int | None = None
+    data: bytes | None = None
+    metadata: bytes | None = None
 
 
 class ProjectionBackend(Protocol):
@@ -220,8 +228,30 @@ class SqliteProjectionBackend:
         with self._db.reading() as conn:
             rows = conn.execute(SQL["dead_letter_list"], (name,)).fetchall()
         return [
-            DeadLetter(position, event_id, stream, version, type_, error, us_to_datetime(at))
-            for position, event_id, stream, version, type_, error, at in rows
+            DeadLetter(
+                position,
+                event_id,
+                stream,
+                version,
+                type_,
+                error,
+                us_to_datetime(at),
+                schema_version,
+                data,
+                metadata,
+            )
+            for (
+                position,
+                event_id,
+                stream,
+                version,
+                type_,
+                error,
+                at,
+                schema_version,
+                data,
+                metadata,
+            ) in rows
         ]
 
     def reset(self, name: str) -> None:
@@ -343,15 +373,24 @@ class MemoryProjectionBackend:
 
     def dead_letters(self, name: str) -> list[DeadLetter]:
         with self._lock:
-            return list(self._dead.get(name, []))
+            letters = list(self._dead.get(name, []))
+        # The stored event beside each (None once erased), as the SQL stores join it.
+        return [msgspec.structs.replace(d, **self._stored(d.position)) for d in letters]
+
+    def _stored(self, position: int) -> dict[str, Any]:
+        row = self._store._row_at(position)
+        if row is None:
+            return {}
+        return {"schema_version": row[5], "data": row[6], "metadata": row[7]}
 
     def reset(self, name: str) -> None:
         with self._lock:
             self._checkpoints.pop(name, None)
 
     def backlog(self, after: int) -> tuple[int, datetime | None]:
-        events = list(self._store.read_all(after=after))
-        return len(events), (events[0].recorded_at if events else None)
+        # Counted from the stored rows: an event that cannot be decoded counts too.
+        count, oldest = self._store._backlog(after)
+        return count, (us_to_datetime(oldest) if oldest is not None else None)
 
     def wait(self, after: int, timeout: float, stop: threading.Event) -> None:
         wait_in_slices(stop, timeout, lambda seconds: self._store._wait_for_append(after, seconds))

@@ -106,8 +106,22 @@ class PostgresProjectionBackend:
                 type_,
                 error,
                 us_to_datetime(at),
+                schema_version,
+                None if data is None else bytes(data),
+                None if metadata is None else bytes(metadata),
             )
-            for position, event_id, stream, version, type_, error, at in rows
+            for (
+                position,
+                event_id,
+                stream,
+                version,
+                type_,
+                error,
+                at,
+                schema_version,
+                data,
+                metadata,
+            ) in rows
         ]
 
     def reset(self, name: str) -> None:

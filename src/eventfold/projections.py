@@ -44,10 +44,26 @@ from typing import Any, Literal
 
 from eventfold._projection_backends import DeadLetter, ProjectionBackend, backend_for
 from eventfold._sync.store import StoreBase
-from eventfold.errors import ConfigurationError, EventfoldError, InvalidRequest, StoreError
+from eventfold.errors import (
+    ConfigurationError,
+    EventfoldError,
+    InvalidRequest,
+    SerializationError,
+    StoreError,
+)
 from eventfold.events import RecordedEvent
+from eventfold.serialization import EMPTY_METADATA
 from eventfold.store import EventStore
-from eventfold.store._common import Row, decode_rows
+from eventfold.store._common import (
+    Row,
+    Undecodable,
+    check_bool,
+    check_non_negative,
+    check_seconds,
+    decode_row,
+    decode_rows,
+    decode_rows_lenient,
+)
 
 __all__ = [
     "DeadLetter",
@@ -101,8 +117,10 @@ class ErrorPolicy:
     then: Literal["stop", "skip"] = "stop"
 
     def __post_init__(self) -> None:
-        if self.retries < 0 or self.backoff < 0 or self.then not in ("stop", "skip"):
-            raise InvalidRequest(f"invalid error policy {self!r}")
+        check_non_negative("ErrorPolicy.retries", self.retries)
+        check_seconds("ErrorPolicy.backoff", self.backoff, allow_zero=True)
+        if self.then not in ("stop", "skip"):
+            raise InvalidRequest(f'ErrorPolicy.then must be "stop" or "skip", not {self.then!r}')
 
 
 #: Stop at the first failure (the default).
@@ -172,8 +190,17 @@ class Projection:
     def __post_init__(self) -> None:
         if not self.name or not isinstance(self.name, str):
             raise InvalidRequest("a projection needs a non-empty name")
-        if self.batch_size < 1:
-            raise InvalidRequest("batch_size must be >= 1")
+        if not callable(self.handle):
+            raise InvalidRequest(f"projection {self.name!r}: handle must be callable")
+        check_non_negative("batch_size", self.batch_size, minimum=1)
+        check_bool("in_memory", self.in_memory)
+        check_bool("external", self.external)
+        if not isinstance(self.on_error, ErrorPolicy):
+            raise InvalidRequest(f"on_error must be an ErrorPolicy, not {self.on_error!r}")
+        if self.stream_prefix is not None and (
+            not isinstance(self.stream_prefix, str) or not self.stream_prefix
+        ):
+            raise InvalidRequest("stream_prefix must be a non-empty str or None")
         if self.in_memory and self.external:
             raise InvalidRequest("a projection is in_memory or external, not both")
         if self.types is not None and (
@@ -236,8 +263,8 @@ class ProjectionRunner:
         lease_seconds: float = 10.0,
         poll_interval: float = 1.0,
     ) -> None:
-        if lease_seconds <= 0 or poll_interval <= 0:
-            raise InvalidRequest("lease_seconds and poll_interval must be > 0")
+        check_seconds("lease_seconds", lease_seconds)
+        check_seconds("poll_interval", poll_interval)
         self.store = store
         self.projection = projection
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -331,9 +358,7 @@ class ProjectionRunner:
         size, prefix = projection.batch_size, projection.stream_prefix
         if not isinstance(store, StoreBase):
             after = self.position
-            while events := list(
-                store.read_all(after=after, types=types, stream_prefix=prefix, limit=size)
-            ):
+            while events := _read_page_lenient(store, after, types, prefix, size):
                 yield events
                 after = events[-1].position
             return
@@ -352,7 +377,8 @@ class ProjectionRunner:
             rows = StoreBase._read_all_pages(store, self.position, types, prefix, size)
         try:
             for page in rows:
-                yield decode_rows(serializer, page)
+                # An event that cannot be decoded meets the error policy alone.
+                yield decode_rows_lenient(serializer, page)
         finally:
             rows.close()
 
@@ -500,8 +526,11 @@ class ProjectionRunner:
                 # Effects here cannot be rolled back: check the lease before them.
                 raise self._lease_lost()
             ctx = ProjectionContext(projection, conn)
+            handle = projection.handle
             for event in events:
-                projection.handle(ctx, event)
+                if type(event.data) is Undecodable:
+                    event = self._decoded(event)  # noqa: PLW2901 - or raises for the policy
+                handle(ctx, event)
             self._advance(conn, events[-1].position)
         self._position = events[-1].position
         self._last_error = None
@@ -540,7 +569,10 @@ class ProjectionRunner:
             index = start
             try:
                 for index in range(start, len(page)):
-                    handle(ctx, page[index])
+                    event = page[index]
+                    if type(event.data) is Undecodable:
+                        event = self._decoded(event)  # or raises for the policy
+                    handle(ctx, event)
             except Exception as exc:
                 if index > start:
                     self._memory_position = page[index - 1].position
@@ -564,7 +596,7 @@ class ProjectionRunner:
                 delay *= 2
             try:
                 if projection.in_memory:
-                    projection.handle(ProjectionContext(projection, None), event)
+                    projection.handle(ProjectionContext(projection, None), self._decoded(event))
                     self._memory_position = event.position
                     self._last_error = None
                 elif projection.external:
@@ -583,6 +615,25 @@ class ProjectionRunner:
             raise ProjectionStopped(projection.name, event, error) from error
         self._skip(event, error)
 
+    def _decoded(self, event: RecordedEvent) -> RecordedEvent:
+        """``event`` decoded, if it was read undecodable; else raise why it cannot be.
+
+        Decoding is tried again each time (a retry after an upcaster was
+        registered succeeds), so a decode error meets the error policy like a
+        handler's exception: retried, skipped to the dead letters, or stopping
+        the projection with the status saying why.
+        """
+        data = event.data
+        if type(data) is not Undecodable:
+            return event
+        if data.row is not None:
+            return decode_row(self.store.serializer, data.row)
+        # A store that gave no row: read the event again through its public API.
+        for again in self.store.read(event.stream, from_version=event.version, limit=1):
+            if again.position == event.position:
+                return again
+        raise data.error
+
     def _note_error(self, event: RecordedEvent, error: Exception) -> None:
         self._last_error = f"{type(error).__name__}: {error} (position {event.position})"
         logger.warning("projection %s: %s", self.projection.name, self._last_error)
@@ -593,7 +644,7 @@ class ProjectionRunner:
         projection, backend = self.projection, self._backend
         if not backend.owns(projection.name, self.owner):
             raise self._lease_lost()
-        projection.handle(ProjectionContext(projection, None), event)
+        projection.handle(ProjectionContext(projection, None), self._decoded(event))
         with backend.transaction() as conn:
             self._advance(conn, event.position)
         self._position = event.position
@@ -610,6 +661,42 @@ class ProjectionRunner:
             else:
                 self._advance(conn, event.position)
                 self._position = event.position
+
+
+def _read_page_lenient(
+    store: EventStore, after: int, types: list[str] | None, prefix: str | None, size: int
+) -> list[RecordedEvent]:
+    """A page of ``read_all`` from any store; an event it cannot decode becomes one
+    whose data is Undecodable (when the error says where it is), so that it meets
+    the projection's error policy instead of stopping every read at it."""
+    events: list[RecordedEvent] = []
+    while len(events) < size:
+        try:
+            for event in store.read_all(
+                after=after, types=types, stream_prefix=prefix, limit=size - len(events)
+            ):
+                events.append(event)
+                after = event.position
+            return events
+        except SerializationError as exc:
+            if exc.position is None or exc.stream is None or exc.version is None:
+                raise
+            raw_id = exc.event_id.bytes if exc.event_id is not None else bytes(16)
+            type_name = getattr(exc, "type_name", "")
+            events.append(
+                RecordedEvent(
+                    raw_id,
+                    exc.stream,
+                    exc.version,
+                    exc.position,
+                    type_name,
+                    Undecodable(exc, None),
+                    EMPTY_METADATA,
+                    0,
+                )
+            )
+            after = exc.position
+    return events
 
 
 def switch_projection(store: EventStore, alias: str, projection: Projection) -> None:

@@ -174,6 +174,20 @@ class MemoryEventStore(StoreBase):
     def _close(self) -> None:
         return None
 
+    def _backlog(self, after: int) -> tuple[int, int | None]:
+        """Events after ``after`` (of streams not deleted) and the oldest one's time (µs)."""
+        with self._lock:
+            deleted = self._deleted
+            rows = [r for r in self._log[after:] if r is not None and r[1] not in deleted]
+            return len(rows), (rows[0][8] if rows else None)
+
+    def _row_at(self, position: int) -> Row | None:
+        """The stored row at ``position`` (None if erased or never written)."""
+        with self._lock:
+            if 1 <= position <= len(self._log):
+                return self._log[position - 1]
+            return None
+
     def _find_event(self, event_id: bytes) -> Row | None:
         with self._lock:
             place = self._ids.get(event_id)
