@@ -21,7 +21,10 @@ def pytest_configure(config: pytest.Config) -> None:
     # Keep hypothesis bounded and deterministic in CI.
     settings.register_profile("ci", max_examples=40, deadline=None, derandomize=True)
     settings.register_profile("dev", max_examples=25, deadline=None)
-    settings.load_profile("ci" if os.environ.get("CI") else "dev")
+    # HYPOTHESIS_PROFILE=fuzz for a long search on a developer machine.
+    settings.register_profile("fuzz", max_examples=3000, deadline=None)
+    default = "ci" if os.environ.get("CI") else "dev"
+    settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", default))
 
 
 @pytest.fixture(params=["memory", "sqlite", "postgres"])
