@@ -20,7 +20,7 @@ from uuid import UUID, SafeUUID
 
 import msgspec
 
-from eventfold.serialization import default_registry
+from eventfold.serialization import NOT_EVENT_TYPES, default_registry
 
 __all__ = [
     "CAUSATION_ID",
@@ -157,6 +157,13 @@ class RecordedEvent(msgspec.Struct, frozen=True, gc=False):
     def recorded_at(self) -> datetime:
         """When the store recorded the event (UTC)."""
         return datetime.fromtimestamp(self.recorded_at_us / 1_000_000, UTC)
+
+
+NOT_EVENT_TYPES[NewEvent] = "a NewEvent cannot be the data of an event: append it itself"
+NOT_EVENT_TYPES[RecordedEvent] = (
+    "a RecordedEvent cannot be appended: to copy it, append "
+    "NewEvent(data=event.data, id=event.id, metadata=event.metadata)"
+)
 
 
 def caused_by(event: RecordedEvent, **extra: Any) -> dict[str, Any]:

@@ -43,19 +43,27 @@ class _TypeInfo:
     """One registered event type. The decoder is built on first use: a Struct
     class is not complete yet while ``__init_subclass__`` registers it."""
 
-    __slots__ = ("_decoder", "cls", "name", "version")
+    __slots__ = ("_decoder", "cls", "decode", "name", "version")
 
     def __init__(self, cls: type[Any], name: str, version: int) -> None:
         self.cls = cls
         self.name = name
         self.version = version
         self._decoder: msgspec.json.Decoder[Any] | None = None
+        #: The typed decode function once built (the write path's hot lookup).
+        self.decode: Callable[[bytes], Any] | None = None
 
     @property
     def decoder(self) -> msgspec.json.Decoder[Any]:
         if self._decoder is None:
             self._decoder = msgspec.json.Decoder(self.cls)
+            self.decode = self._decoder.decode
         return self._decoder
+
+
+#: Classes that are not event types though they are Structs, with the reason
+#: (eventfold.events adds NewEvent and RecordedEvent).
+NOT_EVENT_TYPES: dict[type[Any], str] = {}
 
 
 def _is_event_class(cls: type[Any]) -> bool:
@@ -86,6 +94,9 @@ class TypeRegistry:
         self, cls: type[Any], *, name: str | None = None, version: int | None = None
     ) -> None:
         """Register ``cls`` under ``name`` (default: ``__event_type__`` or the class name)."""
+        refused = NOT_EVENT_TYPES.get(cls)
+        if refused is not None:
+            raise ConfigurationError(refused)
         if not _is_event_class(cls):
             raise ConfigurationError(
                 f"{cls.__qualname__} cannot be an event type: use a msgspec.Struct "
@@ -228,8 +239,9 @@ class Serializer:
             data = _JSON_ENCODER.encode(event)
         except _ENCODE_ERRORS as exc:
             raise InvalidEvent(info.name, locate_encode_error(event), _encode_problem(exc)) from exc
+        decode = info.decode or info.decoder.decode
         try:
-            restored = info.decoder.decode(data)
+            restored = decode(data)
         except msgspec.ValidationError as exc:
             raise InvalidEvent(info.name, *split_validation_error(str(exc))) from exc
         except RecursionError as exc:

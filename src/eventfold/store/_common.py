@@ -266,10 +266,7 @@ def encode_batch(serializer: Serializer, events: Sequence[object]) -> list[Encod
             if id_bytes in seen:
                 raise InvalidRequest(f"event id {event_id} appears twice in one batch")
             seen.add(id_bytes)
-            data = item.data
-            if isinstance(data, (NewEvent, RecordedEvent)):
-                raise InvalidRequest(_wrapped_event(data))
-            type_name, schema_version, payload = encode(data)
+            type_name, schema_version, payload = encode(item.data)
             metadata = item.metadata
             meta = (
                 serializer.encode_metadata(metadata, type_name)
@@ -278,22 +275,11 @@ def encode_batch(serializer: Serializer, events: Sequence[object]) -> list[Encod
             )
         else:
             # Fresh ids are unique by construction: no duplicate check needed.
-            if isinstance(item, (NewEvent, RecordedEvent)):
-                raise InvalidRequest(_wrapped_event(item))
             id_bytes = uuid7_bytes()
             type_name, schema_version, payload = encode(item)
             meta = None
         encoded.append(EncodedEvent(id_bytes, type_name, schema_version, payload, meta))
     return encoded
-
-
-def _wrapped_event(value: object) -> str:
-    if isinstance(value, RecordedEvent):
-        return (
-            "a RecordedEvent cannot be appended: to copy it, append "
-            "NewEvent(data=event.data, id=event.id, metadata=event.metadata)"
-        )
-    return f"event data must be an event object, not a {type(value).__name__}"
 
 
 def idempotent_result(
