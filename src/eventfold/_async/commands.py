@@ -12,8 +12,6 @@ from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any, Generic, TypeVar, cast, overload
 
-import msgspec
-
 from eventfold._command_types import (
     IDEMPOTENCY_KEY,
     CommandResult,
@@ -254,22 +252,16 @@ class AsyncCommandHandler(Generic[S, C]):
     ) -> tuple[Any, int]:
         decider = self.decider
         evolve = decider.evolve
-        state = None
         version = 0
         policy = self.snapshots
+        restored: Loaded[Any] | None = None
         if policy is not None and use_snapshot:
             snapshot = await self.store.load_snapshot(stream, max_version=upto)
-            if (
-                snapshot is not None
-                and snapshot.state_type == policy.state_type
-                and snapshot.schema_version == policy.schema_version
-            ):
-                try:
-                    state, version = policy.decode(snapshot.data), snapshot.version
-                except (ValueError, msgspec.MsgspecError):
-                    logger.warning("ignoring undecodable snapshot of %s@%s", stream, version)
-                    state, version = None, 0
-        if state is None:
+            if snapshot is not None:
+                restored = policy.restore(snapshot)
+        if restored is not None:
+            state, version = restored.state, restored.version
+        else:
             state = decider.initial_state()
         limit = None if upto is None else upto - version
         async for recorded in self.store.read(stream, from_version=version + 1, limit=limit):
