@@ -303,3 +303,133 @@ def test_history_lists_each_event_with_the_state_after_it(store: MemoryEventStor
     assert [type(s.event.data) for s in steps] == [Credited, Debited, Credited]
     functional = CommandHandler(store, ledger).history("w")
     assert [s.state for s in functional] == [5, 3, 13]
+
+
+# -- conditional commands: expected_version (HTTP If-Match) -------------------------------
+
+
+def counting(decided: list[object]) -> Decider[int, Credit | Debit, Event]:
+    def decide_and_count(command: Credit | Debit, state: int) -> Sequence[Event]:
+        decided.append(command)
+        return decide(command, state)
+
+    return Decider(decide_and_count, evolve, int)
+
+
+def test_expected_version_appends_when_the_stream_is_at_it(store: MemoryEventStore) -> None:
+    handler = CommandHandler(store, ledger)
+    first = handler.handle("w", Credit(100), expected_version=0)  # 0: no stream yet
+    second = handler.handle("w", Debit(30), expected_version=1)
+    assert (first.version, second.version, second.state, second.replayed) == (1, 2, 70, False)
+    assert [e.data for e in store.read("w")] == [Credited(amount=100), Debited(amount=30)]
+
+
+def test_stale_expected_version_raises_without_deciding_or_retrying(
+    store: MemoryEventStore,
+) -> None:
+    decided: list[object] = []
+    handler = CommandHandler(store, counting(decided), max_retries=5)
+    handler.handle("w", Credit(100))
+    handler.handle("w", Credit(1))
+    decided.clear()
+    before = store.last_position()
+    with pytest.raises(WrongExpectedVersion) as info:
+        handler.handle("w", Debit(30), expected_version=1)
+    assert (info.value.stream, info.value.expected, info.value.actual) == ("w", 1, 2)
+    with pytest.raises(WrongExpectedVersion):
+        handler.handle("new", Credit(1), expected_version=3)
+    assert decided == []
+    assert store.last_position() == before
+
+
+@pytest.mark.parametrize("key", [None, "pay-1"])
+def test_a_conflict_at_append_under_expected_version_is_not_retried(
+    store: MemoryEventStore, key: str | None
+) -> None:
+    calls = 0
+
+    def decide_then_interfere(command: Credit | Debit, state: int) -> Sequence[Event]:
+        # Another writer commits between our load and our append.
+        nonlocal calls
+        calls += 1
+        store.append("w", [Credited(amount=1)])
+        return decide(command, state)
+
+    store.append("w", [Credited(amount=100)])
+    interfered = Decider(decide_then_interfere, evolve, int)
+    handler = CommandHandler(store, interfered, max_retries=5, retry_delay=0)
+    with pytest.raises(WrongExpectedVersion) as info:
+        handler.handle("w", Debit(30), expected_version=1, idempotency_key=key)
+    assert calls == 1
+    assert (info.value.expected, info.value.actual) == (1, 2)
+    assert [e.data for e in store.read("w")] == [Credited(amount=100), Credited(amount=1)]
+
+
+def test_expected_version_with_an_empty_decision_writes_nothing(store: MemoryEventStore) -> None:
+    handler = CommandHandler(store, ledger)
+    handler.handle("w", Credit(5))
+    result = handler.handle("w", Debit(0), expected_version=1)
+    assert (result.events, result.version, result.state, result.replayed) == ((), 1, 5, False)
+    with pytest.raises(WrongExpectedVersion):
+        handler.handle("w", Debit(0), expected_version=0)
+    assert store.last_position() == 1
+
+
+def test_a_retried_if_match_request_gets_its_original_answer(store: MemoryEventStore) -> None:
+    handler = CommandHandler(store, ledger)
+    handler.handle("w", Credit(100))
+    first = handler.handle("w", Debit(30), expected_version=1, idempotency_key="req-7")
+    handler.handle("w", Credit(5))  # the stream moves on
+    again = handler.handle("w", Debit(30), expected_version=1, idempotency_key="req-7")
+    assert again.replayed
+    assert (again.events, again.version, again.position) == (
+        first.events,
+        first.version,
+        first.position,
+    )
+    assert again.state == 75  # the current state, as for every replay
+    assert store.get_stream("w").version == 3  # type: ignore[union-attr]
+
+
+def test_racing_deliveries_of_one_if_match_request_write_once(store: MemoryEventStore) -> None:
+    CommandHandler(store, ledger).handle("w", Credit(100))
+    barrier = threading.Barrier(4)
+    results: list[object] = []
+
+    def deliver() -> None:
+        handler = CommandHandler(store, ledger)
+        barrier.wait()
+        results.append(handler.handle("w", Debit(10), expected_version=1, idempotency_key="r"))
+
+    run_threads([deliver] * 4)
+    assert [e.data for e in store.read("w")] == [Credited(amount=100), Debited(amount=10)]
+    assert [(r.events, r.version) for r in results] == [((Debited(amount=10),), 2)] * 4  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("bad", [-1, True, False, "1", 1.0])
+def test_expected_version_must_be_an_int_of_zero_or_more(bad: object) -> None:
+    store = MemoryEventStore()
+    with pytest.raises(InvalidRequest, match="expected_version"):
+        CommandHandler(store, ledger).handle("w", Credit(1), expected_version=bad)  # type: ignore[arg-type]
+    assert store.last_position() == 0
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("backend", ["memory", "sqlite"])
+async def test_async_handler_expected_version(tmp_path: Path, backend: str) -> None:
+    store = (
+        AsyncMemoryEventStore()
+        if backend == "memory"
+        else AsyncSqliteEventStore(tmp_path / "a.db", durability="off")
+    )
+    async with store:
+        handler = AsyncCommandHandler(store, ledger)
+        await handler.handle("w", Credit(100), expected_version=0)
+        paid = await handler.handle("w", Debit(30), expected_version=1, idempotency_key="p")
+        with pytest.raises(WrongExpectedVersion):
+            await handler.handle("w", Debit(1), expected_version=1)
+        again = await handler.handle("w", Debit(30), expected_version=1, idempotency_key="p")
+        assert again.replayed and again.events == paid.events
+        with pytest.raises(InvalidRequest):
+            await handler.handle("w", Debit(1), expected_version=-1)
+        assert (await handler.load("w")).state == 70

@@ -22,6 +22,7 @@ from eventfold import (
     InvalidRequest,
     MemoryEventStore,
     StoreError,
+    WrongExpectedVersion,
 )
 from eventfold.bus import EventBus
 from eventfold.snapshots import SnapshotPolicy
@@ -433,3 +434,24 @@ def test_undecodable_snapshots_are_ignored_and_logged_with_their_version(
     with caplog.at_level(logging.WARNING, logger="eventfold"):
         assert handler.load("t").state == Tally(3, 2)
     assert "ignoring undecodable snapshot of t@2" in caplog.text
+
+
+def test_conditional_commands_keep_snapshots_and_the_bus(store: EventStore) -> None:
+    published: list[Any] = []
+    bus = EventBus()
+    bus.subscribe(published.append)
+    handler = CommandHandler(store, tally, snapshots=SnapshotPolicy(every=2), bus=bus)
+    for version in range(3):
+        handler.handle("t", Credit(version + 1), expected_version=version)
+    with pytest.raises(WrongExpectedVersion):
+        handler.handle("t", Credit(100), expected_version=1)
+    snapshot = store.load_snapshot("t")
+    assert snapshot is not None and snapshot.version == 2
+    later = CommandHandler(store, tally, snapshots=SnapshotPolicy(every=2), bus=bus)
+    fourth = later.handle("t", Credit(4), expected_version=3, idempotency_key="req-4")
+    assert fourth.state == Tally(10, 4)
+    snapshot = store.load_snapshot("t")
+    assert snapshot is not None and snapshot.version == 4
+    retried = later.handle("t", Credit(4), expected_version=3, idempotency_key="req-4")
+    assert retried.replayed and retried.version == 4
+    assert [e.version for e in published] == [1, 2, 3, 4]  # a replay publishes nothing

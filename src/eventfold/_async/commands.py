@@ -26,7 +26,7 @@ from eventfold.decider import Decider
 from eventfold.errors import EventfoldError, InvalidRequest, WrongExpectedVersion
 from eventfold.events import NewEvent, uuid7
 from eventfold.snapshots import SnapshotPolicy
-from eventfold.store import AsyncEventStore
+from eventfold.store import AppendResult, AsyncEventStore
 from eventfold.store._common import check_non_negative
 
 __all__ = ["AsyncCommandHandler"]
@@ -161,16 +161,28 @@ class AsyncCommandHandler(Generic[S, C]):
         stream: str,
         command: C,
         *,
+        expected_version: int | None = None,
         idempotency_key: str | None = None,
         metadata: Mapping[str, Any] | None = None,
     ) -> CommandResult[S]:
         """Decide ``command`` against the current state of ``stream`` and append the result.
 
         A command rejected by ``decide`` (the user's exception) writes nothing
-        and the exception propagates unchanged. With ``idempotency_key``, a
-        command already handled (even by another process, long ago) is not
-        run again: its original events are returned with ``replayed=True``.
+        and the exception propagates unchanged.
+
+        ``expected_version`` makes the command conditional (an HTTP
+        ``If-Match``): it is decided only if the stream is at that version
+        (0: it does not exist yet), else WrongExpectedVersion is raised,
+        nothing is written and nothing retried. A decision of no events
+        writes nothing and returns the stream's (expected) version.
+
+        With ``idempotency_key``, a command already handled (even by another
+        process, long ago) is not run again: its original events are returned
+        with ``replayed=True``, also when the stream has moved past
+        ``expected_version`` since (a retried request gets its first answer).
         """
+        if expected_version is not None:
+            check_non_negative("expected_version", expected_version)
         if idempotency_key is not None and (
             not isinstance(idempotency_key, str) or not idempotency_key
         ):
@@ -180,6 +192,7 @@ class AsyncCommandHandler(Generic[S, C]):
             event_metadata[IDEMPOTENCY_KEY] = idempotency_key
         decider = self.decider
         attempt = 0
+        stale = False
         while True:
             state, version = await self._load(stream, None)
             if idempotency_key is not None:
@@ -187,6 +200,8 @@ class AsyncCommandHandler(Generic[S, C]):
                 if replay is not None:
                     events_then, version_then, position_then = replay
                     return CommandResult(state, events_then, version_then, position_then, True)
+            if expected_version is not None and (stale or version != expected_version):
+                raise WrongExpectedVersion(stream, expected_version, version)
             events = decider.decide(command, state)
             if not events:
                 return CommandResult(state, (), version)
@@ -203,25 +218,37 @@ class AsyncCommandHandler(Generic[S, C]):
             try:
                 result = await self.store.append(stream, batch, expected=version)
             except WrongExpectedVersion:
+                if expected_version is not None:
+                    if idempotency_key is None:
+                        raise
+                    # No retry; but a racing delivery of this very command may have
+                    # won: the next pass returns its answer, or raises.
+                    stale = True
+                    continue
                 if attempt >= self.max_retries:
                     raise
                 await AsyncClock.sleep(random.uniform(0, self.retry_delay * 2**attempt))
                 attempt += 1
                 continue
             state = decider.after_decision(state, events)
-            policy = self.snapshots
-            if policy is not None and policy.is_due(state, result.from_version, result.to_version):
-                await self._save_snapshot(stream, result.to_version, state)
-            if self.bus is not None:
-                # Published only now that the append has committed.
-                recorded = [
-                    e
-                    async for e in self.store.read(
-                        stream, from_version=result.from_version, limit=len(events)
-                    )
-                ]
-                self.bus.publish(recorded)
+            await self._after_commit(stream, state, result, len(events))
             return CommandResult(state, tuple(events), result.to_version, result.position)
+
+    async def _after_commit(
+        self, stream: str, state: Any, result: AppendResult, count: int
+    ) -> None:
+        """Snapshot and publish what a command appended (the append has committed)."""
+        policy = self.snapshots
+        if policy is not None and policy.is_due(state, result.from_version, result.to_version):
+            await self._save_snapshot(stream, result.to_version, state)
+        if self.bus is not None:
+            recorded = [
+                e
+                async for e in self.store.read(
+                    stream, from_version=result.from_version, limit=count
+                )
+            ]
+            self.bus.publish(recorded)
 
     async def rebuild_snapshot(self, stream: str) -> int:
         """Fold ``stream`` from its first event and save a fresh snapshot; return its version.
