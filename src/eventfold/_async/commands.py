@@ -13,11 +13,14 @@ from datetime import datetime
 from typing import Any, Generic, TypeVar, cast, overload
 
 from eventfold._command_types import (
+    COMMAND_DIGEST,
     IDEMPOTENCY_KEY,
     CommandResult,
     HistoryEntry,
     Loaded,
+    check_command_digest,
     idempotent_event_id,
+    keyed_digest,
 )
 from eventfold._runner import AsyncClock
 from eventfold.aggregate import Aggregate
@@ -163,6 +166,7 @@ class AsyncCommandHandler(Generic[S, C]):
         *,
         expected_version: int | None = None,
         idempotency_key: str | None = None,
+        command_digest: str | None = None,
         metadata: Mapping[str, Any] | None = None,
     ) -> CommandResult[S]:
         """Decide ``command`` against the current state of ``stream`` and append the result.
@@ -176,27 +180,32 @@ class AsyncCommandHandler(Generic[S, C]):
         nothing is written and nothing retried. A decision of no events
         writes nothing and returns the stream's (expected) version.
 
-        With ``idempotency_key``, a command already handled (even by another
-        process, long ago) is not run again: its original events are returned
-        with ``replayed=True``, also when the stream has moved past
+        ``idempotency_key`` (scoped to ``stream``): a command already handled
+        with that key on this stream (even by another process, long ago) is
+        not run again; its original events are returned with
+        ``replayed=True``, also when the stream has moved past
         ``expected_version`` since (a retried request gets its first answer).
+        The key is stored with a digest of the command (see
+        :func:`eventfold.commands.command_digest`); the same key with a
+        different command raises IdempotencyKeyReused. Callables have no
+        digest: pass ``command_digest`` (any stable fingerprint, e.g. of the
+        request body) to have them checked too.
         """
         if expected_version is not None:
             check_non_negative("expected_version", expected_version)
-        if idempotency_key is not None and (
-            not isinstance(idempotency_key, str) or not idempotency_key
-        ):
-            raise InvalidRequest("idempotency_key must be a non-empty str")
+        digest = keyed_digest(command, idempotency_key, command_digest)
         event_metadata = {**self.metadata, **(metadata or {})}
         if idempotency_key is not None:
             event_metadata[IDEMPOTENCY_KEY] = idempotency_key
+            if digest is not None:
+                event_metadata[COMMAND_DIGEST] = digest
         decider = self.decider
         attempt = 0
         stale = False
         while True:
             state, version = await self._load(stream, None)
             if idempotency_key is not None:
-                replay = await self._replay(stream, idempotency_key)
+                replay = await self._replay(stream, idempotency_key, digest)
                 if replay is not None:
                     events_then, version_then, position_then = replay
                     return CommandResult(state, events_then, version_then, position_then, True)
@@ -230,6 +239,8 @@ class AsyncCommandHandler(Generic[S, C]):
                 await AsyncClock.sleep(random.uniform(0, self.retry_delay * 2**attempt))
                 attempt += 1
                 continue
+            if idempotency_key is not None and digest is not None:
+                await self._check_stored_digest(stream, idempotency_key, digest, batch[0])
             state = decider.after_decision(state, events)
             await self._after_commit(stream, state, result, len(events))
             return CommandResult(state, tuple(events), result.to_version, result.position)
@@ -249,6 +260,16 @@ class AsyncCommandHandler(Generic[S, C]):
                 )
             ]
             self.bus.publish(recorded)
+
+    async def _check_stored_digest(
+        self, stream: str, key: str, digest: str, first: NewEvent
+    ) -> None:
+        # A racing delivery with the same key may have stored its events between our
+        # replay check and our append; the store then returned its result for our
+        # (same-id) batch. If that was a different command, ours did not run: say so.
+        stored = await self.store.find_event(first.id)
+        if stored is not None:
+            check_command_digest(stream, key, stored.metadata.get(COMMAND_DIGEST), digest)
 
     async def rebuild_snapshot(self, stream: str) -> int:
         """Fold ``stream`` from its first event and save a fresh snapshot; return its version.
@@ -296,12 +317,15 @@ class AsyncCommandHandler(Generic[S, C]):
             version = recorded.version
         return state, version
 
-    async def _replay(self, stream: str, key: str) -> tuple[tuple[Any, ...], int, int] | None:
+    async def _replay(
+        self, stream: str, key: str, digest: str | None
+    ) -> tuple[tuple[Any, ...], int, int] | None:
         # The first event of a keyed command has an id derived from the key: one
         # indexed lookup finds it however old it is (snapshots skip old events).
         first = await self.store.find_event(idempotent_event_id(stream, key, 0))
         if first is None or first.stream != stream:
             return None
+        check_command_digest(stream, key, first.metadata.get(COMMAND_DIGEST), digest)
         events: list[Any] = []
         last = first
         async for recorded in self.store.read(stream, from_version=first.version):
