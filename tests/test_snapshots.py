@@ -391,7 +391,7 @@ def test_private_attributes_that_would_come_back_altered_refuse_the_snapshot(
         handler.handle("k", lambda k: k.record(Credited(amount=2)))
     assert store.load_snapshot("k") is None
     assert caplog.text.count("snapshots disabled") == 1
-    assert "_kept" in caplog.text or "cannot encode" in caplog.text
+    assert "'_kept'" in caplog.text  # the warning names the attribute
     loaded = handler.load("k").state
     assert type(loaded._kept) is type(make()) and loaded.version == 2
 

@@ -117,12 +117,12 @@ class SnapshotPolicy(Generic[S]):
 
     def encode(self, state: S) -> bytes | None:
         """The snapshot bytes of ``state``, or None if they would not restore it exactly."""
-        name = type(state).__qualname__
+        name = type(state).__name__
         try:
             data = _ENCODER.encode(_encodable(state))
             restored = self.decode(data)
         except (TypeError, ValueError, msgspec.MsgspecError) as exc:
-            self._warn_unsafe(f"cannot encode {name}: {exc}")
+            self._warn_unsafe(f"cannot encode {name}{_culprit(state)}: {exc}")
             return None
         difference = _difference(restored, state)
         if difference is not None:
@@ -183,6 +183,18 @@ def _encodable(state: Any) -> Any:
         attributes, slots = _aggregate_state(state)
         return {_FORMAT_KEY: _FORMAT, "attributes": attributes, "slots": slots}
     return state
+
+
+def _culprit(state: Any) -> str:
+    """`` (attribute 'x')`` naming the first attribute of an aggregate that cannot be encoded."""
+    if isinstance(state, Aggregate):
+        for kind, held in zip(("attribute", "slot"), _aggregate_state(state), strict=True):
+            for name, value in held.items():
+                try:
+                    _ENCODER.encode(value)
+                except (TypeError, ValueError):
+                    return f" ({kind} {name!r})"
+    return ""
 
 
 def _slot_descriptors(cls: type) -> dict[str, Any]:
@@ -264,13 +276,13 @@ def _difference(restored: Any, state: Any) -> str | None:
             value, again = live[name], back[name]
             if type(value) is not type(again):
                 return (
-                    f"{kind} {name!r} holds a {type(value).__qualname__}, "
-                    f"restored as a {type(again).__qualname__}"
+                    f"{kind} {name!r} holds {type(value).__qualname__}, "
+                    f"restored as {type(again).__qualname__}"
                 )
             if not _same(value, again):
                 return (
-                    f"{kind} {name!r} (a {type(value).__qualname__}) does not come back "
-                    "equal: check what it contains"
+                    f"{kind} {name!r} ({type(value).__qualname__}) does not come back "
+                    "equal: it contains a value JSON does not keep (tuple, set, enum, non-str key)"
                 )
     return None
 
