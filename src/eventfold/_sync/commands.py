@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 import logging
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Generic, TypeVar, cast, overload
 
@@ -215,16 +215,7 @@ class CommandHandler(Generic[S, C]):
             events = decider.decide(command, state)
             if not events:
                 return CommandResult(state, (), version)
-            batch = [
-                NewEvent(
-                    data=event,
-                    id=uuid7()
-                    if idempotency_key is None
-                    else idempotent_event_id(stream, idempotency_key, index),
-                    metadata=event_metadata,
-                )
-                for index, event in enumerate(events)
-            ]
+            batch = _batch(stream, events, idempotency_key, event_metadata)
             try:
                 result = self.store.append(stream, batch, expected=version)
             except WrongExpectedVersion:
@@ -343,3 +334,17 @@ class CommandHandler(Generic[S, C]):
             logger.warning("snapshot of %s@%s not saved: %s", stream, version, exc)
             return False
         return True
+
+
+def _batch(
+    stream: str, events: Sequence[Any], key: str | None, metadata: dict[str, Any]
+) -> list[NewEvent]:
+    """The events of one command, with ids derived from its idempotency key if it has one."""
+    return [
+        NewEvent(
+            data=event,
+            id=uuid7() if key is None else idempotent_event_id(stream, key, index),
+            metadata=metadata,
+        )
+        for index, event in enumerate(events)
+    ]
