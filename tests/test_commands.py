@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from eventfold import (
@@ -19,13 +21,21 @@ from eventfold import (
     CommandHandler,
     Decider,
     Event,
+    IdempotencyKeyReused,
     InvalidRequest,
     Loaded,
     MemoryEventStore,
+    NewEvent,
     SqliteEventStore,
     WrongExpectedVersion,
 )
-from eventfold.commands import IDEMPOTENCY_KEY
+from eventfold.commands import (
+    COMMAND_DIGEST,
+    IDEMPOTENCY_KEY,
+    command_digest,
+    idempotent_event_id,
+)
+from eventfold.store import EventStore
 from eventfold.testing import DeciderSpec, run_threads
 
 
@@ -303,3 +313,283 @@ def test_history_lists_each_event_with_the_state_after_it(store: MemoryEventStor
     assert [type(s.event.data) for s in steps] == [Credited, Debited, Credited]
     functional = CommandHandler(store, ledger).history("w")
     assert [s.state for s in functional] == [5, 3, 13]
+
+
+# -- conditional commands: expected_version (HTTP If-Match) -------------------------------
+
+
+def counting(decided: list[object]) -> Decider[int, Credit | Debit, Event]:
+    def decide_and_count(command: Credit | Debit, state: int) -> Sequence[Event]:
+        decided.append(command)
+        return decide(command, state)
+
+    return Decider(decide_and_count, evolve, int)
+
+
+def test_expected_version_appends_when_the_stream_is_at_it(store: MemoryEventStore) -> None:
+    handler = CommandHandler(store, ledger)
+    first = handler.handle("w", Credit(100), expected_version=0)  # 0: no stream yet
+    second = handler.handle("w", Debit(30), expected_version=1)
+    assert (first.version, second.version, second.state, second.replayed) == (1, 2, 70, False)
+    assert [e.data for e in store.read("w")] == [Credited(amount=100), Debited(amount=30)]
+
+
+def test_stale_expected_version_raises_without_deciding_or_retrying(
+    store: MemoryEventStore,
+) -> None:
+    decided: list[object] = []
+    handler = CommandHandler(store, counting(decided), max_retries=5)
+    handler.handle("w", Credit(100))
+    handler.handle("w", Credit(1))
+    decided.clear()
+    before = store.last_position()
+    with pytest.raises(WrongExpectedVersion) as info:
+        handler.handle("w", Debit(30), expected_version=1)
+    assert (info.value.stream, info.value.expected, info.value.actual) == ("w", 1, 2)
+    with pytest.raises(WrongExpectedVersion):
+        handler.handle("new", Credit(1), expected_version=3)
+    assert decided == []
+    assert store.last_position() == before
+
+
+@pytest.mark.parametrize("key", [None, "pay-1"])
+def test_a_conflict_at_append_under_expected_version_is_not_retried(
+    store: MemoryEventStore, key: str | None
+) -> None:
+    calls = 0
+
+    def decide_then_interfere(command: Credit | Debit, state: int) -> Sequence[Event]:
+        # Another writer commits between our load and our append.
+        nonlocal calls
+        calls += 1
+        store.append("w", [Credited(amount=1)])
+        return decide(command, state)
+
+    store.append("w", [Credited(amount=100)])
+    interfered = Decider(decide_then_interfere, evolve, int)
+    handler = CommandHandler(store, interfered, max_retries=5, retry_delay=0)
+    with pytest.raises(WrongExpectedVersion) as info:
+        handler.handle("w", Debit(30), expected_version=1, idempotency_key=key)
+    assert calls == 1
+    assert (info.value.expected, info.value.actual) == (1, 2)
+    assert [e.data for e in store.read("w")] == [Credited(amount=100), Credited(amount=1)]
+
+
+def test_expected_version_with_an_empty_decision_writes_nothing(store: MemoryEventStore) -> None:
+    handler = CommandHandler(store, ledger)
+    handler.handle("w", Credit(5))
+    result = handler.handle("w", Debit(0), expected_version=1)
+    assert (result.events, result.version, result.state, result.replayed) == ((), 1, 5, False)
+    with pytest.raises(WrongExpectedVersion):
+        handler.handle("w", Debit(0), expected_version=0)
+    assert store.last_position() == 1
+
+
+def test_a_retried_if_match_request_gets_its_original_answer(store: MemoryEventStore) -> None:
+    handler = CommandHandler(store, ledger)
+    handler.handle("w", Credit(100))
+    first = handler.handle("w", Debit(30), expected_version=1, idempotency_key="req-7")
+    handler.handle("w", Credit(5))  # the stream moves on
+    again = handler.handle("w", Debit(30), expected_version=1, idempotency_key="req-7")
+    assert again.replayed
+    assert (again.events, again.version, again.position) == (
+        first.events,
+        first.version,
+        first.position,
+    )
+    assert again.state == 75  # the current state, as for every replay
+    assert store.get_stream("w").version == 3  # type: ignore[union-attr]
+
+
+def test_racing_deliveries_of_one_if_match_request_write_once(store: MemoryEventStore) -> None:
+    CommandHandler(store, ledger).handle("w", Credit(100))
+    barrier = threading.Barrier(4)
+    results: list[object] = []
+
+    def deliver() -> None:
+        handler = CommandHandler(store, ledger)
+        barrier.wait()
+        results.append(handler.handle("w", Debit(10), expected_version=1, idempotency_key="r"))
+
+    run_threads([deliver] * 4)
+    assert [e.data for e in store.read("w")] == [Credited(amount=100), Debited(amount=10)]
+    assert [(r.events, r.version) for r in results] == [((Debited(amount=10),), 2)] * 4  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("bad", [-1, True, False, "1", 1.0])
+def test_expected_version_must_be_an_int_of_zero_or_more(bad: object) -> None:
+    store = MemoryEventStore()
+    with pytest.raises(InvalidRequest, match="expected_version"):
+        CommandHandler(store, ledger).handle("w", Credit(1), expected_version=bad)  # type: ignore[arg-type]
+    assert store.last_position() == 0
+
+
+# -- idempotency keys: scoped to a stream, bound to one command -------------------------
+
+
+def test_an_idempotency_key_reused_for_another_command_is_rejected(any_store: EventStore) -> None:
+    CommandHandler(any_store, ledger).handle("w", Credit(100))
+    first = CommandHandler(any_store, ledger).handle("w", Debit(30), idempotency_key="pay-1")
+    handler = CommandHandler(any_store, ledger)  # another process, later
+    assert handler.handle("w", Debit(30), idempotency_key="pay-1").events == first.events
+    before = any_store.last_position()
+    with pytest.raises(IdempotencyKeyReused) as info:
+        handler.handle("w", Debit(40), idempotency_key="pay-1")
+    assert isinstance(info.value, InvalidRequest)
+    assert (info.value.stream, info.value.key) == ("w", "pay-1")
+    assert "pay-1" in str(info.value) and "'w'" in str(info.value)
+    with pytest.raises(IdempotencyKeyReused):
+        handler.handle("w", Credit(30), idempotency_key="pay-1")  # same fields, another type
+    with pytest.raises(IdempotencyKeyReused):
+        handler.handle("w", Debit(40), idempotency_key="pay-1", expected_version=2)
+    assert any_store.last_position() == before
+    stored = list(any_store.read("w"))[1]
+    assert stored.metadata[COMMAND_DIGEST] == command_digest(Debit(30))
+    assert stored.metadata[IDEMPOTENCY_KEY] == "pay-1"
+
+
+def test_idempotency_keys_are_scoped_to_one_stream(store: MemoryEventStore) -> None:
+    handler = CommandHandler(store, ledger)
+    a = handler.handle("a", Credit(1), idempotency_key="k")
+    b = handler.handle("b", Credit(2), idempotency_key="k")  # another stream: runs
+    assert (a.replayed, b.replayed) == (False, False)
+    assert [e.data for e in store.read("b")] == [Credited(amount=2)]
+    assert handler.handle("a", Credit(1), idempotency_key="k").replayed
+
+
+def test_events_stored_without_a_digest_still_replay(any_store: EventStore) -> None:
+    # What older eventfold versions stored: the key, no digest.
+    any_store.append("w", [Credited(amount=100)])
+    any_store.append(
+        "w",
+        [
+            NewEvent(
+                data=Debited(amount=30),
+                id=idempotent_event_id("w", "old", 0),
+                metadata={IDEMPOTENCY_KEY: "old"},
+            )
+        ],
+    )
+    handler = CommandHandler(any_store, ledger)
+    again = handler.handle("w", Debit(30), idempotency_key="old")
+    assert (again.replayed, again.events, again.version) == (True, (Debited(amount=30),), 2)
+    # Nothing to compare with: an old key replays whatever command comes with it.
+    assert handler.handle("w", Debit(99), idempotency_key="old").replayed
+    assert [e.version for e in any_store.read("w")] == [1, 2]
+
+
+def test_a_racing_different_command_with_the_same_key_is_rejected(
+    store: MemoryEventStore,
+) -> None:
+    raced = False
+
+    def decide_after_a_race(command: Credit | Debit, state: int) -> Sequence[Event]:
+        # Between our idempotency check and our append, another process handles
+        # another command with the same key.
+        nonlocal raced
+        if not raced:
+            raced = True
+            CommandHandler(store, ledger).handle("w", Debit(30), idempotency_key="k")
+        return decide(command, state)
+
+    CommandHandler(store, ledger).handle("w", Credit(100))
+    handler = CommandHandler(store, Decider(decide_after_a_race, evolve, int))
+    with pytest.raises(IdempotencyKeyReused):
+        handler.handle("w", Debit(40), idempotency_key="k")
+    assert [e.data for e in store.read("w")] == [Credited(amount=100), Debited(amount=30)]
+
+
+def test_concurrent_different_commands_with_one_key_write_one(store: MemoryEventStore) -> None:
+    CommandHandler(store, ledger).handle("w", Credit(100))
+    barrier = threading.Barrier(4)
+    written: list[int] = []
+    rejected: list[int] = []
+
+    def deliver(amount: int) -> None:
+        handler = CommandHandler(store, ledger, max_retries=10, retry_delay=0.0005)
+        barrier.wait()
+        try:
+            result = handler.handle("w", Debit(amount), idempotency_key="same")
+        except IdempotencyKeyReused:
+            rejected.append(amount)
+        else:
+            assert not result.replayed
+            written.append(amount)
+
+    run_threads([lambda amount=amount: deliver(amount) for amount in (1, 2, 3, 4)])  # type: ignore[misc]
+    assert len(written) == 1 and sorted(written + rejected) == [1, 2, 3, 4]
+    assert [e.data for e in store.read("w")] == [
+        Credited(amount=100),
+        Debited(amount=written[0]),
+    ]
+
+
+def test_command_digest_is_canonical_and_names_the_type(caplog: pytest.LogCaptureFixture) -> None:
+    class Order(msgspec.Struct, frozen=True):
+        lines: dict[str, int]
+        note: str = ""
+
+    digest = command_digest(Debit(30))
+    assert digest is not None and digest.startswith("sha256:")
+    assert command_digest(Debit(30)) == digest
+    assert command_digest(Debit(31)) != digest
+    assert command_digest(Credit(30)) != digest  # the type name is part of it
+    assert command_digest(Order({"a": 1, "b": 2})) == command_digest(Order({"b": 2, "a": 1}))
+    assert command_digest(lambda w: w.credit(1)) is None  # code, not data
+
+    class Opaque:
+        def __init__(self, amount: int) -> None:
+            self.amount = amount
+
+    with caplog.at_level(logging.WARNING, logger="eventfold"):
+        assert command_digest(Opaque(1)) is None
+        assert command_digest(Opaque(2)) is None
+    assert caplog.text.count("have no digest") == 1
+
+
+def test_callable_commands_are_checked_with_an_explicit_digest(store: MemoryEventStore) -> None:
+    handler = CommandHandler(store, Wallet)
+    handler.handle("w", lambda w: w.credit(10), idempotency_key="k1")
+    # A callable has no digest of its own: a reused key replays, as before.
+    assert handler.handle("w", lambda w: w.credit(99), idempotency_key="k1").replayed
+    handler.handle("w", lambda w: w.credit(5), idempotency_key="k2", command_digest="credit:5")
+    again = handler.handle(
+        "w", lambda w: w.credit(5), idempotency_key="k2", command_digest="credit:5"
+    )
+    assert again.replayed and again.events == (Credited(amount=5),)
+    with pytest.raises(IdempotencyKeyReused):
+        handler.handle("w", lambda w: w.credit(7), idempotency_key="k2", command_digest="credit:7")
+    assert handler.load("w").state.balance == 15
+
+
+def test_command_digest_needs_a_key_and_a_non_empty_str() -> None:
+    handler = CommandHandler(MemoryEventStore(), ledger)
+    with pytest.raises(InvalidRequest, match="only stored with an idempotency_key"):
+        handler.handle("w", Credit(1), command_digest="x")
+    with pytest.raises(InvalidRequest, match="command_digest"):
+        handler.handle("w", Credit(1), idempotency_key="k", command_digest="")
+    with pytest.raises(InvalidRequest, match="command_digest"):
+        handler.handle("w", Credit(1), idempotency_key="k", command_digest=7)  # type: ignore[arg-type]
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("backend", ["memory", "sqlite"])
+async def test_async_handler_expected_version_and_key_reuse(tmp_path: Path, backend: str) -> None:
+    store = (
+        AsyncMemoryEventStore()
+        if backend == "memory"
+        else AsyncSqliteEventStore(tmp_path / "a.db", durability="off")
+    )
+    async with store:
+        handler = AsyncCommandHandler(store, ledger)
+        await handler.handle("w", Credit(100), expected_version=0)
+        paid = await handler.handle("w", Debit(30), expected_version=1, idempotency_key="p")
+        with pytest.raises(WrongExpectedVersion):
+            await handler.handle("w", Debit(1), expected_version=1)
+        again = await handler.handle("w", Debit(30), expected_version=1, idempotency_key="p")
+        assert again.replayed and again.events == paid.events
+        with pytest.raises(IdempotencyKeyReused):
+            await handler.handle("w", Debit(31), idempotency_key="p")
+        with pytest.raises(InvalidRequest):
+            await handler.handle("w", Debit(1), expected_version=-1)
+        assert (await handler.load("w")).state == 70

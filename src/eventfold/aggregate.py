@@ -30,6 +30,11 @@ from eventfold.decider import Decider
 
 __all__ = ["Aggregate"]
 
+#: Attributes that are the handler's bookkeeping, not the aggregate's state:
+#: never snapshotted (the events recorded by a command not yet stored).
+PENDING_EVENTS = "_pending_events"
+TRANSIENT_ATTRIBUTES = frozenset({PENDING_EVENTS})
+
 
 class Aggregate:
     """Base class of class-style aggregates. Override :meth:`apply`.
@@ -37,6 +42,12 @@ class Aggregate:
     ``version`` counts the events applied (loaded and recorded), so after a
     successful command it equals the stream's version. Subclasses need not
     call ``super().__init__()``.
+
+    With a :class:`~eventfold.snapshots.SnapshotPolicy` the whole instance
+    state is snapshotted (every attribute, private ones and ``__slots__``
+    included): each must be a JSON value that decodes back to the same value
+    (str, int, float, bool, None, lists and str-keyed dicts of those), or
+    the aggregate is simply not snapshotted. See ``docs/snapshots.md``.
     """
 
     version: int = 0
@@ -49,16 +60,16 @@ class Aggregate:
         """Apply a new event now and keep it to be appended by the command handler."""
         self.apply(event)
         self.version += 1
-        pending: list[object] = self.__dict__.setdefault("_pending_events", [])
+        pending: list[object] = self.__dict__.setdefault(PENDING_EVENTS, [])
         pending.append(event)
 
     @property
     def pending_events(self) -> Sequence[object]:
         """Events recorded since the aggregate was loaded and not yet stored."""
-        return tuple(self.__dict__.get("_pending_events", ()))
+        return tuple(self.__dict__.get(PENDING_EVENTS, ()))
 
     def _take_pending(self) -> list[object]:
-        pending: list[object] = self.__dict__.pop("_pending_events", [])
+        pending: list[object] = self.__dict__.pop(PENDING_EVENTS, [])
         return pending
 
     def _replay(self, event: object) -> Self:

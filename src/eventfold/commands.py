@@ -2,20 +2,24 @@
 
 from eventfold._async.commands import AsyncCommandHandler
 from eventfold._command_types import (
+    COMMAND_DIGEST,
     IDEMPOTENCY_KEY,
     CommandResult,
     HistoryEntry,
     Loaded,
+    command_digest,
     idempotent_event_id,
 )
 from eventfold._sync.commands import CommandHandler
 
 __all__ = [
+    "COMMAND_DIGEST",
     "IDEMPOTENCY_KEY",
     "AsyncCommandHandler",
     "CommandHandler",
     "CommandResult",
     "HistoryEntry",
     "Loaded",
+    "command_digest",
     "idempotent_event_id",
 ]

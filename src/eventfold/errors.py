@@ -13,6 +13,7 @@ the user's own exceptions and pass through the command handler unchanged.
     ├── StreamNotFound
     │   └── StreamDeleted             # appending to a deleted stream
     ├── InvalidRequest                # also a ValueError: bad argument
+    │   └── IdempotencyKeyReused      # stream, key: one key, two different commands
     ├── SerializationError            # .stream/.version/.position of a stored event
     │   ├── UnknownEventType
     │   └── InvalidEvent              # also an InvalidRequest: would not read back
@@ -32,6 +33,7 @@ __all__ = [
     "ConcurrencyError",
     "ConfigurationError",
     "EventfoldError",
+    "IdempotencyKeyReused",
     "InvalidEvent",
     "InvalidRequest",
     "SerializationError",
@@ -94,6 +96,26 @@ class InvalidRequest(EventfoldError, ValueError):
 
     Raised before anything is written, so the store is left unchanged.
     """
+
+
+class IdempotencyKeyReused(InvalidRequest):
+    """An idempotency key already used on the stream came with a different command.
+
+    Keys are scoped to one stream. The command is not run and nothing is
+    written; a retry must send the command it sent first, a new command
+    needs a new key. ``stored`` and ``digest`` are the digests of the command
+    first handled with ``key`` and of this one.
+    """
+
+    def __init__(self, stream: str, key: str, stored: str, digest: str) -> None:
+        self.stream = stream
+        self.key = key
+        self.stored = stored
+        self.digest = digest
+        super().__init__(
+            f"idempotency key {key!r} was already used on stream {stream!r} for a different "
+            f"command (digest {stored}, this command's {digest}): a new command needs a new key"
+        )
 
 
 class SerializationError(EventfoldError):

@@ -8,18 +8,19 @@ from __future__ import annotations
 import copy
 import logging
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Generic, TypeVar, cast, overload
 
-import msgspec
-
 from eventfold._command_types import (
+    COMMAND_DIGEST,
     IDEMPOTENCY_KEY,
     CommandResult,
     HistoryEntry,
     Loaded,
+    check_command_digest,
     idempotent_event_id,
+    keyed_digest,
 )
 from eventfold._runner import AsyncClock
 from eventfold.aggregate import Aggregate
@@ -28,7 +29,7 @@ from eventfold.decider import Decider
 from eventfold.errors import EventfoldError, InvalidRequest, WrongExpectedVersion
 from eventfold.events import NewEvent, uuid7
 from eventfold.snapshots import SnapshotPolicy
-from eventfold.store import AsyncEventStore
+from eventfold.store import AppendResult, AsyncEventStore
 from eventfold.store._common import check_non_negative
 
 __all__ = ["AsyncCommandHandler"]
@@ -163,67 +164,103 @@ class AsyncCommandHandler(Generic[S, C]):
         stream: str,
         command: C,
         *,
+        expected_version: int | None = None,
         idempotency_key: str | None = None,
+        command_digest: str | None = None,
         metadata: Mapping[str, Any] | None = None,
     ) -> CommandResult[S]:
         """Decide ``command`` against the current state of ``stream`` and append the result.
 
         A command rejected by ``decide`` (the user's exception) writes nothing
-        and the exception propagates unchanged. With ``idempotency_key``, a
-        command already handled (even by another process, long ago) is not
-        run again: its original events are returned with ``replayed=True``.
+        and the exception propagates unchanged.
+
+        ``expected_version`` makes the command conditional (an HTTP
+        ``If-Match``): it is decided only if the stream is at that version
+        (0: it does not exist yet), else WrongExpectedVersion is raised,
+        nothing is written and nothing retried. A decision of no events
+        writes nothing and returns the stream's (expected) version.
+
+        ``idempotency_key`` (scoped to ``stream``): a command already handled
+        with that key on this stream (even by another process, long ago) is
+        not run again; its original events are returned with
+        ``replayed=True``, also when the stream has moved past
+        ``expected_version`` since (a retried request gets its first answer).
+        The key is stored with a digest of the command (see
+        :func:`eventfold.commands.command_digest`); the same key with a
+        different command raises IdempotencyKeyReused. Callables have no
+        digest: pass ``command_digest`` (any stable fingerprint, e.g. of the
+        request body) to have them checked too.
         """
-        if idempotency_key is not None and (
-            not isinstance(idempotency_key, str) or not idempotency_key
-        ):
-            raise InvalidRequest("idempotency_key must be a non-empty str")
+        if expected_version is not None:
+            check_non_negative("expected_version", expected_version)
+        digest = keyed_digest(command, idempotency_key, command_digest)
         event_metadata = {**self.metadata, **(metadata or {})}
         if idempotency_key is not None:
             event_metadata[IDEMPOTENCY_KEY] = idempotency_key
+            if digest is not None:
+                event_metadata[COMMAND_DIGEST] = digest
         decider = self.decider
         attempt = 0
+        stale = False
         while True:
             state, version = await self._load(stream, None)
             if idempotency_key is not None:
-                replay = await self._replay(stream, idempotency_key)
+                replay = await self._replay(stream, idempotency_key, digest)
                 if replay is not None:
                     events_then, version_then, position_then = replay
                     return CommandResult(state, events_then, version_then, position_then, True)
+            if expected_version is not None and (stale or version != expected_version):
+                raise WrongExpectedVersion(stream, expected_version, version)
             events = decider.decide(command, state)
             if not events:
                 return CommandResult(state, (), version)
-            batch = [
-                NewEvent(
-                    data=event,
-                    id=uuid7()
-                    if idempotency_key is None
-                    else idempotent_event_id(stream, idempotency_key, index),
-                    metadata=event_metadata,
-                )
-                for index, event in enumerate(events)
-            ]
+            batch = _batch(stream, events, idempotency_key, event_metadata)
             try:
                 result = await self.store.append(stream, batch, expected=version)
             except WrongExpectedVersion:
+                if expected_version is not None:
+                    if idempotency_key is None:
+                        raise
+                    # No retry; but a racing delivery of this very command may have
+                    # won: the next pass returns its answer, or raises.
+                    stale = True
+                    continue
                 if attempt >= self.max_retries:
                     raise
                 await AsyncClock.sleep(random.uniform(0, self.retry_delay * 2**attempt))
                 attempt += 1
                 continue
+            if idempotency_key is not None and digest is not None:
+                await self._check_stored_digest(stream, idempotency_key, digest, batch[0])
             state = decider.after_decision(state, events)
-            policy = self.snapshots
-            if policy is not None and policy.is_due(state, result.from_version, result.to_version):
-                await self._save_snapshot(stream, result.to_version, state)
-            if self.bus is not None:
-                # Published only now that the append has committed.
-                recorded = [
-                    e
-                    async for e in self.store.read(
-                        stream, from_version=result.from_version, limit=len(events)
-                    )
-                ]
-                self.bus.publish(recorded)
+            await self._after_commit(stream, state, result, len(events))
             return CommandResult(state, tuple(events), result.to_version, result.position)
+
+    async def _after_commit(
+        self, stream: str, state: Any, result: AppendResult, count: int
+    ) -> None:
+        """Snapshot and publish what a command appended (the append has committed)."""
+        policy = self.snapshots
+        if policy is not None and policy.is_due(state, result.from_version, result.to_version):
+            await self._save_snapshot(stream, result.to_version, state)
+        if self.bus is not None:
+            recorded = [
+                e
+                async for e in self.store.read(
+                    stream, from_version=result.from_version, limit=count
+                )
+            ]
+            self.bus.publish(recorded)
+
+    async def _check_stored_digest(
+        self, stream: str, key: str, digest: str, first: NewEvent
+    ) -> None:
+        # A racing delivery with the same key may have stored its events between our
+        # replay check and our append; the store then returned its result for our
+        # (same-id) batch. If that was a different command, ours did not run: say so.
+        stored = await self.store.find_event(first.id)
+        if stored is not None:
+            check_command_digest(stream, key, stored.metadata.get(COMMAND_DIGEST), digest)
 
     async def rebuild_snapshot(self, stream: str) -> int:
         """Fold ``stream`` from its first event and save a fresh snapshot; return its version.
@@ -254,22 +291,16 @@ class AsyncCommandHandler(Generic[S, C]):
     ) -> tuple[Any, int]:
         decider = self.decider
         evolve = decider.evolve
-        state = None
         version = 0
         policy = self.snapshots
+        restored: Loaded[Any] | None = None
         if policy is not None and use_snapshot:
             snapshot = await self.store.load_snapshot(stream, max_version=upto)
-            if (
-                snapshot is not None
-                and snapshot.state_type == policy.state_type
-                and snapshot.schema_version == policy.schema_version
-            ):
-                try:
-                    state, version = policy.decode(snapshot.data), snapshot.version
-                except (ValueError, msgspec.MsgspecError):
-                    logger.warning("ignoring undecodable snapshot of %s@%s", stream, version)
-                    state, version = None, 0
-        if state is None:
+            if snapshot is not None:
+                restored = policy.restore(snapshot)
+        if restored is not None:
+            state, version = restored.state, restored.version
+        else:
             state = decider.initial_state()
         limit = None if upto is None else upto - version
         async for recorded in self.store.read(stream, from_version=version + 1, limit=limit):
@@ -277,12 +308,15 @@ class AsyncCommandHandler(Generic[S, C]):
             version = recorded.version
         return state, version
 
-    async def _replay(self, stream: str, key: str) -> tuple[tuple[Any, ...], int, int] | None:
+    async def _replay(
+        self, stream: str, key: str, digest: str | None
+    ) -> tuple[tuple[Any, ...], int, int] | None:
         # The first event of a keyed command has an id derived from the key: one
         # indexed lookup finds it however old it is (snapshots skip old events).
         first = await self.store.find_event(idempotent_event_id(stream, key, 0))
         if first is None or first.stream != stream:
             return None
+        check_command_digest(stream, key, first.metadata.get(COMMAND_DIGEST), digest)
         events: list[Any] = []
         last = first
         async for recorded in self.store.read(stream, from_version=first.version):
@@ -308,3 +342,17 @@ class AsyncCommandHandler(Generic[S, C]):
             logger.warning("snapshot of %s@%s not saved: %s", stream, version, exc)
             return False
         return True
+
+
+def _batch(
+    stream: str, events: Sequence[Any], key: str | None, metadata: dict[str, Any]
+) -> list[NewEvent]:
+    """The events of one command, with ids derived from its idempotency key if it has one."""
+    return [
+        NewEvent(
+            data=event,
+            id=uuid7() if key is None else idempotent_event_id(stream, key, index),
+            metadata=metadata,
+        )
+        for index, event in enumerate(events)
+    ]
