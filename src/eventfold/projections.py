@@ -355,6 +355,9 @@ class ProjectionRunner:
         """The log after this runner's position, decoded, in pages of ``batch_size``."""
         projection, store = self.projection, self.store
         types = list(projection.types) if projection.types is not None else None
+        if types is not None:
+            # What the filter means now: renamed types match their old stored names.
+            types = store.serializer.registry.stored_names(types)
         size, prefix = projection.batch_size, projection.stream_prefix
         if not isinstance(store, StoreBase):
             after = self.position
@@ -734,10 +737,19 @@ def attach_inline(store: EventStore, projection: Projection) -> None:
     if projection.setup is not None:
         with backend.transaction() as conn:
             projection.setup(ProjectionContext(projection, conn))
-    types = frozenset(projection.types) if projection.types is not None else None
     prefix = projection.stream_prefix
+    # The filter's stored names, computed again when names or aliases change.
+    cache: list[Any] = [None, -1, None]
 
     def hook(conn: Any, rows: list[Row]) -> None:
+        registry = store.serializer.registry
+        if projection.types is None:
+            types = None
+        elif cache[0] is registry and cache[1] == registry.generation:
+            types = cache[2]
+        else:
+            types = frozenset(registry.stored_names(list(projection.types)))
+            cache[:] = [registry, registry.generation, types]
         wanted = [
             row
             for row in rows

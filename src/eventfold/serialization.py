@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, Literal, NoReturn, TypeVar
 
@@ -89,6 +89,8 @@ class TypeRegistry:
         # common case of data stored in the class's current version.
         self._fast: dict[tuple[str, int], Callable[[bytes], Any]] = {}
         self._lock = threading.Lock()
+        #: Counts changes to names and aliases (lets callers cache stored_names()).
+        self.generation = 0
 
     def register(
         self, cls: type[Any], *, name: str | None = None, version: int | None = None
@@ -120,11 +122,51 @@ class TypeRegistry:
             self._by_name[type_name] = info
             self._by_class[cls] = info
             self._fast.clear()
+            self.generation += 1
 
     def alias(self, old_name: str, new_name: str) -> None:
-        """Read events stored under ``old_name`` as type ``new_name`` (a renamed type)."""
-        self._aliases[old_name] = new_name
-        self._fast.clear()
+        """Read events stored under ``old_name`` as type ``new_name`` (a renamed type).
+
+        From then on a type filter naming either name (``read_all(types=...)``,
+        subscriptions, projections, process managers) matches the events
+        stored under both, as :meth:`stored_names` says. Renames may chain
+        (``a`` -> ``b`` -> ``c``).
+        """
+        if not isinstance(old_name, str) or not isinstance(new_name, str):
+            raise ConfigurationError("alias names must be str")
+        if old_name == new_name or self._resolve(new_name, old_name) == old_name:
+            raise ConfigurationError(f"alias {old_name!r} -> {new_name!r} would make a cycle")
+        with self._lock:
+            self._aliases[old_name] = new_name
+            self._fast.clear()
+            self.generation += 1
+
+    def _resolve(self, name: str, stop: str | None = None) -> str:
+        """The name ``name`` is read as: its aliases followed to their end."""
+        seen = {name}
+        while name not in self._by_name and name != stop:
+            target = self._aliases.get(name)
+            if target is None or target in seen:
+                break
+            seen.add(target)
+            name = target
+        return name
+
+    def stored_names(self, types: Sequence[str]) -> list[str]:
+        """Every stored type name that reads as one of ``types``: the rule of type filters.
+
+        A filter means the events that reading decodes as those types, so a
+        renamed type's filter also matches the events stored under its old
+        names (and a filter by an old name the events stored under the new).
+        """
+        wanted = {self._resolve(t) for t in types}
+        names = dict.fromkeys(types)
+        with self._lock:
+            aliases = list(self._aliases)
+        for name in (*aliases, *wanted):
+            if self._resolve(name) in wanted:
+                names[name] = None
+        return list(names)
 
     def upcaster(self, type_name: str, from_version: int) -> Callable[[Upcaster], Upcaster]:
         """Decorator registering ``fn`` to lift ``type_name`` payloads from ``from_version``."""
@@ -147,8 +189,7 @@ class TypeRegistry:
         """Return the registration for a stored type name (following aliases)."""
         info = self._by_name.get(name)
         if info is None:
-            target = self._aliases.get(name)
-            info = self._by_name.get(target) if target is not None else None
+            info = self._by_name.get(self._resolve(name))
             if info is None:
                 raise UnknownEventType(name, schema_version, stream)
         return info

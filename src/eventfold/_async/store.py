@@ -146,7 +146,7 @@ class AsyncStoreBase(abc.ABC):
         """
         self._check_open()
         check_position("after", after)
-        type_list = _check_types(types)
+        type_list = self._type_filter(types)
         _check_prefix(stream_prefix)
         remaining = _check_limit(limit)
         window = _check_window(since, until)
@@ -191,7 +191,7 @@ class AsyncStoreBase(abc.ABC):
         """
         self._check_open()
         cursor = min(check_position("after", after), self._max_position)
-        type_list = _check_types(types)
+        type_list = self._type_filter(types)
         _check_prefix(stream_prefix)
         check_seconds("poll_interval", poll_interval)
         async with self._follow() as wait:
@@ -336,6 +336,11 @@ class AsyncStoreBase(abc.ABC):
     def closed(self) -> bool:
         """Whether :meth:`close` was called."""
         return self._closed
+
+    def _type_filter(self, types: Sequence[str] | None) -> list[str] | None:
+        """The stored type names a ``types`` filter matches (renamed types included)."""
+        checked = _check_types(types)
+        return None if checked is None else self.serializer.registry.stored_names(checked)
 
     def _call_inline(self, conn: Any, rows: list[Row]) -> None:
         for hook in self._inline:
