@@ -1,0 +1,1 @@
+"""End-to-end scenarios: several components, real databases, one story each."""
