@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import shutil
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -16,8 +18,10 @@ from typer.testing import CliRunner
 from eventfold import Serializer, SqliteEventStore, TypeRegistry
 from eventfold.cli import INSTALL_HINT, main
 from eventfold.cli._app import app
+from eventfold.store._sqlite_db import SQL as SQLITE_SQL
 from eventfold.store.postgres import LATEST_SCHEMA_VERSION, PostgresEventStore
 from eventfold.testing._events import Deposited
+from tests.mounts import read_only_view
 from tests.pg import free_loopback_port, new_schema_name
 
 runner = CliRunner()
@@ -241,6 +245,41 @@ def test_browsing_a_file_that_is_not_sqlite_fails_cleanly(tmp_path: Path) -> Non
     assert result.exit_code == 1
     assert result.stderr.startswith("error:")
     assert "Traceback" not in result.output
+
+
+def test_browsing_commands_read_a_file_on_a_read_only_mount(
+    demo_run: tuple[Path, str], tmp_path: Path
+) -> None:
+    path, _ = demo_run
+    backups = tmp_path / "backups"
+    backups.mkdir()
+    shutil.copy(path, backups / "bank.db")  # the demo closed it: no -wal to copy
+    with read_only_view(backups, tmp_path / "mnt") as mounted:
+        db = str(mounted / "bank.db")
+        streams = runner.invoke(app, ["streams", "--db", db])
+        assert streams.exit_code == 0, streams.output
+        assert "2 streams, 10 events" in streams.stdout
+        show = runner.invoke(app, ["show", "account-bob", "--db", db])
+        assert show.exit_code == 0, show.output
+        status = runner.invoke(app, ["projections", "status", "--db", db])
+        assert status.exit_code == 0, status.output
+
+
+def test_browsing_never_migrates_an_older_file(tmp_path: Path) -> None:
+    path = tmp_path / "v1.db"
+    with sqlite3.connect(path) as conn:
+        for statement in SQLITE_SQL["migration_1"].split(";\n"):
+            if statement.strip():
+                conn.execute(statement)
+        conn.execute("PRAGMA user_version=1")
+    conn.close()
+    before = path.read_bytes()
+    for args in (["streams"], ["show", "s"], ["projections", "status"]):
+        result = runner.invoke(app, [*args, "--db", str(path)])
+        assert result.exit_code == 1, result.output
+        assert "schema version 1" in result.stderr
+        assert "without read_only=True to migrate" in result.stderr
+    assert path.read_bytes() == before
 
 
 def test_help_lists_the_subcommands() -> None:

@@ -16,6 +16,7 @@ PAGES = [
     "snapshots.md",
     "corrections.md",
     "projections.md",
+    "sqlite.md",
 ]
 
 

@@ -50,6 +50,24 @@ class TestAsyncSqliteEventStore(AsyncEventStoreSuite, AsyncEventStoreLifecycleSu
             yield store
 
 
+class TestSqliteMemoryEventStore(
+    EventStoreSuite, EventStoreLifecycleSuite, EventStoreConcurrencySuite
+):
+    """``:memory:``: one database shared by every thread of the store."""
+
+    @pytest.fixture
+    def store(self) -> Iterator[SqliteEventStore]:
+        with SqliteEventStore(":memory:") as store:
+            yield store
+
+
+class TestAsyncSqliteMemoryEventStore(AsyncEventStoreSuite, AsyncEventStoreLifecycleSuite):
+    @pytest_asyncio.fixture
+    async def store(self) -> AsyncIterator[AsyncSqliteEventStore]:
+        async with AsyncSqliteEventStore(":memory:") as store:
+            yield store
+
+
 def test_events_survive_reopening(tmp_path: Path) -> None:
     path = tmp_path / "bank.db"
     with SqliteEventStore(path) as store:
@@ -85,11 +103,13 @@ def test_newer_schema_is_refused(tmp_path: Path) -> None:
 
 
 def test_not_a_database_gives_store_error(tmp_path: Path) -> None:
+    # SQLite's header, then bytes that are not a database: SQLite says SQLITE_NOTADB.
     path = tmp_path / "garbage.db"
-    path.write_bytes(b"this is not a database file" * 200)
+    path.write_bytes(b"SQLite format 3\x00" + b"this is not a database file" * 200)
     with pytest.raises(StoreError) as info:
         SqliteEventStore(path)
     assert isinstance(info.value.__cause__, sqlite3.DatabaseError)
+    assert not info.value.retryable
 
 
 def test_locked_database_times_out_with_typed_error(tmp_path: Path) -> None:
@@ -219,5 +239,5 @@ def test_connections_of_finished_threads_are_closed(tmp_path: Path) -> None:
             worker.join()
         store.append("main", [Deposited(amount=0)])
         # The main thread's connection plus at most the last worker's.
-        assert len(store._db._connections) <= 2
+        assert len(store._db._handles) <= 2
         assert sum(1 for _ in store.read_all()) == 21

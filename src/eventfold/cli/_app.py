@@ -48,19 +48,26 @@ def _fail(message: str) -> NoReturn:
 
 
 def _open(
-    db: Path | None, postgres: str | None, schema: str = "eventfold", *, raw: bool = True
+    db: Path | None,
+    postgres: str | None,
+    schema: str = "eventfold",
+    *,
+    raw: bool = True,
+    read_only: bool = False,
 ) -> EventStore:
     """The store named by --db or --postgres.
 
     ``raw``: decode payloads without event classes (browsing any store);
     otherwise with the registered classes (running the user's projections).
+    ``read_only``: a command that only reads opens a SQLite file read-only,
+    so it works on backups and read-only mounts and never migrates the file.
     """
     if (db is None) == (postgres is None):
         _fail("name one store: --db PATH (SQLite) or --postgres CONNINFO")
     serializer = browse_serializer() if raw else None
     try:
         if db is not None:
-            return SqliteEventStore(db, serializer=serializer)
+            return SqliteEventStore(db, serializer=serializer, read_only=read_only)
         from eventfold.store.postgres import PostgresEventStore  # noqa: PLC0415 - extra
 
         return PostgresEventStore(postgres or "", schema=schema, serializer=serializer, max_size=2)
@@ -95,7 +102,7 @@ def streams(db: Db = None, postgres: Postgres = None, schema: Schema = "eventfol
     """List the streams of an event store with their versions (from the global log)."""
     last_events: dict[str, RecordedEvent] = {}
     total = 0
-    store = _open(db, postgres, schema)
+    store = _open(db, postgres, schema, read_only=True)
     try:
         with store:
             for event in store.read_all():
@@ -127,7 +134,7 @@ def show(
     schema: Schema = "eventfold",
 ) -> None:
     """Print a stream's history: version, event type, data, recorded at."""
-    store = _open(db, postgres, schema)
+    store = _open(db, postgres, schema, read_only=True)
     try:
         with store:
             events = list(store.read(stream))
@@ -203,7 +210,7 @@ def projections_status(
     """Position, lag and dead letters of every projection of a store."""
     from eventfold.projections import projection_statuses  # noqa: PLC0415 - keep start fast
 
-    store = _open(db, postgres, schema)
+    store = _open(db, postgres, schema, read_only=True)
     try:
         with store:
             statuses = projection_statuses(store)

@@ -2,35 +2,51 @@
 
 sqlite3 has no asyncio API, so the I/O is written once here as plain
 functions: the sync store calls them directly, the async store runs them on
-worker threads. Every sqlite3 exception is translated in :class:`_translate`.
+worker threads. Every sqlite3 exception (and the driver's UnicodeDecodeError)
+is translated at one boundary, :mod:`eventfold.store._sqlite_errors`.
 
-Concurrency: each thread gets its own connection. Appends run in
-``BEGIN IMMEDIATE`` transactions, which take SQLite's single write lock
-before reading the stream version, so the expected-version check and the
-insert are one atomic step, across threads and across processes sharing the
-file. Threads of one process first queue on a Python lock, which hands the
-write lock over without SQLite's sleeping busy handler; other processes wait
-through ``busy_timeout``.
+Concurrency: each thread gets its own connection to a file (``:memory:``
+has one connection, shared: see below). Appends run in ``BEGIN IMMEDIATE``
+transactions, which take SQLite's single write lock before reading the
+stream version, so the expected-version check and the insert are one atomic
+step, across threads and across processes sharing the file. Threads of one
+process first queue on a Python lock, which hands the write lock over
+without SQLite's sleeping busy handler; other processes wait through
+``busy_timeout``. Both waits together are bounded by ``busy_timeout``, after
+which the writer gets StoreTimeout naming who holds the lock.
+
+Each use of a connection holds that connection's lock, so that ``close()``
+from another thread never closes a connection under a running statement (the
+sqlite3 module frees the statement and the process crashes): ``close()``
+interrupts running reads (they raise StoreClosed), lets running write
+transactions finish (waiting up to ``busy_timeout``), and closes each
+connection when its use ends.
+
+An in-memory database exists only inside its connection: ``":memory:"``
+stores keep one connection that the threads take turns on (reads wait for
+a write transaction to end, up to ``busy_timeout``).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from types import TracebackType
 from typing import Literal
+from urllib.parse import quote
 
 from eventfold.errors import (
     ConfigurationError,
-    StoreClosed,
+    InvalidRequest,
     StoreError,
     StoreTimeout,
-    StoreUnavailable,
     StreamDeleted,
     WrongExpectedVersion,
 )
@@ -50,29 +66,121 @@ from eventfold.store._common import (
     truncation_point,
 )
 from eventfold.store._sql import load_statements
+from eventfold.store._sqlite_conn import (
+    APPLICATION_ID,
+    SQLITE_HEADER,
+    FileFacts,
+    OwnedLock,
+    inspect_file,
+    read_facts,
+)
+from eventfold.store._sqlite_errors import (
+    Translate,
+    closed_error,
+    missing_directory_error,
+    not_a_database_error,
+    on_read_only_file_system,
+    read_only_error,
+    write_obstacle,
+)
 
-__all__ = ["Durability", "SqliteDatabase"]
+__all__ = ["APPLICATION_ID", "Durability", "SqliteDatabase"]
 
 SQL = load_statements("sqlite")
 SCHEMA_VERSION = 4
+
+logger = logging.getLogger("eventfold.store.sqlite")
 
 #: ``full``: an acknowledged append survives power loss (fsync per commit).
 #: ``normal``: survives a crash of the process; the last commits may be lost
 #: on power loss or OS crash. ``off``: no fsync at all (tests, bulk loads).
 Durability = Literal["full", "normal", "off"]
 _SYNCHRONOUS = {"full": "FULL", "normal": "NORMAL", "off": "OFF"}
+#: A writer that waited longer than this for the in-process write lock gives
+#: SQLite only the rest of busy_timeout for other processes' locks.
+_LONG_WAIT = 0.01
 
 
-class _translate:
-    """Translate sqlite3 exceptions into the eventfold hierarchy (the one boundary)."""
+class _Handle:
+    """One sqlite3 connection and the lock held by each use of it.
 
-    __slots__ = ("path",)
+    ``enter()``/``leave()`` (or ``with handle as conn``, which also
+    translates errors) bracket every use. ``pins``: threads that took the
+    bare connection (:meth:`SqliteDatabase.connection`) and may use it
+    without the lock; only they close it.
+    """
 
-    def __init__(self, path: str) -> None:
-        self.path = path
+    __slots__ = (
+        "_db",
+        "closed",
+        "conn",
+        "depth",
+        "guard",
+        "held",
+        "lock",
+        "pins",
+        "thread",
+        "writing",
+    )
 
-    def __enter__(self) -> None:
-        return None
+    def __init__(
+        self, db: SqliteDatabase, conn: sqlite3.Connection, thread: threading.Thread | None
+    ) -> None:
+        self._db = db
+        self.conn = conn
+        self.thread = thread  # None: shared by every thread (":memory:")
+        self.lock = threading.RLock()
+        self.depth = 0  # how deep the holder of `lock` is inside uses
+        self.held: tuple[threading.Thread, float] | None = None  # shared: who, since when
+        self.guard = threading.Lock()  # orders close() against interrupt()
+        self.closed = False
+        self.writing = False
+        self.pins: set[threading.Thread] = set()
+
+    def take(self, timeout: float | None) -> bool:
+        """Take the lock within ``timeout`` seconds (0: if free, None: wait)."""
+        lock = self.lock
+        if not lock.acquire(False):
+            if timeout is None:
+                lock.acquire()
+            elif timeout <= 0 or not lock.acquire(True, timeout):
+                return False
+        self.depth += 1
+        if self.depth == 1 and self.thread is None:
+            self.held = (threading.current_thread(), time.monotonic())
+        return True
+
+    def holder_text(self) -> str:
+        """Who uses the connection now, for messages."""
+        held = self.held
+        if held is not None:
+            return f"thread {held[0].name!r} has used it for {time.monotonic() - held[1]:.1f} s"
+        if self.thread is not None:
+            return f"thread {self.thread.name!r} is using it"
+        return "no thread uses it any more"
+
+    def enter(self) -> sqlite3.Connection:
+        db = self._db
+        # A thread's own connection is contended only by close(), which holds
+        # its lock for a moment; the shared one by every thread of the store.
+        if not self.take(db.busy_timeout if self.thread is None else None):
+            raise db.connection_timeout(self)
+        if self.closed or (db.closed and self.depth == 1):
+            self.leave()
+            raise closed_error(db.path)
+        return self.conn
+
+    def leave(self) -> None:
+        """End a use; the last use after close() closes the connection."""
+        if self.depth == 1:
+            self.held = None
+            if self._db.closed:
+                self.close_if_safe()
+        self.depth -= 1
+        self.lock.release()
+
+    def __enter__(self) -> sqlite3.Connection:
+        return self.enter()
 
     def __exit__(
         self,
@@ -80,29 +188,36 @@ class _translate:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if exc is None or not isinstance(exc, sqlite3.Error):
-            return
-        message = str(exc)
-        if isinstance(exc, sqlite3.OperationalError):
-            if "locked" in message or "busy" in message:
-                raise StoreTimeout(
-                    f"SQLite database {self.path!r} stayed locked by another writer "
-                    "past busy_timeout; retry, or raise busy_timeout"
-                ) from exc
-            if "unable to open" in message or "disk I/O" in message:
-                raise StoreUnavailable(
-                    f"cannot open SQLite database {self.path!r}: {message}"
-                ) from exc
-        if isinstance(exc, sqlite3.ProgrammingError) and "closed" in message:
-            raise StoreClosed(f"SQLite store {self.path!r} is closed") from exc
-        raise StoreError(f"SQLite error on {self.path!r}: {message}") from exc
+        self.leave()
+        if exc is not None:
+            self._db.translate.raise_for(exc)
+
+    def close_if_safe(self) -> None:
+        """Close the connection unless a live thread other than this one pinned it."""
+        me = threading.current_thread()
+        if all(t is me or not t.is_alive() for t in self.pins):
+            with self.guard:
+                if not self.closed:
+                    self.closed = True
+                    self.conn.close()
+
+    def interrupt(self) -> None:
+        """Make the running statement fail (SQLITE_INTERRUPT) soon; safe from any thread."""
+        with self.guard:
+            if not self.closed:
+                self.conn.interrupt()
 
 
 class SqliteDatabase:
     """Connections to one SQLite file and the store's transactions on it."""
 
     def __init__(
-        self, path: str | os.PathLike[str], *, durability: Durability, busy_timeout: float
+        self,
+        path: str | os.PathLike[str],
+        *,
+        durability: Durability,
+        busy_timeout: float,
+        read_only: bool = False,
     ) -> None:
         if durability not in _SYNCHRONOUS:
             raise ConfigurationError(
@@ -110,110 +225,410 @@ class SqliteDatabase:
             )
         if not isinstance(busy_timeout, (int, float)) or busy_timeout < 0:
             raise ConfigurationError(f"busy_timeout must be seconds >= 0, not {busy_timeout!r}")
+        if not isinstance(read_only, bool):
+            raise ConfigurationError(f"read_only must be True or False, not {read_only!r}")
         self.path = os.fspath(path)
-        if self.path != ":memory:" and Path(self.path).is_dir():
-            raise ConfigurationError(f"SQLite path {self.path!r} is a directory, not a file")
+        self.memory = self.path == ":memory:"
+        if self.memory and read_only:
+            raise ConfigurationError(
+                "an in-memory SQLite database cannot be read_only: it starts empty"
+            )
         self.durability = durability
-        self.busy_timeout = busy_timeout
+        self.busy_timeout = float(busy_timeout)
+        self.read_only = read_only
         self._local = threading.local()
-        # Each connection with the thread that owns it, so that connections of
-        # finished threads can be closed instead of piling up.
-        self._connections: list[tuple[threading.Thread, sqlite3.Connection]] = []
-        self._connections_lock = threading.Lock()
-        self._write_lock = threading.Lock()
+        # Every connection opened (file: one per thread; memory: one shared).
+        self._handles: list[_Handle] = []
+        self._handles_lock = threading.Lock()
+        self._shared: _Handle | None = None
+        self._write_lock = OwnedLock()
         self._closed = False
-        self._translate = _translate(self.path)
-        self._migrate()
+        self.translate = Translate(
+            self.path,
+            read_only=read_only,
+            busy_timeout=self.busy_timeout,
+            is_closed=self._is_closed,
+        )
+        self._target = self.path
+        self._uri = False
+        if read_only:
+            self._target = f"file:{quote(str(Path(self.path).absolute()))}?mode=ro"
+            self._uri = True
+        try:
+            self._open()
+        except BaseException:
+            self.close()  # no connection outlives a failed open
+            raise
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._closed
+
+    def _is_closed(self) -> bool:
+        return self._closed
+
+    # -- opening ------------------------------------------------------------------------
+
+    def _open(self) -> None:
+        if not self.memory:
+            self._check_path()
+        conn, facts = self._first_connection()
+        handle = self._register(conn)
+        with handle as conn:
+            inspect_file(facts, self.path)
+            if facts.user_version > SCHEMA_VERSION:
+                raise ConfigurationError(
+                    f"{self.path!r} has eventfold schema version {facts.user_version}; this "
+                    f"eventfold knows up to {SCHEMA_VERSION}: upgrade eventfold"
+                )
+            if self.read_only:
+                self._check_readable(facts)
+                return
+            self._configure(conn)
+        self._migrate(facts)
+
+    def _check_path(self) -> None:
+        """What the file system can tell before SQLite opens (or creates) the file."""
+        file = Path(self.path)
+        if file.is_dir():
+            raise ConfigurationError(f"SQLite path {self.path!r} is a directory, not a file")
+        directory = file.absolute().parent
+        if not directory.is_dir():
+            raise missing_directory_error(self.path, directory)
+        if self.read_only and not file.exists():
+            raise ConfigurationError(
+                f"SQLite database {self.path!r} does not exist "
+                "(read_only=True opens existing files only)"
+            )
+        header = b""
+        if file.exists():
+            try:
+                with file.open("rb") as stream:
+                    header = stream.read(len(SQLITE_HEADER))
+            except OSError as exc:
+                message = f"cannot read SQLite database {self.path!r}: {exc.strerror}"
+                raise StoreError(message) from exc
+        if header and header != SQLITE_HEADER:
+            raise not_a_database_error(self.path, "it does not begin with SQLite's file header")
+        if not self.read_only:
+            why = write_obstacle(file.absolute())
+            if why is not None:
+                raise read_only_error(self.path, why)
+
+    def _first_connection(self) -> tuple[sqlite3.Connection, FileFacts]:
+        """Connect and read what the file is, before changing anything in it."""
+        with self.translate:
+            try:
+                return self._connect_and_read()
+            except sqlite3.OperationalError as exc:
+                if not (exc.sqlite_errorcode == sqlite3.SQLITE_CANTOPEN and self._immutable_ok()):
+                    raise
+            # A WAL file without its -wal on read-only media: SQLite cannot
+            # create the -shm it wants, but nobody can write the file there
+            # either, so it is read as immutable (no locks, no -shm).
+            logger.info("opening %r as immutable: read-only media, no -wal file", self.path)
+            self._target += "&immutable=1"
+            return self._connect_and_read()
+
+    def _connect_and_read(self) -> tuple[sqlite3.Connection, FileFacts]:
+        conn = self._raw_connect()
+        try:
+            return conn, read_facts(conn, SQL["schema_objects"])
+        except BaseException:
+            conn.close()
+            raise
+
+    def _immutable_ok(self) -> bool:
+        file = Path(self.path).absolute()
+        return (
+            self.read_only
+            and file.is_file()
+            and not file.with_name(file.name + "-wal").exists()
+            and on_read_only_file_system(file)
+        )
+
+    def _check_readable(self, facts: FileFacts) -> None:
+        if facts.is_new:
+            raise ConfigurationError(
+                f"{self.path!r} is empty, not an eventfold database yet "
+                "(read_only=True never initialises a file)"
+            )
+        if facts.user_version < SCHEMA_VERSION:
+            raise ConfigurationError(
+                f"{self.path!r} is at eventfold schema version {facts.user_version}; this "
+                f"eventfold reads version {SCHEMA_VERSION}: open it once without "
+                "read_only=True to migrate it, or read it with the eventfold that wrote it"
+            )
+
+    def _migrate(self, facts: FileFacts) -> None:
+        if facts.user_version == SCHEMA_VERSION:
+            if facts.application_id != APPLICATION_ID:
+                # Made by an eventfold that did not mark its files yet.
+                with self._write("marking the file as eventfold's") as conn:
+                    conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
+            return
+        for target in range(facts.user_version + 1, SCHEMA_VERSION + 1):
+            with self._write("a migration") as conn:
+                # Re-check under the write lock: another process may have migrated.
+                (current,) = conn.execute("PRAGMA user_version").fetchone()
+                if current >= target:
+                    continue
+                for statement in SQL[f"migration_{target}"].split(";\n"):
+                    if statement.strip():
+                        conn.execute(statement)
+                conn.execute(f"PRAGMA user_version={target}")
+                conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
 
     # -- connections --------------------------------------------------------------------
 
-    def _connect(self) -> sqlite3.Connection:
-        with self._translate:
-            conn = sqlite3.connect(
-                self.path,
-                timeout=self.busy_timeout,
-                isolation_level=None,  # explicit BEGIN/COMMIT only
-                check_same_thread=False,  # close() may run on another thread
-                cached_statements=64,
-            )
+    def _raw_connect(self) -> sqlite3.Connection:
+        return sqlite3.connect(
+            self._target,
+            uri=self._uri,
+            timeout=self.busy_timeout,
+            isolation_level=None,  # explicit BEGIN/COMMIT only
+            check_same_thread=False,  # close() may run on another thread
+            cached_statements=64,
+        )
+
+    def _configure(self, conn: sqlite3.Connection) -> None:
+        if not self.read_only:  # a read-only file keeps the journal mode it has
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute(f"PRAGMA synchronous={_SYNCHRONOUS[self.durability]}")
-        with self._connections_lock:
+
+    def _register(self, conn: sqlite3.Connection) -> _Handle:
+        shared = self.memory
+        handle = _Handle(self, conn, None if shared else threading.current_thread())
+        with self._handles_lock:
             if self._closed:
                 conn.close()
-                raise StoreClosed(f"SQLite store {self.path!r} is closed")
-            finished = [c for t, c in self._connections if not t.is_alive()]
-            self._connections = [(t, c) for t, c in self._connections if t.is_alive()]
-            self._connections.append((threading.current_thread(), conn))
+                raise closed_error(self.path)
+            finished = [
+                h for h in self._handles if h.thread is not None and not h.thread.is_alive()
+            ]
+            self._handles = [h for h in self._handles if h not in finished]
+            self._handles.append(handle)
         for stale in finished:
-            stale.close()
-        return conn
+            stale.close_if_safe()
+        if shared:
+            self._shared = handle
+        else:
+            self._local.handle = handle
+        return handle
+
+    def _handle(self) -> _Handle:
+        """This thread's connection (opened on first use), or the shared one."""
+        handle = self._shared
+        if handle is not None:
+            return handle
+        handle = getattr(self._local, "handle", None)
+        if handle is None:
+            if self._closed:
+                raise closed_error(self.path)
+            with self.translate:
+                conn = self._raw_connect()
+                try:
+                    self._configure(conn)
+                except BaseException:
+                    conn.close()
+                    raise
+            handle = self._register(conn)
+        return handle
 
     def connection(self) -> sqlite3.Connection:
-        """This thread's connection, opened on first use."""
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = self._local.conn = self._connect()
-        return conn
+        """This thread's bare connection, opened on first use.
 
-    def _migrate(self) -> None:
-        conn = self.connection()
-        with self._translate:
-            (version,) = conn.execute("PRAGMA user_version").fetchone()
-            if version > SCHEMA_VERSION:
-                raise ConfigurationError(
-                    f"{self.path!r} has eventfold schema version {version}; this eventfold "
-                    f"knows up to {SCHEMA_VERSION}: upgrade eventfold"
-                )
-            for target in range(version + 1, SCHEMA_VERSION + 1):
-                with self._write_transaction(conn):
-                    # Re-check under the write lock: another process may have migrated.
-                    (current,) = conn.execute("PRAGMA user_version").fetchone()
-                    if current >= target:
-                        continue
-                    for statement in SQL[f"migration_{target}"].split(";\n"):
-                        if statement.strip():
-                            conn.execute(statement)
-                    conn.execute(f"PRAGMA user_version={target}")
+        Prefer :meth:`reading` and :meth:`write_transaction`: they translate
+        errors and keep ``close()`` from closing the connection under them.
+        A connection taken here is closed by the thread that took it, at its
+        next use through the store after ``close()`` (or when it ends).
+        """
+        handle = self._handle()
+        if handle.closed or self._closed:
+            if handle.take(0):
+                handle.leave()  # closes it, if this thread is the last to use it
+            raise closed_error(self.path)
+        handle.pins.add(threading.current_thread())
+        return handle.conn
+
+    def connection_timeout(self, handle: _Handle) -> StoreTimeout:
+        """The error of a wait for a connection held by another thread (``:memory:``)."""
+        message = (
+            f"SQLite database {self.path!r}: waited {self.busy_timeout:g} s (busy_timeout) "
+            f"for its connection; {handle.holder_text()} (an in-memory database "
+            "has one connection, used by one thread at a time); retry, or raise busy_timeout"
+        )
+        logger.warning("%s", message)
+        return StoreTimeout(message)
+
+    def write_lock_holder(self) -> tuple[str, float] | None:
+        """Who holds this store's write lock: (thread name, since), or None.
+
+        ``since`` is a ``time.monotonic()`` value: ``time.monotonic() - since``
+        is how long the thread has held it (a projection handler in its batch
+        transaction, an append). Only threads of this process are seen; other
+        processes hold SQLite's lock directly.
+        """
+        return self._write_lock.holder()
 
     def close(self) -> None:
-        """Close every connection this database opened."""
-        with self._connections_lock:
+        """Close every connection; interrupt running reads, let running writes end.
+
+        Waits up to ``busy_timeout`` for uses that are running; a connection
+        still in use then is closed when that use ends (a warning says so).
+        """
+        with self._handles_lock:
+            if self._closed:
+                return
             self._closed = True
-            connections, self._connections = self._connections, []
-        for _, conn in connections:
-            conn.close()
+            handles, self._handles = self._handles, []
+        busy = []
+        for handle in handles:
+            # Taken here, a handle is closed by leave() (or, taken deeper by
+            # this very thread, when this thread leaves it).
+            if handle.take(0):
+                handle.leave()
+            else:
+                if not handle.writing:
+                    handle.interrupt()
+                busy.append(handle)
+        deadline = time.monotonic() + self.busy_timeout
+        for handle in busy:
+            if handle.take(max(deadline - time.monotonic(), 0)):
+                handle.leave()
+            else:
+                logger.warning(
+                    "closing SQLite store %r: a connection is still in use (%s); "
+                    "it is closed when that use ends",
+                    self.path,
+                    handle.holder_text(),
+                )
 
     # -- transactions -------------------------------------------------------------------
 
     @contextmanager
     def reading(self) -> Iterator[sqlite3.Connection]:
         """This thread's connection for reads outside a transaction (errors translated)."""
-        with self._translate:
-            yield self.connection()
+        handle = self._handle()
+        conn = handle.enter()
+        try:
+            yield conn
+        except (sqlite3.Error, UnicodeDecodeError) as exc:
+            self.translate.raise_for(exc)
+            raise
+        finally:
+            handle.leave()
 
-    @contextmanager
-    def write_transaction(self) -> Iterator[sqlite3.Connection]:
+    def write_transaction(self) -> AbstractContextManager[sqlite3.Connection]:
         """This thread's connection inside a write transaction (errors translated).
 
         For read models kept in the same file as the events: what is written
         through the connection commits or rolls back together.
         """
-        conn = self.connection()
-        with self._translate, self._write_transaction(conn):
-            yield conn
+        return self._write("a write transaction", body_is_ours=False)
 
     @contextmanager
-    def _write_transaction(self, conn: sqlite3.Connection) -> Iterator[None]:
+    def _write(self, operation: str, *, body_is_ours: bool = True) -> Iterator[sqlite3.Connection]:
         """BEGIN IMMEDIATE ... COMMIT, rolled back on any exception."""
-        with self._write_lock:
+        handle = self._begin_write(operation)
+        try:
+            yield handle.conn
+        except BaseException as exc:
+            self._end_write(handle, commit=False)
+            # The driver's UnicodeDecodeError is translated; the caller's own is not.
+            if body_is_ours or not isinstance(exc, UnicodeDecodeError):
+                self.translate.raise_for(exc)
+            raise
+        self._end_write(handle, commit=True)
+
+    def _begin_write(self, operation: str) -> _Handle:
+        """Take this thread's connection and the write lock, and BEGIN IMMEDIATE."""
+        if self.read_only:
+            raise InvalidRequest(
+                f"SQLite store {self.path!r} was opened with read_only=True: "
+                f"{operation} is refused (nothing was written)"
+            )
+        handle = self._handle()
+        conn = handle.enter()
+        try:
+            waited = self._take_write_lock()
+        except BaseException:
+            handle.leave()
+            raise
+        handle.writing = True
+        try:
+            with self.translate:
+                self._begin(conn, waited)
+        except BaseException:
+            self._release_write(handle)
+            raise
+        return handle
+
+    def _end_write(self, handle: _Handle, *, commit: bool) -> None:
+        """COMMIT (or ROLLBACK), then release the write lock and the connection."""
+        conn = handle.conn
+        try:
+            if commit:
+                try:
+                    with self.translate:
+                        conn.execute("COMMIT")
+                except BaseException:
+                    self._rollback(conn)
+                    raise
+            else:
+                self._rollback(conn)
+        finally:
+            self._release_write(handle)
+
+    def _release_write(self, handle: _Handle) -> None:
+        handle.writing = False
+        self._write_lock.release()
+        handle.leave()
+
+    def _take_write_lock(self) -> float:
+        """Wait (at most busy_timeout) for this process's write lock; return seconds waited."""
+        lock = self._write_lock
+        if lock.held_by_me():
+            raise StoreError(
+                f"this thread already holds the write transaction of {self.path!r}: a write "
+                "inside it (such as an append from a projection handler or an inline "
+                "projection) would wait for itself; write through the transaction's "
+                "connection instead"
+            )
+        if lock.acquire(0):
+            return 0.0
+        start = time.monotonic()
+        if lock.acquire(self.busy_timeout):
+            return time.monotonic() - start
+        message = (
+            f"SQLite database {self.path!r}: waited {time.monotonic() - start:.1f} s "
+            f"(busy_timeout) for the write lock; {lock.holder_text()} in this process "
+            "(a long write transaction, such as a slow projection handler); "
+            "retry, or raise busy_timeout"
+        )
+        logger.warning("%s", message)
+        raise StoreTimeout(message)
+
+    def _begin(self, conn: sqlite3.Connection, waited: float) -> None:
+        if waited <= _LONG_WAIT:
             conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield
-            except BaseException:
+            return
+        # Other processes' locks get only what is left of busy_timeout.
+        remaining = max(self.busy_timeout - waited, 0.0)
+        conn.execute(f"PRAGMA busy_timeout={int(remaining * 1000)}")
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        finally:
+            conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
+
+    def _rollback(self, conn: sqlite3.Connection) -> None:
+        try:
+            if conn.in_transaction:
                 conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            # Closed or interrupted: SQLite has rolled the transaction back itself.
+            logger.debug("rollback on %r failed: %s", self.path, exc)
 
     def append(
         self,
@@ -227,17 +642,16 @@ class SqliteDatabase:
         ``inline`` is called in that transaction with the connection and the
         rows written; if it raises, the append is rolled back.
         """
-        conn = self.connection()
-        # Written out rather than with _write_transaction: this is the hot path.
-        with self._translate, self._write_lock:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                result = self._append_in_transaction(conn, stream, batch, expected, inline)
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
-            return result
+        # Written out rather than with _write: this is the hot path.
+        handle = self._begin_write("append")
+        try:
+            result = self._append_in_transaction(handle.conn, stream, batch, expected, inline)
+        except BaseException as exc:
+            self._end_write(handle, commit=False)
+            self.translate.raise_for(exc)
+            raise
+        self._end_write(handle, commit=True)
+        return result
 
     def _append_in_transaction(
         self,
@@ -300,15 +714,14 @@ class SqliteDatabase:
     def read_page(self, stream: str, cursor: int, backwards: bool, count: int) -> list[Row]:
         """Up to ``count`` rows of ``stream`` starting at version ``cursor``."""
         sql = SQL["read_backward"] if backwards else SQL["read_forward"]
-        with self._translate:
-            return self.connection().execute(sql, (stream, cursor, count)).fetchall()
+        with self._handle() as conn:
+            return conn.execute(sql, (stream, cursor, count)).fetchall()
 
     def read_all_page(
         self, after: int, types: list[str] | None, prefix: str | None, count: int
     ) -> list[Row]:
         """Up to ``count`` rows of the global log after ``after``."""
-        with self._translate:
-            conn = self.connection()
+        with self._handle() as conn:
             if types is None and prefix is None:
                 return conn.execute(SQL["read_all"], (after, count)).fetchall()
             types_json = json.dumps(types) if types is not None else None
@@ -320,15 +733,15 @@ class SqliteDatabase:
         self, stream: str
     ) -> tuple[int, int | None, bytes | None, bytes | None, bytes | None]:
         """(version, first stored version, metadata, deletion, truncation) of ``stream``."""
-        with self._translate:
+        with self._handle() as conn:
             row: tuple[int, int | None, bytes | None, bytes | None, bytes | None]
-            row = self.connection().execute(SQL["stream_info"], (stream,)).fetchone()
+            row = conn.execute(SQL["stream_info"], (stream,)).fetchone()
             return row
 
     def find_event(self, event_id: bytes) -> Row | None:
         """The row of the event ``event_id`` unless its stream is deleted."""
-        with self._translate:
-            row: Row | None = self.connection().execute(SQL["find_event"], (event_id,)).fetchone()
+        with self._handle() as conn:
+            row: Row | None = conn.execute(SQL["find_event"], (event_id,)).fetchone()
             return row
 
     def _is_hard_deleted(self, conn: sqlite3.Connection, stream: str) -> bool:
@@ -342,8 +755,7 @@ class SqliteDatabase:
 
     def delete_stream(self, stream: str, hard: bool, by: str, reason: str) -> None:
         """Mark ``stream`` deleted; erase its events too when ``hard``."""
-        conn = self.connection()
-        with self._translate, self._write_transaction(conn):
+        with self._write("delete_stream") as conn:
             version = deletion_version(stream, *self._state(conn, stream), hard)
             if version is None:
                 return
@@ -353,15 +765,13 @@ class SqliteDatabase:
 
     def restore_stream(self, stream: str) -> None:
         """Clear a soft delete."""
-        conn = self.connection()
-        with self._translate, self._write_transaction(conn):
+        with self._write("restore_stream") as conn:
             if restore_needed(stream, *self._state(conn, stream)):
                 conn.execute(SQL["restore_stream"], (stream,))
 
     def truncate_stream(self, stream: str, before: int, by: str, reason: str) -> int:
         """Erase events older than ``before`` (never the newest); return the count."""
-        conn = self.connection()
-        with self._translate, self._write_transaction(conn):
+        with self._write("truncate_stream") as conn:
             keep_from = truncation_point(stream, *self._state(conn, stream), before)
             erased: int = conn.execute(SQL["erase_before"], (stream, keep_from)).rowcount
             if erased:
@@ -374,17 +784,17 @@ class SqliteDatabase:
     ) -> None:
         """Insert or replace the snapshot of (stream, version)."""
         params = (stream, version, state_type, schema_version, data, now_us())
-        with self._translate, self._write_lock:
-            self.connection().execute(SQL["save_snapshot"], params)
+        with self._write("save_snapshot") as conn:
+            conn.execute(SQL["save_snapshot"], params)
 
     def load_snapshot(
         self, stream: str, max_version: int
     ) -> tuple[int, str, int, bytes, int] | None:
         """(version, state_type, schema_version, data, recorded_at) of the newest match."""
-        with self._translate:
-            row: tuple[int, str, int, bytes, int] | None = (
-                self.connection().execute(SQL["load_snapshot"], (stream, max_version)).fetchone()
-            )
+        with self._handle() as conn:
+            row: tuple[int, str, int, bytes, int] | None = conn.execute(
+                SQL["load_snapshot"], (stream, max_version)
+            ).fetchone()
             return row
 
     def delete_snapshots(
@@ -392,17 +802,17 @@ class SqliteDatabase:
     ) -> int:
         """Delete matching snapshots; return how many."""
         params = (stream, state_type, keep_schema_version)
-        with self._translate, self._write_lock:
-            deleted: int = self.connection().execute(SQL["delete_snapshots"], params).rowcount
+        with self._write("delete_snapshots") as conn:
+            deleted: int = conn.execute(SQL["delete_snapshots"], params).rowcount
             return deleted
 
     def set_stream_metadata(self, stream: str, metadata: bytes | None) -> None:
         """Store the stream's metadata."""
-        with self._translate, self._write_lock:
-            self.connection().execute(SQL["set_stream_metadata"], (stream, metadata))
+        with self._write("set_stream_metadata") as conn:
+            conn.execute(SQL["set_stream_metadata"], (stream, metadata))
 
     def last_position(self) -> int:
         """Highest committed position."""
-        with self._translate:
-            (position,) = self.connection().execute(SQL["last_position"]).fetchone()
+        with self._handle() as conn:
+            (position,) = conn.execute(SQL["last_position"]).fetchone()
             return int(position)
