@@ -19,9 +19,10 @@ from it by ``tools/unasync.py``.
 
 from __future__ import annotations
 
-import asyncio  # unasync: import threading
+import asyncio  # unasync: remove
 import logging
 import math
+import threading
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from contextlib import asynccontextmanager  # unasync: from contextlib import contextmanager
@@ -59,6 +60,8 @@ from eventfold.store._postgres import (
     LATEST_SCHEMA_VERSION,
     AsyncConnection,
     AsyncConnectionPool,
+    PoolTimeout,
+    PoolUnreachable,
     PostgresStatements,
     UniqueViolation,
     append_params,
@@ -153,6 +156,41 @@ async def _one(
     return tuple(row)
 
 
+class AsyncStorePool(AsyncConnectionPool[AsyncConnection[Any]]):
+    """The store's own pool: tells an exhausted pool from a server it cannot reach.
+
+    It counts the connections handed out. A wait for a connection that times
+    out while fewer than ``max_size`` are out means the pool could have
+    opened another one and did not manage to: PoolUnreachable (the server is
+    unreachable or not accepting connections), not PoolTimeout (exhausted).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._out = 0
+        self._out_lock = threading.Lock()
+        super().__init__(*args, **kwargs)
+
+    async def getconn(self, timeout: float | None = None) -> AsyncConnection[Any]:
+        try:
+            conn = await super().getconn(timeout)
+        except PoolTimeout as exc:
+            if self._out < self.max_size:
+                waited = self.timeout if timeout is None else timeout
+                raise PoolUnreachable(
+                    f"no PostgreSQL connection could be opened within {waited:g} s "
+                    f"({self._out} of the pool's {self.max_size} in use)"
+                ) from exc
+            raise
+        with self._out_lock:
+            self._out += 1
+        return conn
+
+    async def putconn(self, conn: AsyncConnection[Any]) -> None:
+        with self._out_lock:
+            self._out -= 1
+        await super().putconn(conn)
+
+
 class AsyncPostgresEventStore(AsyncStoreBase):
     """An event store in a PostgreSQL database (schema created by :func:`migrate`).
 
@@ -206,7 +244,7 @@ class AsyncPostgresEventStore(AsyncStoreBase):
         if pool is not None and isinstance(pool.conninfo, str):
             self._conninfo = pool.conninfo
         if pool is None and conninfo is not None:
-            pool = AsyncConnectionPool(
+            pool = AsyncStorePool(
                 conninfo,
                 min_size=min_size,
                 max_size=max_size,

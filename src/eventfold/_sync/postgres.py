@@ -60,6 +60,8 @@ from eventfold.store._postgres import (
     LATEST_SCHEMA_VERSION,
     Connection,
     ConnectionPool,
+    PoolTimeout,
+    PoolUnreachable,
     PostgresStatements,
     UniqueViolation,
     append_params,
@@ -152,6 +154,41 @@ def _one(
     return tuple(row)
 
 
+class StorePool(ConnectionPool[Connection[Any]]):
+    """The store's own pool: tells an exhausted pool from a server it cannot reach.
+
+    It counts the connections handed out. A wait for a connection that times
+    out while fewer than ``max_size`` are out means the pool could have
+    opened another one and did not manage to: PoolUnreachable (the server is
+    unreachable or not accepting connections), not PoolTimeout (exhausted).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._out = 0
+        self._out_lock = threading.Lock()
+        super().__init__(*args, **kwargs)
+
+    def getconn(self, timeout: float | None = None) -> Connection[Any]:
+        try:
+            conn = super().getconn(timeout)
+        except PoolTimeout as exc:
+            if self._out < self.max_size:
+                waited = self.timeout if timeout is None else timeout
+                raise PoolUnreachable(
+                    f"no PostgreSQL connection could be opened within {waited:g} s "
+                    f"({self._out} of the pool's {self.max_size} in use)"
+                ) from exc
+            raise
+        with self._out_lock:
+            self._out += 1
+        return conn
+
+    def putconn(self, conn: Connection[Any]) -> None:
+        with self._out_lock:
+            self._out -= 1
+        super().putconn(conn)
+
+
 class PostgresEventStore(StoreBase):
     """An event store in a PostgreSQL database (schema created by :func:`migrate`).
 
@@ -205,7 +242,7 @@ class PostgresEventStore(StoreBase):
         if pool is not None and isinstance(pool.conninfo, str):
             self._conninfo = pool.conninfo
         if pool is None and conninfo is not None:
-            pool = ConnectionPool(
+            pool = StorePool(
                 conninfo,
                 min_size=min_size,
                 max_size=max_size,

@@ -29,7 +29,7 @@ try:
     from psycopg import AsyncConnection, Connection, sql
     from psycopg import errors as pg_errors
     from psycopg.errors import UniqueViolation
-    from psycopg_pool import AsyncConnectionPool, ConnectionPool
+    from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
 except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
     raise ImportError(
         "the PostgreSQL event store needs psycopg 3 and psycopg-pool: "
@@ -61,6 +61,8 @@ __all__ = [
     "AsyncConnectionPool",
     "Connection",
     "ConnectionPool",
+    "PoolTimeout",
+    "PoolUnreachable",
     "PostgresStatements",
     "check_schema_name",
     "schema_version_error",
@@ -134,6 +136,13 @@ class PostgresStatements:
             (version, self._rendered[f"migration_{version}"])
             for version in range(current + 1, LATEST_SCHEMA_VERSION + 1)
         ]
+
+
+# -- connections ---------------------------------------------------------------------------
+
+
+class PoolUnreachable(psycopg_pool.PoolTimeout):
+    """The pool had room for another connection but could not open one in time."""
 
 
 # -- positions and rows ----------------------------------------------------------------
@@ -233,21 +242,36 @@ def append_params(
 # SQLSTATE classes and codes, see https://www.postgresql.org/docs/current/errcodes-appendix.html
 _UNAVAILABLE_STATES: Final = frozenset(
     {
-        "57P01",  # admin_shutdown: the server is stopping or restarting
+        "57P01",  # admin_shutdown: the server is stopping or restarting (or a backend kill)
         "57P02",  # crash_shutdown
         "57P03",  # cannot_connect_now: starting up, shutting down, recovering
+        "57P05",  # idle_session_timeout: the server closed an idle session
         "53300",  # too_many_connections
     }
 )
-_TIMEOUT_STATES: Final = frozenset(
-    {
-        "57014",  # query_canceled: statement_timeout or a cancel request
-        "55P03",  # lock_not_available: lock_timeout
-        "25P03",  # idle_in_transaction_session_timeout
-    }
-)
+_TIMEOUT_STATES: Final = {
+    "57014": "PostgreSQL cancelled the statement (statement_timeout or a cancel request)",
+    "55P03": "a lock was not granted in time (lock_timeout)",
+    "25P03": "PostgreSQL ended the session: a transaction stayed idle longer than "
+    "idle_in_transaction_session_timeout",
+    "25P04": "PostgreSQL ended the session: a transaction ran longer than transaction_timeout",
+}
+# Class 53: the server ran short of something. Retrying helps once it is freed.
+_RESOURCE_STATES: Final = {
+    "53000": "PostgreSQL ran short of a resource: retry later",
+    "53100": "the PostgreSQL server's disk is full: free space (or grow the volumes) "
+    "holding its data directory and WAL (pg_wal; a replication slot no replica "
+    "reads keeps WAL forever), then retry",
+    "53200": "PostgreSQL ran out of memory (or of shared memory for locks): retry "
+    "later; if it persists, lower work_mem or the number of connections, or raise "
+    "max_locks_per_transaction",
+}
+_LIMIT_STATE: Final = "53400"  # configuration_limit_exceeded (e.g. temp_file_limit)
 _RETRYABLE_STATES: Final = frozenset({"40001", "40P01"})  # serialization failure, deadlock
 _MISSING_STATES: Final = frozenset({"42P01", "3F000"})  # undefined_table, invalid_schema_name
+_PROTOCOL_VIOLATION: Final = "08P01"
+_DATABASE_DROPPED: Final = "57P04"
+_READ_ONLY: Final = "25006"
 _VERSION_TAKEN = re.compile(r"=\((?P<stream>.*), (?P<version>\d+)\) already exists")
 # libpq reports failed connection attempts without a SQLSTATE: recognise by message.
 _SETUP_MESSAGES: Final = (
@@ -256,6 +280,9 @@ _SETUP_MESSAGES: Final = (
     (re.compile(r'role ".*" does not exist'), "create the role or fix the user in the conninfo"),
     (re.compile(r'database ".*" does not exist'), "create the database or fix its name"),
     (re.compile(r"permission denied"), "grant this role CONNECT on the database"),
+)
+_TOO_MANY_CONNECTIONS = re.compile(
+    r"too many (clients|connections)|remaining connection slots are reserved"
 )
 
 
@@ -299,41 +326,81 @@ class translate_errors:
     ) -> None:
         if exc is None or isinstance(exc, EventfoldError):
             return
+        # First: the pool's errors subclass psycopg.OperationalError.
+        if isinstance(
+            exc, (psycopg_pool.PoolTimeout, psycopg_pool.PoolClosed, psycopg_pool.TooManyRequests)
+        ):
+            raise _pool_error(exc) from exc
         if isinstance(exc, psycopg.Error):
             raise self._translate(exc) from exc
-        if isinstance(exc, psycopg_pool.PoolClosed):
-            raise StoreClosed("the PostgreSQL connection pool is closed") from exc
-        if isinstance(exc, psycopg_pool.PoolTimeout):
-            raise StoreTimeout(
-                f"no PostgreSQL connection became free in time ({exc}): the pool is "
-                "exhausted (raise max_size) or the server is unreachable"
-            ) from exc
-        if isinstance(exc, psycopg_pool.TooManyRequests):
-            raise StoreTimeout(f"too many requests waiting for a connection: {exc}") from exc
 
     def _translate(self, exc: psycopg.Error) -> EventfoldError:
         state = exc.sqlstate
         message = str(exc).strip()
         if state is None:
             return _connection_error(exc, message)
-        if state in _MISSING_STATES:
+        if state in _MISSING_STATES and re.search(f'"{self.schema}[."]', message):
             return ConfigurationError(f"{_missing_schema(self.schema)} ({message})")
-        if state in _UNAVAILABLE_STATES or state.startswith("08"):
+        if state in _UNAVAILABLE_STATES or (
+            state.startswith("08") and state != _PROTOCOL_VIOLATION
+        ):
             return StoreUnavailable(f"PostgreSQL is unavailable, retry later: {message}")
         if state in _TIMEOUT_STATES:
-            return StoreTimeout(f"PostgreSQL cancelled the statement ({state}): {message}")
+            return StoreTimeout(f"{_TIMEOUT_STATES[state]} ({state}): {message}")
         if state.startswith("28") or state == "42501":
             return ConfigurationError(
                 f"PostgreSQL refused this role ({state}): {message}; fix the conninfo "
                 "or grant the role access to the database and schema"
             )
+        if state == _DATABASE_DROPPED:
+            return ConfigurationError(f"the database was dropped ({state}): {message}")
         if isinstance(exc, pg_errors.UniqueViolation):
             taken = _version_taken(exc)
             if taken is not None and self.stream is not None:
                 return WrongExpectedVersion(self.stream, self.expected, taken)
-        error = StoreError(f"PostgreSQL error {state}: {message}")
-        error.retryable = state in _RETRYABLE_STATES
+        return _other_error(state, message)
+
+
+def _other_error(state: str, message: str) -> StoreError:
+    """A StoreError for a state the other branches do not name; retryable where it helps."""
+    if state in _RESOURCE_STATES:
+        error = StoreError(f"{_RESOURCE_STATES[state]} ({state}): {message}")
+        error.retryable = True
         return error
+    if state == _LIMIT_STATE:
+        return StoreError(
+            f"a limit set in the server's configuration was exceeded ({state}): {message}; "
+            "raise it (for example temp_file_limit) or ask for less at once"
+        )
+    if state == _READ_ONLY:
+        return StoreError(
+            f"PostgreSQL refused a write ({state}): {message}; the server is read-only "
+            "(a standby, a demoted primary, or default_transaction_read_only): connect to "
+            "the primary (for example target_session_attrs=read-write in the conninfo)"
+        )
+    error = StoreError(f"PostgreSQL error {state}: {message}")
+    error.retryable = state in _RETRYABLE_STATES
+    return error
+
+
+def _pool_error(exc: BaseException) -> StoreError:
+    if isinstance(exc, psycopg_pool.PoolClosed):
+        return StoreClosed(f"the PostgreSQL connection pool is closed ({exc})")
+    if isinstance(exc, PoolUnreachable):
+        return StoreUnavailable(
+            f"PostgreSQL is unavailable, retry later: {exc} (the pool's log, logger "
+            "'psycopg.pool', says why its connection attempts failed)"
+        )
+    if isinstance(exc, psycopg_pool.TooManyRequests):
+        return StoreTimeout(
+            f"too many requests are waiting for a PostgreSQL connection ({exc}): raise the "
+            "pool's max_size or max_waiting, or send fewer requests at once"
+        )
+    return StoreTimeout(
+        f"no PostgreSQL connection became free in time ({exc}): all of the pool's "
+        "connections are in use; raise max_size or hold connections for less time (a pool "
+        "you pass yourself also reports so when it cannot connect)"
+    )
 
 
 def _version_taken(exc: psycopg.Error) -> int | None:
@@ -349,8 +416,14 @@ def _connection_error(exc: psycopg.Error, message: str) -> EventfoldError:
         for pattern, advice in _SETUP_MESSAGES:
             if pattern.search(message):
                 return ConfigurationError(f"cannot connect to PostgreSQL: {message}; {advice}")
+        if _TOO_MANY_CONNECTIONS.search(message):
+            return StoreUnavailable(
+                f"PostgreSQL accepts no more connections, retry later: {message}; the "
+                "server's max_connections (or a role's or database's connection limit) is "
+                "reached: use fewer or smaller pools, or raise the limit"
+            )
     if isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError)):
-        return StoreUnavailable(f"cannot reach PostgreSQL, retry later: {message}")
+        return StoreUnavailable(f"PostgreSQL is unavailable, retry later: {message}")
     return StoreError(f"PostgreSQL error: {message}")
 
 
