@@ -368,8 +368,11 @@ def _driver_error(state: str | None, message: str) -> psycopg.Error:
     return psycopg.errors.lookup(state)(message)
 
 
-def _translated(exc: BaseException) -> EventfoldError:
-    with pytest.raises(EventfoldError) as info, translate_errors(_SCHEMA, "s", ANY):
+def _translated(exc: BaseException, *, sent: bool = False) -> EventfoldError:
+    errors = translate_errors(_SCHEMA, "s", ANY)
+    if sent:
+        errors.sent = True  # as the append sets it while its statement is in flight
+    with pytest.raises(EventfoldError) as info, errors:
         raise exc
     assert info.value.__cause__ is exc
     return info.value
@@ -383,6 +386,7 @@ def test_each_sqlstate_maps_to_a_truthful_error(
     assert type(translated) is error
     assert getattr(translated, "retryable", False) is retryable
     assert says in str(translated)
+    assert not getattr(translated, "outcome_unknown", False)
 
 
 @pytest.mark.parametrize(
@@ -444,6 +448,28 @@ def test_errors_without_a_sqlstate_and_the_pools_errors(
     assert says in str(translated)
 
 
+@pytest.mark.parametrize(
+    ("exc", "unknown"),
+    [
+        (psycopg.OperationalError("server closed the connection unexpectedly"), True),
+        (_driver_error("57P01", "terminating connection due to administrator command"), True),
+        # The server answered: the statement failed, nothing was committed.
+        (_driver_error("57014", "canceling statement due to statement timeout"), False),
+        (_driver_error("40P01", "deadlock detected"), False),
+        (_driver_error("53100", "No space left on device"), False),
+        # No connection: nothing was sent.
+        (psycopg_pool.PoolTimeout("couldn't get a connection"), False),
+        (PoolUnreachable("no PostgreSQL connection could be opened"), False),
+    ],
+)
+def test_an_append_lost_in_flight_is_outcome_unknown(exc: Exception, unknown: bool) -> None:
+    translated = _translated(exc, sent=True)
+    assert getattr(translated, "outcome_unknown", False) is unknown
+    assert ("may or may not have been committed" in str(translated)) is unknown
+    if unknown:
+        assert isinstance(translated, StoreUnavailable) and translated.retryable
+
+
 # -- errors provoked for real ---------------------------------------------------------------
 
 
@@ -455,7 +481,7 @@ def test_an_exhausted_pool_is_a_store_timeout(pg_database: str, schema: str) -> 
             pytest.raises(StoreTimeout, match="raise max_size") as info,
         ):
             store.append("s", [Deposited(amount=1)])
-        assert info.value.retryable
+        assert info.value.retryable and not info.value.outcome_unknown
         assert isinstance(info.value.__cause__, psycopg_pool.PoolTimeout)
         assert store.append("s", [Deposited(amount=1)]).to_version == 1  # nothing was written
 
@@ -502,7 +528,7 @@ def test_lock_timeout_is_store_timeout(pg_database: str, schema: str) -> None:
             blocker.execute(query.format(sql.Identifier(schema)))
             with pytest.raises(StoreTimeout, match="lock_timeout") as info:
                 store.append("s", [Deposited(amount=2)])
-        assert info.value.retryable
+        assert info.value.retryable and not info.value.outcome_unknown
         assert isinstance(info.value.__cause__, psycopg.errors.LockNotAvailable)
         assert [e.version for e in store.read("s")] == [1]
 

@@ -318,11 +318,13 @@ class AsyncPostgresEventStore(AsyncStoreBase):
         statement, params = append_params(stream, expected, batch)
         query = self._sql[statement]
         actual = 0
-        with translate_errors(self.schema, stream, expected):
+        with translate_errors(self.schema, stream, expected) as errors:
             async with self._connection() as conn:
                 for _ in range(_APPEND_ATTEMPTS):
                     # The happy path is this one statement: one round trip, no BEGIN/COMMIT.
-                    state = await self._try_append(conn, stream, batch, expected, query, params)
+                    state = await self._try_append(
+                        conn, errors, stream, batch, expected, query, params
+                    )
                     if isinstance(state, AppendResult):
                         return state
                     # Nothing was written: the expectation failed, the stream is
@@ -345,6 +347,7 @@ class AsyncPostgresEventStore(AsyncStoreBase):
     async def _try_append(
         self,
         conn: AsyncConnection[Any],
+        errors: translate_errors,
         stream: str,
         batch: list[EncodedEvent],
         expected: Expected,
@@ -355,8 +358,11 @@ class AsyncPostgresEventStore(AsyncStoreBase):
 
         None means a unique violation (a lost race for a version, or a stored
         event id) undid the statement. Nothing is stored unless an
-        AppendResult is returned.
+        AppendResult is returned. ``errors.sent`` is True from the moment the
+        statement leaves until its outcome is known: a connection lost in
+        between leaves it unknown whether the batch was committed.
         """
+        errors.sent = True
         try:
             if self._inline:
                 # Inline projections write in the append's transaction.
@@ -374,7 +380,9 @@ class AsyncPostgresEventStore(AsyncStoreBase):
                     cursor = await conn.execute(query, params)
                     row = await cursor.fetchone()
         except UniqueViolation:
+            errors.sent = False  # the server undid the statement
             return None
+        errors.sent = False
         if row is None:
             raise StoreError("PostgreSQL returned no row for the append")
         actual, deleted, inserted, last_seq, tx, _ = row

@@ -312,11 +312,11 @@ class PostgresEventStore(StoreBase):
         statement, params = append_params(stream, expected, batch)
         query = self._sql[statement]
         actual = 0
-        with translate_errors(self.schema, stream, expected):
+        with translate_errors(self.schema, stream, expected) as errors:
             with self._connection() as conn:
                 for _ in range(_APPEND_ATTEMPTS):
                     # The happy path is this one statement: one round trip, no BEGIN/COMMIT.
-                    state = self._try_append(conn, stream, batch, expected, query, params)
+                    state = self._try_append(conn, errors, stream, batch, expected, query, params)
                     if isinstance(state, AppendResult):
                         return state
                     # Nothing was written: the expectation failed, the stream is
@@ -339,6 +339,7 @@ class PostgresEventStore(StoreBase):
     def _try_append(
         self,
         conn: Connection[Any],
+        errors: translate_errors,
         stream: str,
         batch: list[EncodedEvent],
         expected: Expected,
@@ -349,8 +350,11 @@ class PostgresEventStore(StoreBase):
 
         None means a unique violation (a lost race for a version, or a stored
         event id) undid the statement. Nothing is stored unless an
-        AppendResult is returned.
+        AppendResult is returned. ``errors.sent`` is True from the moment the
+        statement leaves until its outcome is known: a connection lost in
+        between leaves it unknown whether the batch was committed.
         """
+        errors.sent = True
         try:
             if self._inline:
                 # Inline projections write in the append's transaction.
@@ -368,7 +372,9 @@ class PostgresEventStore(StoreBase):
                     cursor = conn.execute(query, params)
                     row = cursor.fetchone()
         except UniqueViolation:
+            errors.sent = False  # the server undid the statement
             return None
+        errors.sent = False
         if row is None:
             raise StoreError("PostgreSQL returned no row for the append")
         actual, deleted, inserted, last_seq, tx, _ = row

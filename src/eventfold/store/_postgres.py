@@ -297,16 +297,33 @@ def _missing_schema(schema: str) -> str:
     return f"the eventfold schema {schema!r} is missing in this database: {_run_migrate(schema)}"
 
 
+def _outcome_unknown(error: StoreError, stream: str | None) -> StoreError:
+    """``error`` for a connection lost after the append was sent: its outcome is unknown."""
+    where = f" to stream {stream!r}" if stream is not None else ""
+    unknown = type(error)(
+        f"{error}; the append{where} may or may not have been committed (the connection "
+        "failed after it was sent): appending the same NewEvent objects again is safe, "
+        "their ids make it exactly-once (it returns the original result if the first "
+        "attempt was stored); plain event objects get fresh ids on each call and would "
+        "be stored twice"
+    )
+    unknown.retryable = error.retryable
+    unknown.outcome_unknown = True
+    return unknown
+
+
 class translate_errors:
     """Translate psycopg exceptions into the eventfold hierarchy: the one boundary.
 
     Every database call of the store runs inside this context manager.
     ``stream`` and ``expected`` name the append being made, for the
     WrongExpectedVersion raised if a (stream, version) uniqueness violation
-    ever escapes the append logic.
+    ever escapes the append logic. The append sets :attr:`sent` while its
+    statement awaits the answer: a connection failure then has an unknown
+    outcome (``StoreError.outcome_unknown``).
     """
 
-    __slots__ = ("expected", "schema", "stream")
+    __slots__ = ("expected", "schema", "sent", "stream")
 
     def __init__(
         self, schema: str, stream: str | None = None, expected: Expected | None = None
@@ -314,9 +331,11 @@ class translate_errors:
         self.schema = schema
         self.stream = stream
         self.expected = expected
+        #: True while an append statement is on its way or awaits its answer.
+        self.sent = False
 
-    def __enter__(self) -> None:
-        return None
+    def __enter__(self) -> translate_errors:
+        return self
 
     def __exit__(
         self,
@@ -332,7 +351,10 @@ class translate_errors:
         ):
             raise _pool_error(exc) from exc
         if isinstance(exc, psycopg.Error):
-            raise self._translate(exc) from exc
+            error = self._translate(exc)
+            if self.sent and isinstance(error, StoreUnavailable):
+                error = _outcome_unknown(error, self.stream)
+            raise error from exc
 
     def _translate(self, exc: psycopg.Error) -> EventfoldError:
         state = exc.sqlstate
