@@ -1,28 +1,47 @@
-"""The PostgreSQL store when connections break or lose a reply.
+"""The PostgreSQL store when connections stall, break or lose a reply.
 
-The tests run the real server behind a TCP proxy on 127.0.0.1
+Most tests run the real server behind a TCP proxy on 127.0.0.1
 (tests/proxy.py) that can freeze, cut every connection, or drop the reply to
-one request.
+one request. A frozen proxy is not a network partition in one respect: the
+proxy's kernel still acknowledges every byte the store sends, so TCP
+keepalives and ``tcp_user_timeout`` (which notice a peer that acknowledges
+nothing) cannot fire; what bounds a call there is the store's
+``stall_timeout``. A real partition needs a network namespace of its own
+(tests/partition.py): that test runs where ``unshare -n`` works (as root).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any, TypeVar
 
+import psycopg
 import pytest
+from psycopg import sql
 
 from eventfold import (
     NO_STREAM,
+    ConfigurationError,
     NewEvent,
     StoreError,
+    StoreTimeout,
     StoreUnavailable,
 )
 from eventfold.store.postgres import AsyncPostgresEventStore, PostgresEventStore, migrate
 from eventfold.testing._events import Deposited, Opened
+from tests.partition import bridge
 from tests.pg import free_loopback_port, new_schema_name
 from tests.proxy import TcpProxy
 
@@ -43,6 +62,25 @@ def proxy(pg_database: str) -> Iterator[TcpProxy]:
         yield running
 
 
+def _timed(call: Callable[[], object]) -> tuple[BaseException | None, float]:
+    """Run ``call`` in a thread; its error (None if it returned) and how long it took."""
+    outcome: list[BaseException | None] = []
+
+    def run() -> None:
+        try:
+            call()
+            outcome.append(None)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    started = time.monotonic()
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(GUARD)
+    assert not thread.is_alive(), f"still blocked after {GUARD:g} s"
+    return outcome[0], time.monotonic() - started
+
+
 def _until_it_works(call: Callable[[], T]) -> tuple[T, float, list[str]]:
     """Retry ``call`` on retryable errors, as an application would; result, seconds, errors."""
     started = time.monotonic()
@@ -54,6 +92,197 @@ def _until_it_works(call: Callable[[], T]) -> tuple[T, float, list[str]]:
             assert exc.retryable, exc
             assert time.monotonic() - started < GUARD, f"not working after {GUARD:g} s: {exc}"
             errors.append(type(exc).__name__)
+
+
+# -- A: stalled connections ----------------------------------------------------------------
+
+
+def _socket_options(conn: psycopg.Connection[Any]) -> dict[str, int]:
+    sock = socket.socket(fileno=os.dup(conn.fileno()))
+    try:
+        return {
+            "keepalive": sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE),
+            "idle": sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE),
+            "interval": sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL),
+            "count": sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT),
+            "user_timeout": sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT),
+        }
+    finally:
+        sock.close()
+
+
+def test_tcp_keepalive_defaults_reach_the_sockets(pg_database: str, schema: str) -> None:
+    with PostgresEventStore(pg_database, schema=schema) as store:
+        store.last_position()
+        with store.pool.connection() as conn:
+            pooled = _socket_options(conn)
+        # What the first schema check and a subscription's LISTEN connect with.
+        with store._connect() as dedicated:
+            own = _socket_options(dedicated)
+    expected = {"keepalive": 1, "idle": 15, "interval": 5, "count": 3, "user_timeout": 30000}
+    assert pooled == own == expected
+
+
+def test_the_conninfo_wins_over_the_tcp_defaults(pg_database: str, schema: str) -> None:
+    url = psycopg.conninfo.make_conninfo(
+        pg_database, keepalives_idle=7, keepalives_count=9, tcp_user_timeout=1234
+    )
+    with PostgresEventStore(url, schema=schema) as store:
+        store.last_position()
+        with store.pool.connection() as conn:
+            options = _socket_options(conn)
+    expected = {"keepalive": 1, "idle": 7, "interval": 5, "count": 9, "user_timeout": 1234}
+    assert options == expected
+
+
+def test_statement_timeout_option_cancels_on_the_server(pg_database: str, schema: str) -> None:
+    with PostgresEventStore(pg_database, schema=schema, statement_timeout=0.3) as store:
+        store.append("s", [Deposited(amount=1)])
+        with store.pool.connection() as conn:
+            assert conn.execute("SHOW statement_timeout").fetchone() == ("300ms",)
+        with psycopg.connect(pg_database) as blocker:
+            query = sql.SQL("LOCK TABLE {}.events IN ACCESS EXCLUSIVE MODE")
+            blocker.execute(query.format(sql.Identifier(schema)))
+            with pytest.raises(StoreTimeout) as info:
+                store.append("s", [Deposited(amount=2)])
+        assert info.value.retryable and not info.value.outcome_unknown
+        assert isinstance(info.value.__cause__, psycopg.errors.QueryCanceled)
+        assert [e.version for e in store.read("s")] == [1]
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"statement_timeout": 0}, "statement_timeout must be seconds"),
+        ({"stall_timeout": -1}, "stall_timeout must be seconds"),
+        ({"statement_timeout": 5, "stall_timeout": 5}, "must exceed statement_timeout"),
+    ],
+)
+def test_timeouts_must_make_sense(options: dict[str, float], message: str) -> None:
+    with pytest.raises(ConfigurationError, match=message):
+        PostgresEventStore("postgresql://unused", **options)
+
+
+def test_a_statement_timeout_in_both_places_is_refused(pg_database: str) -> None:
+    url = psycopg.conninfo.make_conninfo(pg_database, options="-c statement_timeout=100")
+    with pytest.raises(ConfigurationError, match="keep one"):
+        PostgresEventStore(url, statement_timeout=1)
+
+
+def test_a_frozen_connection_fails_in_bounded_time_then_the_pool_recovers(
+    pg_database: str, schema: str, proxy: TcpProxy, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = proxy.conninfo(pg_database)
+    with PostgresEventStore(
+        url, schema=schema, min_size=1, max_size=1, connect_timeout=2, stall_timeout=2
+    ) as store:
+        store.append("s", [Deposited(amount=1)])
+        proxy.freeze()
+        # The append's statement is sent into the freeze; its answer never comes.
+        late = NewEvent(data=Deposited(amount=2))
+        append_error, append_seconds = _timed(lambda: store.append("s", [late]))
+        assert isinstance(append_error, StoreUnavailable), append_error
+        assert append_error.outcome_unknown and "stalled" in str(append_error)
+        # The pool's only connection died; its replacement cannot get through the freeze.
+        read_error, read_seconds = _timed(lambda: list(store.read_all()))
+        assert isinstance(read_error, StoreUnavailable), read_error
+        assert "could be opened" in str(read_error) and not read_error.outcome_unknown
+        proxy.thaw()
+        # Same ids again: exactly once, whether the frozen statement arrived late or not.
+        result, recovery, errors = _until_it_works(lambda: store.append("s", [late]))
+        assert [e.data for e in store.read("s")] == [Deposited(amount=1), Deposited(amount=2)]
+        assert result.to_version == 2
+    with capsys.disabled():
+        print(
+            f"\n[frozen connection] append failed after {append_seconds:.2f} s, read_all "
+            f"after {read_seconds:.2f} s (stall_timeout=2, connect_timeout=2); working "
+            f"again {recovery:.2f} s after the thaw ({errors or 'no error'})"
+        )
+
+
+@pytest.mark.asyncio
+async def test_an_async_frozen_read_fails_in_bounded_time(
+    pg_database: str, schema: str, proxy: TcpProxy, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = proxy.conninfo(pg_database)
+    async with AsyncPostgresEventStore(
+        url, schema=schema, min_size=2, max_size=2, connect_timeout=2, stall_timeout=2
+    ) as store:
+        await store.append("s", [Deposited(amount=1)])
+        proxy.freeze()
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable) as info:
+            await asyncio.wait_for(store.last_position(), GUARD)
+        seconds = time.monotonic() - started
+        assert "stalled" in str(info.value)
+        proxy.thaw()
+        deadline = time.monotonic() + GUARD
+        while True:
+            try:
+                assert [e.version async for e in store.read("s")] == [1]
+                break
+            except StoreError as exc:
+                assert exc.retryable and time.monotonic() < deadline
+    with capsys.disabled():
+        print(f"\n[frozen connection, async] failed after {seconds:.2f} s (stall_timeout=2)")
+
+
+def _partition_unavailable() -> str | None:
+    """Why a network namespace cannot be made here (None: it can)."""
+    if sys.platform != "linux" or not (shutil.which("unshare") and shutil.which("ip")):
+        return "a network partition needs Linux with unshare and ip"
+    probe = subprocess.run(
+        ["unshare", "-n", "ip", "link", "set", "lo", "up"],
+        capture_output=True,
+        text=True,
+        timeout=10,
+        check=False,
+    )
+    if probe.returncode:
+        return f"cannot create a network namespace here: {probe.stderr.strip()}"
+    return None
+
+
+def test_a_real_partition_is_noticed_by_tcp_user_timeout(
+    pg_database: str, schema: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    reason = _partition_unavailable()
+    if reason is not None:
+        pytest.skip(reason)
+    params = psycopg.conninfo.conninfo_to_dict(pg_database)
+    target = (str(params.pop("host", "127.0.0.1")), int(params.pop("port", 5432)))
+    # The store's conninfo: the server's database and user, a short tcp_user_timeout.
+    conninfo = psycopg.conninfo.make_conninfo("", **params, tcp_user_timeout=2000)
+    with tempfile.TemporaryDirectory(prefix="ef-") as folder:
+        path = os.path.join(folder, "pg.sock")  # short: Unix socket paths are limited
+        with socket.socket(socket.AF_UNIX) as listener:
+            listener.bind(path)
+            listener.listen()
+            threading.Thread(
+                target=bridge,
+                args=(listener, lambda: socket.create_connection(target)),
+                daemon=True,
+            ).start()
+            proc = subprocess.run(
+                ["unshare", "-n", sys.executable, "-m", "tests.partition", path, conninfo, schema],
+                capture_output=True,
+                text=True,
+                timeout=2 * GUARD,
+                cwd=Path(__file__).resolve().parent.parent,
+                check=False,
+            )
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout.splitlines()[-1])
+    append = report["append"]
+    assert append["error"] == "StoreUnavailable", append
+    assert append["outcome_unknown"], append
+    assert report["versions"] == [1, 2]  # the resent append is stored once
+    with capsys.disabled():
+        print(
+            f"\n[partition] append failed after {append['seconds']:.2f} s "
+            f"(tcp_user_timeout=2000, no stall_timeout); working again "
+            f"{report['recovered_seconds']:.2f} s after the partition ended"
+        )
 
 
 # -- D: a reply lost after the commit --------------------------------------------------------

@@ -40,6 +40,7 @@ from eventfold.projections import Projection, ProjectionRunner, ProjectionStoppe
 from eventfold.serialization import Serializer
 from eventfold.store._common import AppendResult, Expected, encode_batch, expectation_met
 from eventfold.store._postgres import (
+    ConnectionStalled,
     PoolUnreachable,
     PostgresStatements,
     append_params,
@@ -419,6 +420,12 @@ def test_each_sqlstate_maps_to_a_truthful_error(
             "placeholder",
         ),
         (
+            ConnectionStalled("PostgreSQL sent nothing for 2 s"),
+            StoreUnavailable,
+            True,
+            "sent nothing",
+        ),
+        (
             psycopg_pool.PoolTimeout("couldn't get a connection after 1.00 sec"),
             StoreTimeout,
             True,
@@ -452,6 +459,7 @@ def test_errors_without_a_sqlstate_and_the_pools_errors(
     ("exc", "unknown"),
     [
         (psycopg.OperationalError("server closed the connection unexpectedly"), True),
+        (ConnectionStalled("PostgreSQL sent nothing for 2 s"), True),
         (_driver_error("57P01", "terminating connection due to administrator command"), True),
         # The server answered: the statement failed, nothing was committed.
         (_driver_error("57014", "canceling statement due to statement timeout"), False),

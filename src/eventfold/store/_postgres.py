@@ -17,10 +17,13 @@ that stores checkpoints must keep them as Python ints / ``numeric``, not in a
 
 from __future__ import annotations
 
+import math
+import os
 import re
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
+from time import monotonic
 from types import TracebackType
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 from uuid import UUID
 
 try:
@@ -28,6 +31,7 @@ try:
     import psycopg_pool
     from psycopg import AsyncConnection, Connection, sql
     from psycopg import errors as pg_errors
+    from psycopg.conninfo import conninfo_to_dict
     from psycopg.errors import UniqueViolation
     from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
 except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
@@ -57,14 +61,18 @@ from eventfold.store._sql import load_statements
 
 __all__ = [
     "LATEST_SCHEMA_VERSION",
+    "TCP_DEFAULTS",
     "AsyncConnection",
     "AsyncConnectionPool",
     "Connection",
     "ConnectionPool",
+    "ConnectionStalled",
     "PoolTimeout",
     "PoolUnreachable",
     "PostgresStatements",
     "check_schema_name",
+    "connection_settings",
+    "guard_stall",
     "schema_version_error",
     "UniqueViolation",
     "append_params",
@@ -140,9 +148,115 @@ class PostgresStatements:
 
 # -- connections ---------------------------------------------------------------------------
 
+#: libpq parameters the store adds to its connections unless the conninfo sets
+#: them. They bound how long a dead peer (network partition, frozen VM: nothing
+#: acknowledges what is sent) goes unnoticed: an idle connection is probed after
+#: 15 s, a probe every 5 s, and data (request or probe) unacknowledged for 30 s
+#: ends the connection. A stalled call then fails with StoreUnavailable.
+TCP_DEFAULTS: Final[dict[str, str]] = {
+    "keepalives": "1",
+    "keepalives_idle": "15",
+    "keepalives_interval": "5",
+    "keepalives_count": "3",
+    "tcp_user_timeout": "30000",  # milliseconds
+}
+#: How much longer than ``statement_timeout`` the store waits for an answer
+#: before it takes the connection for stalled (the server cancels first).
+STALL_GRACE: Final = 5.0
+_STATEMENT_TIMEOUT = re.compile(r"statement[_-]timeout\s*=")
+RV = TypeVar("RV")
+
+
+def _check_seconds(name: str, value: object) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ConfigurationError(f"{name} must be seconds > 0 or None, not {value!r}")
+    return float(value)
+
+
+def connection_settings(
+    conninfo: str | None,
+    *,
+    connect_timeout: float,
+    statement_timeout: float | None = None,
+    stall_timeout: float | None = None,
+) -> tuple[dict[str, Any], float | None]:
+    """The connect() keyword arguments for the store's connections, and the stall timeout.
+
+    :data:`TCP_DEFAULTS` are added where ``conninfo`` does not set them (a
+    conninfo value always wins). ``statement_timeout`` (seconds) joins the
+    ``options`` the conninfo (or ``PGOPTIONS``) gives; setting it there too is
+    refused as ambiguous. The stall timeout is ``stall_timeout`` if given,
+    else ``statement_timeout`` + :data:`STALL_GRACE`, else None (no limit).
+    """
+    if not isinstance(connect_timeout, (int, float)) or connect_timeout <= 0:
+        raise ConfigurationError(f"connect_timeout must be seconds > 0, not {connect_timeout!r}")
+    statement = _check_seconds("statement_timeout", statement_timeout)
+    stall = _check_seconds("stall_timeout", stall_timeout)
+    if stall is not None and statement is not None and stall <= statement:
+        raise ConfigurationError(
+            f"stall_timeout ({stall:g} s) must exceed statement_timeout ({statement:g} s): "
+            "a statement the server is still allowed to run would be taken for a stalled "
+            "connection"
+        )
+    given = conninfo_to_dict(conninfo) if conninfo else {}
+    kwargs: dict[str, Any] = {
+        "autocommit": True,
+        # libpq takes whole seconds and treats values below 2 as 2.
+        "connect_timeout": max(2, math.ceil(connect_timeout)),
+    }
+    kwargs.update((key, value) for key, value in TCP_DEFAULTS.items() if key not in given)
+    if statement is not None:
+        options = str(given.get("options", os.environ.get("PGOPTIONS", "")))
+        if _STATEMENT_TIMEOUT.search(options):
+            raise ConfigurationError(
+                f"statement_timeout is set both in the conninfo options ({options!r}) and "
+                "as the store's statement_timeout=: keep one"
+            )
+        milliseconds = max(1, round(statement * 1000))
+        kwargs["options"] = f"{options} -c statement_timeout={milliseconds}".strip()
+    if stall is None and statement is not None:
+        stall = statement + STALL_GRACE
+    return kwargs, stall
+
+
+class ConnectionStalled(psycopg.OperationalError):
+    """Nothing arrived from the server for the stall timeout while the store awaited an answer."""
+
 
 class PoolUnreachable(psycopg_pool.PoolTimeout):
     """The pool had room for another connection but could not open one in time."""
+
+
+def guard_stall(gen: Generator[Any, Any, RV], seconds: float) -> Generator[Any, Any, RV]:
+    """Wrap a psycopg I/O generator: raise ConnectionStalled after ``seconds`` of silence.
+
+    psycopg drives a generator that yields what it waits for (readable,
+    writable) and is sent what became ready; a wait that times out (every
+    0.1 s) sends "nothing". The clock restarts whenever the socket is ready,
+    so a long answer that keeps arriving never trips it; only silence does.
+    That also catches a peer whose kernel still acknowledges every byte (a
+    hung server or proxy), which TCP keepalives cannot see.
+    """
+    deadline = monotonic() + seconds
+    try:
+        waiting = next(gen)
+        while True:
+            ready = yield waiting
+            if ready:
+                deadline = monotonic() + seconds
+            elif monotonic() >= deadline:
+                gen.close()
+                raise ConnectionStalled(
+                    f"PostgreSQL sent nothing for {seconds:g} s while the store waited for "
+                    "an answer: the connection is stalled (network partition, frozen or "
+                    "overloaded server) and was closed"
+                )
+            waiting = gen.send(ready)
+    except StopIteration as stop:
+        result: RV = stop.value
+        return result
 
 
 # -- positions and rows ----------------------------------------------------------------
