@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import shutil
 import socket
@@ -35,6 +36,7 @@ from eventfold import (
     NO_STREAM,
     ConfigurationError,
     NewEvent,
+    RecordedEvent,
     StoreError,
     StoreTimeout,
     StoreUnavailable,
@@ -283,6 +285,105 @@ def test_a_real_partition_is_noticed_by_tcp_user_timeout(
             f"(tcp_user_timeout=2000, no stall_timeout); working again "
             f"{report['recovered_seconds']:.2f} s after the partition ended"
         )
+
+
+# -- B: subscriptions resume ---------------------------------------------------------------
+
+
+def _cut_while_subscribed(
+    pg_database: str, schema: str, proxy: TcpProxy, total: int, cut_at: list[int]
+) -> tuple[list[RecordedEvent], list[RecordedEvent], int]:
+    """A subscriber behind the proxy, a writer beside it, a cut at each count in ``cut_at``."""
+    received: list[RecordedEvent] = []
+    progress = threading.Condition()
+    failures: list[BaseException] = []
+    with (
+        PostgresEventStore(proxy.conninfo(pg_database), schema=schema, connect_timeout=2) as store,
+        PostgresEventStore(pg_database, schema=schema) as writer,
+    ):
+        subscription = store.subscribe(poll_interval=0.5)
+
+        def follow() -> None:
+            try:
+                for event in subscription:
+                    with progress:
+                        received.append(event)
+                        progress.notify_all()
+                    if len(received) == total:
+                        return
+            except BaseException as exc:
+                failures.append(exc)
+                with progress:
+                    progress.notify_all()
+
+        def write() -> None:
+            for n in range(total):
+                writer.append(f"w-{n % 4}", [Deposited(amount=n)])
+
+        follower = threading.Thread(target=follow, daemon=True)
+        follower.start()
+        appender = threading.Thread(target=write, daemon=True)
+        appender.start()
+        cuts = 0
+        for count in cut_at:
+            with progress:
+                assert progress.wait_for(lambda c=count: len(received) >= c or failures, GUARD)
+            assert not failures, failures
+            cuts += proxy.cut()
+        appender.join(GUARD)
+        follower.join(GUARD)
+        subscription.close()
+        assert not failures, failures
+        assert not follower.is_alive(), f"the subscriber stopped at {len(received)} events"
+        log = list(writer.read_all())
+    return received, log, cuts
+
+
+def test_a_subscription_resumes_after_every_cut_and_delivers_each_event_once(
+    pg_database: str, schema: str, proxy: TcpProxy, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="eventfold.store"):
+        received, log, cuts = _cut_while_subscribed(
+            pg_database, schema, proxy, total=90, cut_at=[10, 40, 70]
+        )
+    assert cuts >= 3  # at least the LISTEN connection each time
+    assert [e.id for e in received] == [e.id for e in log]  # every event, once, in order
+    warnings = [r.getMessage() for r in caplog.records if r.name == "eventfold.store"]
+    assert any("StoreUnavailable" in w and "resuming in" in w for w in warnings), warnings
+    assert any("subscription resumed after position" in w for w in warnings), warnings
+
+
+@pytest.mark.asyncio
+async def test_an_async_subscription_resumes_after_a_cut(
+    pg_database: str, schema: str, proxy: TcpProxy
+) -> None:
+    url = proxy.conninfo(pg_database)
+    async with AsyncPostgresEventStore(url, schema=schema, connect_timeout=2) as store:
+        first = await store.append("s", [Deposited(amount=1)])
+        subscription = store.subscribe(poll_interval=0.5)
+        assert (await asyncio.wait_for(anext(subscription), GUARD)).position == first.position
+        pending = asyncio.ensure_future(anext(subscription))
+        # Wait until the subscriber's LISTEN and pooled connections are open, then cut.
+        deadline = time.monotonic() + GUARD
+        while proxy.connections < 2:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.01)
+        assert proxy.cut() >= 2
+        with PostgresEventStore(pg_database, schema=schema) as writer:
+            second = await asyncio.to_thread(writer.append, "s", [Deposited(amount=2)])
+        assert (await asyncio.wait_for(pending, GUARD)).position == second.position
+        await subscription.aclose()
+
+
+def test_a_non_retryable_error_still_ends_a_subscription(pg_database: str, schema: str) -> None:
+    with PostgresEventStore(pg_database, schema=schema) as store:
+        store.append("s", [Deposited(amount=1)])
+        subscription = store.subscribe(poll_interval=0.05)
+        next(subscription)
+        with psycopg.connect(pg_database, autocommit=True) as admin:
+            admin.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
+        with pytest.raises(ConfigurationError, match="migrate"):
+            next(subscription)
 
 
 # -- D: a reply lost after the commit --------------------------------------------------------

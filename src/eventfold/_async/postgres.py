@@ -699,7 +699,8 @@ class AsyncPostgresEventStore(AsyncStoreBase):
         # before the subscription's first read, so any commit after that read
         # is announced; notifications queued behind the one that woke a wait
         # only cause one cheap, empty read each. Without NOTIFY (notify=False)
-        # the poll interval finds new events.
+        # the poll interval finds new events. When this connection is lost, the
+        # wait raises StoreUnavailable and subscribe() resumes on a new one.
         if self._conninfo is None:
             raise ConfigurationError("subscribe() needs a pool whose conninfo is a string")
         with self._errors:
