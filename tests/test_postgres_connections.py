@@ -41,6 +41,7 @@ from eventfold import (
     StoreTimeout,
     StoreUnavailable,
 )
+from eventfold.projections import Projection, ProjectionContext, ProjectionRunner
 from eventfold.store.postgres import AsyncPostgresEventStore, PostgresEventStore, migrate
 from eventfold.testing._events import Deposited, Opened
 from tests.partition import bridge
@@ -458,3 +459,47 @@ def test_no_connection_at_all_is_not_outcome_unknown() -> None:
         store.append("s", [NewEvent(data=Deposited(amount=1))])
     assert info.value.retryable and not info.value.outcome_unknown
     assert "may or may not" not in str(info.value)
+
+
+# -- known gap elsewhere: a projection's lost COMMIT answer ----------------------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="ProjectionRunner._handle_page redoes a batch event by event after any error, "
+    "also when the batch's COMMIT went through and only its answer was lost",
+)
+def test_a_projection_batch_whose_commit_answer_is_lost_is_not_applied_twice(
+    pg_database: str, schema: str, proxy: TcpProxy
+) -> None:
+    table = sql.Identifier(schema, "seen")
+
+    def setup(ctx: ProjectionContext) -> None:
+        ctx.connection.execute(sql.SQL("CREATE TABLE {} (id uuid)").format(table))
+
+    def handle(ctx: ProjectionContext, event: RecordedEvent) -> None:
+        ctx.connection.execute(sql.SQL("INSERT INTO {} VALUES (%s)").format(table), (event.id,))
+
+    with PostgresEventStore(proxy.conninfo(pg_database), schema=schema) as store:
+        runner = ProjectionRunner(store, Projection("seen", handle, setup=setup))
+        first = store.append("s", [Deposited(amount=1)])
+        _visible(store, first.position)
+        assert runner.run_once() == 1
+        second = store.append("s", [Deposited(amount=2), Deposited(amount=3)])
+        _visible(store, second.position)
+        proxy.lose_reply(b"COMMIT")  # the batch transaction's COMMIT: its answer is lost
+        _until_it_works(runner.run_once)
+        assert proxy.reply_lost.is_set()
+        _until_it_works(runner.run_once)
+        stored = sorted(e.id for e in store.read("s"))
+        with psycopg.connect(pg_database) as conn:
+            rows = conn.execute(sql.SQL("SELECT id FROM {}").format(table)).fetchall()
+    assert sorted(row[0] for row in rows) == stored
+
+
+def _visible(store: PostgresEventStore, position: int) -> None:
+    """Wait until read_all shows ``position`` (a transaction elsewhere may hold it back)."""
+    deadline = time.monotonic() + GUARD
+    while store.last_position() < position:
+        assert time.monotonic() < deadline, "the append never became visible"
+        time.sleep(0.005)
