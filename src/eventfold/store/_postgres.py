@@ -559,7 +559,7 @@ def _connection_error(exc: psycopg.Error, message: str) -> EventfoldError:
                 "reached: use fewer or smaller pools, or raise the limit"
             )
     if isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError)):
-        return StoreUnavailable(f"PostgreSQL is unavailable, retry later: {message}")
+        return StoreUnavailable(f"cannot reach PostgreSQL, retry later: {message}")
     return StoreError(f"PostgreSQL error: {message}")
 
 
