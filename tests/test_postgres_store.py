@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
+import psycopg_pool
 import pytest
 import pytest_asyncio
 from psycopg import sql
@@ -23,9 +24,11 @@ from eventfold import (
     NO_STREAM,
     STREAM_EXISTS,
     ConfigurationError,
+    EventfoldError,
     InvalidRequest,
     NewEvent,
     RecordedEvent,
+    StoreClosed,
     StoreError,
     StoreTimeout,
     StoreUnavailable,
@@ -36,7 +39,13 @@ from eventfold._sync import postgres as sync_postgres
 from eventfold.projections import Projection, ProjectionRunner, ProjectionStopped
 from eventfold.serialization import Serializer
 from eventfold.store._common import AppendResult, Expected, encode_batch, expectation_met
-from eventfold.store._postgres import PostgresStatements, append_params, translate_errors
+from eventfold.store._postgres import (
+    ConnectionStalled,
+    PoolUnreachable,
+    PostgresStatements,
+    append_params,
+    translate_errors,
+)
 from eventfold.store.postgres import (
     LATEST_SCHEMA_VERSION,
     AsyncPostgresEventStore,
@@ -280,6 +289,315 @@ def test_other_database_errors_are_store_errors(pg_database: str) -> None:
     assert type(info.value) is StoreError
     assert not info.value.retryable
     assert "22012" in str(info.value)
+
+
+# -- the translation table, state by state ---------------------------------------------------
+
+_SCHEMA = "eventfold"
+_MAPPING: list[tuple[str | None, str, type[EventfoldError], bool, str]] = [
+    # (SQLSTATE, server message, eventfold error, retryable, part of its message)
+    (
+        "57P01",
+        "terminating connection due to administrator command",
+        StoreUnavailable,
+        True,
+        "retry later",
+    ),
+    ("57P02", "terminating connection because of crash", StoreUnavailable, True, "retry later"),
+    ("57P03", "the database system is starting up", StoreUnavailable, True, "retry later"),
+    (
+        "57P05",
+        "terminating connection due to idle-session timeout",
+        StoreUnavailable,
+        True,
+        "retry",
+    ),
+    ("53300", "sorry, too many clients already", StoreUnavailable, True, "retry later"),
+    ("08006", "connection failure", StoreUnavailable, True, "retry later"),
+    ("08003", "connection does not exist", StoreUnavailable, True, "retry later"),
+    ("08P01", "invalid frontend message type", StoreError, False, "08P01"),
+    (
+        "57014",
+        "canceling statement due to statement timeout",
+        StoreTimeout,
+        True,
+        "statement_timeout",
+    ),
+    ("55P03", "canceling statement due to lock timeout", StoreTimeout, True, "lock_timeout"),
+    (
+        "25P03",
+        "terminating connection due to idle-in-transaction timeout",
+        StoreTimeout,
+        True,
+        "idle_in_transaction_session_timeout",
+    ),
+    (
+        "25P04",
+        "terminating connection due to transaction timeout",
+        StoreTimeout,
+        True,
+        "transaction_timeout",
+    ),
+    ("53000", "insufficient resources", StoreError, True, "retry later"),
+    ("53100", "could not extend file: No space left on device", StoreError, True, "free space"),
+    ("53200", "out of shared memory", StoreError, True, "max_locks_per_transaction"),
+    ("53400", "temporary file size exceeds temp_file_limit", StoreError, False, "raise it"),
+    ("40001", "could not serialize access", StoreError, True, "40001"),
+    ("40P01", "deadlock detected", StoreError, True, "40P01"),
+    ("28000", "role is not permitted to log in", ConfigurationError, False, "fix the conninfo"),
+    ("28P01", "password authentication failed", ConfigurationError, False, "fix the conninfo"),
+    ("42501", "permission denied for table events", ConfigurationError, False, "grant"),
+    ("57P04", "database dropped", ConfigurationError, False, "dropped"),
+    (
+        "25006",
+        "cannot execute INSERT in a read-only transaction",
+        StoreError,
+        False,
+        "target_session_attrs",
+    ),
+    ("42P01", f'relation "{_SCHEMA}.events" does not exist', ConfigurationError, False, "migrate("),
+    ("3F000", f'schema "{_SCHEMA}" does not exist', ConfigurationError, False, "migrate("),
+    ("42P01", 'relation "read_model" does not exist', StoreError, False, "read_model"),
+    ("22012", "division by zero", StoreError, False, "22012"),
+    ("XX000", "internal error", StoreError, False, "XX000"),
+]
+
+
+def _driver_error(state: str | None, message: str) -> psycopg.Error:
+    if state is None:
+        return psycopg.OperationalError(message)
+    return psycopg.errors.lookup(state)(message)
+
+
+def _translated(exc: BaseException, *, sent: bool = False) -> EventfoldError:
+    errors = translate_errors(_SCHEMA, "s", ANY)
+    if sent:
+        errors.sent = True  # as the append sets it while its statement is in flight
+    with pytest.raises(EventfoldError) as info, errors:
+        raise exc
+    assert info.value.__cause__ is exc
+    return info.value
+
+
+@pytest.mark.parametrize(("state", "message", "error", "retryable", "says"), _MAPPING)
+def test_each_sqlstate_maps_to_a_truthful_error(
+    state: str, message: str, error: type[EventfoldError], retryable: bool, says: str
+) -> None:
+    translated = _translated(_driver_error(state, message))
+    assert type(translated) is error
+    assert getattr(translated, "retryable", False) is retryable
+    assert says in str(translated)
+    assert not getattr(translated, "outcome_unknown", False)
+
+
+@pytest.mark.parametrize(
+    ("exc", "error", "retryable", "says"),
+    [
+        (psycopg.OperationalError("connection refused"), StoreUnavailable, True, "retry later"),
+        (
+            psycopg.OperationalError("server closed the connection unexpectedly"),
+            StoreUnavailable,
+            True,
+            "retry later",
+        ),
+        (
+            psycopg.OperationalError('FATAL:  too many connections for role "app"'),
+            StoreUnavailable,
+            True,
+            "connection limit",
+        ),
+        (
+            psycopg.OperationalError("FATAL:  password authentication failed"),
+            ConfigurationError,
+            False,
+            "user and password",
+        ),
+        (psycopg.InterfaceError("the connection is closed"), StoreUnavailable, True, "retry later"),
+        (
+            psycopg.ProgrammingError("the query has 1 placeholder but 2 parameters"),
+            StoreError,
+            False,
+            "placeholder",
+        ),
+        (
+            ConnectionStalled("PostgreSQL sent nothing for 2 s"),
+            StoreUnavailable,
+            True,
+            "sent nothing",
+        ),
+        (
+            psycopg_pool.PoolTimeout("couldn't get a connection after 1.00 sec"),
+            StoreTimeout,
+            True,
+            "raise max_size",
+        ),
+        (
+            PoolUnreachable("no PostgreSQL connection could be opened within 1 s"),
+            StoreUnavailable,
+            True,
+            "could be opened",
+        ),
+        (
+            psycopg_pool.TooManyRequests("the pool has already 4 requests waiting"),
+            StoreTimeout,
+            True,
+            "max_waiting",
+        ),
+        (psycopg_pool.PoolClosed("the pool 'p' is already closed"), StoreClosed, False, "closed"),
+    ],
+)
+def test_errors_without_a_sqlstate_and_the_pools_errors(
+    exc: Exception, error: type[EventfoldError], retryable: bool, says: str
+) -> None:
+    translated = _translated(exc)
+    assert type(translated) is error
+    assert getattr(translated, "retryable", False) is retryable
+    assert says in str(translated)
+
+
+@pytest.mark.parametrize(
+    ("exc", "unknown"),
+    [
+        (psycopg.OperationalError("server closed the connection unexpectedly"), True),
+        (ConnectionStalled("PostgreSQL sent nothing for 2 s"), True),
+        (_driver_error("57P01", "terminating connection due to administrator command"), True),
+        # The server answered: the statement failed, nothing was committed.
+        (_driver_error("57014", "canceling statement due to statement timeout"), False),
+        (_driver_error("40P01", "deadlock detected"), False),
+        (_driver_error("53100", "No space left on device"), False),
+        # No connection: nothing was sent.
+        (psycopg_pool.PoolTimeout("couldn't get a connection"), False),
+        (PoolUnreachable("no PostgreSQL connection could be opened"), False),
+    ],
+)
+def test_an_append_lost_in_flight_is_outcome_unknown(exc: Exception, unknown: bool) -> None:
+    translated = _translated(exc, sent=True)
+    assert getattr(translated, "outcome_unknown", False) is unknown
+    assert ("may or may not have been committed" in str(translated)) is unknown
+    if unknown:
+        assert isinstance(translated, StoreUnavailable) and translated.retryable
+
+
+# -- errors provoked for real ---------------------------------------------------------------
+
+
+def test_an_exhausted_pool_is_a_store_timeout(pg_database: str, schema: str) -> None:
+    with PostgresEventStore(pg_database, schema=schema, max_size=1, connect_timeout=1) as store:
+        store.last_position()
+        with (
+            store.pool.connection(),  # another caller holds the pool's only connection
+            pytest.raises(StoreTimeout, match="raise max_size") as info,
+        ):
+            store.append("s", [Deposited(amount=1)])
+        assert info.value.retryable and not info.value.outcome_unknown
+        assert isinstance(info.value.__cause__, psycopg_pool.PoolTimeout)
+        assert store.append("s", [Deposited(amount=1)]).to_version == 1  # nothing was written
+
+
+def test_too_many_waiting_requests_is_a_store_timeout(pg_database: str, schema: str) -> None:
+    with (
+        ConnectionPool(pg_database, min_size=1, max_size=1, max_waiting=1, timeout=10) as pool,
+        PostgresEventStore(pool=pool, schema=schema) as store,
+    ):
+        store.last_position()
+        waited: list[int] = []
+        with pool.connection():
+            waiter = threading.Thread(target=lambda: waited.append(store.last_position()))
+            waiter.start()
+            deadline = time.monotonic() + 10
+            while pool.get_stats().get("requests_waiting", 0) < 1:
+                assert time.monotonic() < deadline, "the first caller never queued"
+                time.sleep(0.005)
+            with pytest.raises(StoreTimeout, match="max_waiting") as info:
+                store.append("s", [Deposited(amount=1)])
+            assert info.value.retryable
+            assert isinstance(info.value.__cause__, psycopg_pool.TooManyRequests)
+        waiter.join(10)
+        assert waited == [0]
+
+
+def test_a_closed_pool_is_store_closed(pg_database: str, schema: str) -> None:
+    pool = ConnectionPool(pg_database, min_size=1, max_size=1, open=True)
+    with PostgresEventStore(pool=pool, schema=schema) as store:
+        store.last_position()
+        pool.close()
+        with pytest.raises(StoreClosed) as info:
+            store.append("s", [Deposited(amount=1)])
+        assert not info.value.retryable
+        assert isinstance(info.value.__cause__, psycopg_pool.PoolClosed)
+
+
+def test_lock_timeout_is_store_timeout(pg_database: str, schema: str) -> None:
+    url = psycopg.conninfo.make_conninfo(pg_database, options="-c lock_timeout=100")
+    with PostgresEventStore(url, schema=schema) as store:
+        store.append("s", [Deposited(amount=1)])
+        with psycopg.connect(pg_database) as blocker:
+            query = sql.SQL("LOCK TABLE {}.events IN ACCESS EXCLUSIVE MODE")
+            blocker.execute(query.format(sql.Identifier(schema)))
+            with pytest.raises(StoreTimeout, match="lock_timeout") as info:
+                store.append("s", [Deposited(amount=2)])
+        assert info.value.retryable and not info.value.outcome_unknown
+        assert isinstance(info.value.__cause__, psycopg.errors.LockNotAvailable)
+        assert [e.version for e in store.read("s")] == [1]
+
+
+def test_an_idle_session_closed_by_the_server_is_unavailable_then_replaced(
+    pg_database: str, schema: str
+) -> None:
+    url = psycopg.conninfo.make_conninfo(pg_database, options="-c idle_session_timeout=200")
+    with (
+        PostgresEventStore(url, schema=schema, max_size=1) as store,
+        psycopg.connect(pg_database, autocommit=True) as admin,
+    ):
+        store.append("s", [Deposited(amount=1)])
+        with store.pool.connection() as conn:
+            pid = conn.info.backend_pid
+        deadline = time.monotonic() + 10
+        while admin.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", [pid]).fetchone():
+            assert time.monotonic() < deadline, "the server kept the idle session"
+            time.sleep(0.02)
+        with pytest.raises(StoreUnavailable) as info:
+            store.last_position()
+        assert info.value.retryable
+        assert store.append("s", [Deposited(amount=2)], expected=1).to_version == 2
+
+
+def test_a_read_only_server_says_to_connect_to_the_primary(pg_database: str, schema: str) -> None:
+    url = psycopg.conninfo.make_conninfo(pg_database, options="-c default_transaction_read_only=on")
+    with PostgresEventStore(url, schema=schema) as store:
+        with pytest.raises(StoreError, match="target_session_attrs") as info:
+            store.append("s", [Deposited(amount=1)])
+        assert not info.value.retryable
+        assert isinstance(info.value.__cause__, psycopg.errors.ReadOnlySqlTransaction)
+
+
+def test_a_role_at_its_connection_limit_is_unavailable(pg_database: str, schema: str) -> None:
+    role = f"eventfold_limited_{new_schema_name()}"
+    with psycopg.connect(pg_database, autocommit=True) as admin:
+        admin.execute(
+            sql.SQL("CREATE ROLE {} LOGIN CONNECTION LIMIT 1").format(sql.Identifier(role))
+        )
+        try:
+            url = psycopg.conninfo.make_conninfo(pg_database, user=role)
+            with psycopg.connect(url), PostgresEventStore(url, schema=schema) as store:
+                with pytest.raises(StoreUnavailable, match="connection limit") as info:
+                    store.last_position()
+                assert info.value.retryable
+        finally:
+            admin.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+
+def test_a_missing_table_outside_the_store_is_not_a_missing_schema(
+    pg_database: str, schema: str
+) -> None:
+    with (
+        psycopg.connect(pg_database) as conn,
+        pytest.raises(StoreError, match="read_model") as info,
+        translate_errors(schema),
+    ):
+        conn.execute("SELECT * FROM read_model")
+    assert not info.value.retryable
+    assert "migrate" not in str(info.value)
 
 
 # -- ordering: readers never find an event behind their position -----------------------------

@@ -185,9 +185,20 @@ class InvalidEvent(SerializationError, InvalidRequest):
 
 
 class StoreError(EventfoldError):
-    """The storage backend failed. ``retryable`` says whether retrying may help."""
+    """The storage backend failed. ``retryable`` says whether retrying may help.
+
+    ``outcome_unknown`` is True when the connection failed after an append
+    was sent, before its answer arrived: the append may or may not have been
+    committed. Appending the same ``NewEvent`` objects again (same ids) is
+    then safe: the store is idempotent by event id, so the retry returns the
+    original result if the first attempt was stored, and stores the events
+    once otherwise. Plain event objects get fresh ids on every call and would
+    be stored twice. False when the store knows nothing was written (no
+    connection could be had, or the server refused the statement).
+    """
 
     retryable: bool = False
+    outcome_unknown: bool = False
 
 
 class StoreUnavailable(StoreError):

@@ -19,13 +19,13 @@ from it by ``tools/unasync.py``.
 
 from __future__ import annotations
 
-import asyncio  # unasync: import threading
+import asyncio  # unasync: remove
 import logging
-import math
+import threading
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from contextlib import asynccontextmanager  # unasync: from contextlib import contextmanager
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, TypeVar
 from uuid import UUID
 
 from eventfold._async.store import AsyncStoreBase, Wait
@@ -60,9 +60,14 @@ from eventfold.store._postgres import (
     LATEST_SCHEMA_VERSION,
     AsyncConnection,
     AsyncConnectionPool,
+    ConnectionStalled,
+    PoolTimeout,
+    PoolUnreachable,
     PostgresStatements,
     UniqueViolation,
     append_params,
+    connection_settings,
+    guard_stall,
     join_position,
     schema_version_error,
     split_position,
@@ -75,6 +80,7 @@ __all__ = ["AsyncPostgresEventStore", "migrate"]
 logger = logging.getLogger("eventfold.store.postgres")
 
 AsyncPool: TypeAlias = AsyncConnectionPool[AsyncConnection[Any]]
+RV = TypeVar("RV")
 
 # An append with expectation ANY or STREAM_EXISTS that loses the race for a
 # version to another writer tries again; each lost race means another append
@@ -154,6 +160,68 @@ async def _one(
     return tuple(row)
 
 
+class AsyncStoreConnection(AsyncConnection[Any]):
+    """A connection that gives up on a server that stops answering.
+
+    With ``stall_timeout`` set, a wait for the server that receives nothing
+    for that many seconds closes the connection and raises ConnectionStalled
+    (StoreUnavailable): the pool then replaces it. Waits that carry their own
+    timeout (LISTEN's wait for notifications) are left alone.
+    """
+
+    stall_timeout: float | None = None
+
+    async def wait(self, gen: Any, *args: Any, **kwargs: Any) -> Any:
+        if self.stall_timeout is None or kwargs.get("timeout") is not None:
+            return await super().wait(gen, *args, **kwargs)
+        try:
+            return await super().wait(guard_stall(gen, self.stall_timeout), *args, **kwargs)
+        except ConnectionStalled:
+            # The state of the session is unknown: never use this connection again.
+            self.pgconn.finish()
+            raise
+
+
+class AsyncStorePool(AsyncConnectionPool[AsyncConnection[Any]]):
+    """The store's own pool: tells an exhausted pool from a server it cannot reach.
+
+    It counts the connections handed out. A wait for a connection that times
+    out while fewer than ``max_size`` are out means the pool could have
+    opened another one and did not manage to: PoolUnreachable (the server is
+    unreachable or not accepting connections), not PoolTimeout (exhausted).
+    """
+
+    def __init__(self, *args: Any, stall_timeout: float | None = None, **kwargs: Any) -> None:
+        self._stall_timeout = stall_timeout
+        self._out = 0
+        self._out_lock = threading.Lock()
+        super().__init__(*args, configure=self._configure_connection, **kwargs)
+
+    async def _configure_connection(self, conn: AsyncConnection[Any]) -> None:
+        if isinstance(conn, AsyncStoreConnection):
+            conn.stall_timeout = self._stall_timeout
+
+    async def getconn(self, timeout: float | None = None) -> AsyncConnection[Any]:
+        try:
+            conn = await super().getconn(timeout)
+        except PoolTimeout as exc:
+            if self._out < self.max_size:
+                waited = self.timeout if timeout is None else timeout
+                raise PoolUnreachable(
+                    f"no PostgreSQL connection could be opened within {waited:g} s "
+                    f"({self._out} of the pool's {self.max_size} in use)"
+                ) from exc
+            raise
+        with self._out_lock:
+            self._out += 1
+        return conn
+
+    async def putconn(self, conn: AsyncConnection[Any]) -> None:
+        with self._out_lock:
+            self._out -= 1
+        await super().putconn(conn)
+
+
 class AsyncPostgresEventStore(AsyncStoreBase):
     """An event store in a PostgreSQL database (schema created by :func:`migrate`).
 
@@ -163,6 +231,14 @@ class AsyncPostgresEventStore(AsyncStoreBase):
     :param schema: the PostgreSQL schema holding the store's tables.
     :param connect_timeout: seconds to wait for a connection (new or from
         the pool) before StoreUnavailable / StoreTimeout.
+    :param statement_timeout: seconds the server may spend on one statement
+        before it cancels it (StoreTimeout); None keeps the server's setting.
+    :param stall_timeout: seconds without a byte from the server, while the
+        store waits for an answer, after which the connection is taken for
+        stalled, closed and reported as StoreUnavailable. Defaults to
+        ``statement_timeout`` + 5 s, or no limit without a statement_timeout
+        (a dead peer is still noticed by the TCP keepalive and
+        ``tcp_user_timeout`` defaults, see docs/postgres.md).
     :param notify: announce each append with NOTIFY, which wakes
         :meth:`subscribe` at once. PostgreSQL serialises the commits of
         notifying transactions within a database, so with many concurrent
@@ -182,6 +258,8 @@ class AsyncPostgresEventStore(AsyncStoreBase):
         min_size: int = 1,
         max_size: int = 10,
         connect_timeout: float = 10.0,
+        statement_timeout: float | None = None,
+        stall_timeout: float | None = None,
         notify: bool = True,
         serializer: Serializer | None = None,
         page_size: int = 500,
@@ -193,31 +271,36 @@ class AsyncPostgresEventStore(AsyncStoreBase):
             raise ConfigurationError(
                 f"need 1 <= min_size <= max_size, not min_size={min_size} max_size={max_size}"
             )
-        if not isinstance(connect_timeout, (int, float)) or connect_timeout <= 0:
+        if pool is not None and (statement_timeout, stall_timeout) != (None, None):
             raise ConfigurationError(
-                f"connect_timeout must be seconds > 0, not {connect_timeout!r}"
+                "statement_timeout= and stall_timeout= configure the store's own pool: with "
+                "pool=, set them on your pool's connections (kwargs={'options': "
+                "'-c statement_timeout=...'})"
             )
         self._sql = PostgresStatements(schema, notify=notify)
         self._errors = translate_errors(schema)
-        self._connect_kwargs: dict[str, Any] = {
-            "autocommit": True,
-            # libpq takes whole seconds and treats values below 2 as 2.
-            "connect_timeout": max(2, math.ceil(connect_timeout)),
-        }
         self._owns_pool = pool is None
         # Dedicated connections (the first schema check, LISTEN) connect with this.
         self._conninfo = conninfo
         if pool is not None and isinstance(pool.conninfo, str):
             self._conninfo = pool.conninfo
+        self._connect_kwargs, self._stall_timeout = connection_settings(
+            self._conninfo,
+            connect_timeout=connect_timeout,
+            statement_timeout=statement_timeout,
+            stall_timeout=stall_timeout,
+        )
         if pool is None and conninfo is not None:
-            pool = AsyncConnectionPool(
+            pool = AsyncStorePool(
                 conninfo,
+                connection_class=AsyncStoreConnection,
                 min_size=min_size,
                 max_size=max_size,
                 timeout=connect_timeout,
                 kwargs=self._connect_kwargs,
                 open=False,
                 name=f"eventfold-{schema}",
+                stall_timeout=self._stall_timeout,
             )
         if pool is None:
             raise ConfigurationError("pass either a conninfo string or pool=")
@@ -251,6 +334,20 @@ class AsyncPostgresEventStore(AsyncStoreBase):
         async with self._pool.connection() as conn:
             yield conn
 
+    async def _connect(self) -> AsyncStoreConnection:
+        """A dedicated connection (not pooled), set up like the pool's (close it yourself).
+
+        TCP keepalives, ``tcp_user_timeout``, ``connect_timeout`` and
+        ``statement_timeout`` as configured, and the stall timeout.
+        """
+        if self._conninfo is None:
+            raise ConfigurationError(
+                "a dedicated connection needs a pool whose conninfo is a string"
+            )
+        conn = await AsyncStoreConnection.connect(self._conninfo, **self._connect_kwargs)
+        conn.stall_timeout = self._stall_timeout
+        return conn
+
     async def _prepare(self) -> None:
         """Check the schema once, then open the pool (if the store owns it)."""
         async with self._ready_lock:
@@ -260,9 +357,7 @@ class AsyncPostgresEventStore(AsyncStoreBase):
                 # A direct connection first: when the server cannot be reached, a pool
                 # only reports a timeout, whereas this reports why (refused, bad
                 # password, unknown database) and does so at once.
-                async with await AsyncConnection.connect(
-                    self._conninfo, **self._connect_kwargs
-                ) as conn:
+                async with await self._connect() as conn:
                     await self._check_schema(conn)
                 await self._pool.open()
             else:
@@ -284,11 +379,13 @@ class AsyncPostgresEventStore(AsyncStoreBase):
         statement, params = append_params(stream, expected, batch)
         query = self._sql[statement]
         actual = 0
-        with translate_errors(self.schema, stream, expected):
+        with translate_errors(self.schema, stream, expected) as errors:
             async with self._connection() as conn:
                 for _ in range(_APPEND_ATTEMPTS):
                     # The happy path is this one statement: one round trip, no BEGIN/COMMIT.
-                    state = await self._try_append(conn, stream, batch, expected, query, params)
+                    state = await self._try_append(
+                        conn, errors, stream, batch, expected, query, params
+                    )
                     if isinstance(state, AppendResult):
                         return state
                     # Nothing was written: the expectation failed, the stream is
@@ -311,6 +408,7 @@ class AsyncPostgresEventStore(AsyncStoreBase):
     async def _try_append(
         self,
         conn: AsyncConnection[Any],
+        errors: translate_errors,
         stream: str,
         batch: list[EncodedEvent],
         expected: Expected,
@@ -321,8 +419,11 @@ class AsyncPostgresEventStore(AsyncStoreBase):
 
         None means a unique violation (a lost race for a version, or a stored
         event id) undid the statement. Nothing is stored unless an
-        AppendResult is returned.
+        AppendResult is returned. ``errors.sent`` is True from the moment the
+        statement leaves until its outcome is known: a connection lost in
+        between leaves it unknown whether the batch was committed.
         """
+        errors.sent = True
         try:
             if self._inline:
                 # Inline projections write in the append's transaction.
@@ -340,7 +441,9 @@ class AsyncPostgresEventStore(AsyncStoreBase):
                     cursor = await conn.execute(query, params)
                     row = await cursor.fetchone()
         except UniqueViolation:
+            errors.sent = False  # the server undid the statement
             return None
+        errors.sent = False
         if row is None:
             raise StoreError("PostgreSQL returned no row for the append")
         actual, deleted, inserted, last_seq, tx, _ = row
@@ -600,16 +703,20 @@ class AsyncPostgresEventStore(AsyncStoreBase):
         # before the subscription's first read, so any commit after that read
         # is announced; notifications queued behind the one that woke a wait
         # only cause one cheap, empty read each. Without NOTIFY (notify=False)
-        # the poll interval finds new events.
+        # the poll interval finds new events. When this connection is lost, the
+        # wait raises StoreUnavailable and subscribe() resumes on a new one.
         if self._conninfo is None:
             raise ConfigurationError("subscribe() needs a pool whose conninfo is a string")
         with self._errors:
             if not self._ready:
                 await self._prepare()
-            listener = await AsyncConnection.connect(self._conninfo, **self._connect_kwargs)
+            listener = await self._connect()
         try:
             with self._errors:
                 await listener.execute(self._sql["listen"])
+            # From here on it only waits for notifications, each wait with its own
+            # timeout: a quiet channel is not a stalled connection.
+            listener.stall_timeout = None
 
             async def wait(after: int, timeout: float) -> None:
                 with self._errors:

@@ -8,6 +8,7 @@ it by ``tools/unasync.py`` (run ``python tools/unasync.py`` after editing).
 from __future__ import annotations
 
 import abc
+import logging
 import time
 from collections.abc import Awaitable, Callable, Generator, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -17,7 +18,7 @@ from typing import Any, Self
 from uuid import UUID
 
 from eventfold._runner import Clock
-from eventfold.errors import InvalidRequest, StoreClosed
+from eventfold.errors import InvalidRequest, StoreClosed, StoreError
 from eventfold.events import RecordedEvent
 from eventfold.serialization import Serializer
 from eventfold.store._common import (
@@ -44,6 +45,8 @@ from eventfold.store._common import (
 )
 
 __all__ = ["StoreBase", "Wait"]
+
+logger = logging.getLogger("eventfold.store")
 
 _LAST_VERSION = 2**62
 
@@ -189,24 +192,55 @@ class StoreBase(abc.ABC):
         release what waiting holds). Delivery is at least once from your own
         checkpoint: keep the position of each handled event and pass it as
         ``after`` next time, or let a ``ProjectionRunner`` keep it for you.
+
+        Like a ``ProjectionRunner``, a subscription outlives an outage: a
+        retryable StoreError (the server restarting, a lost connection) is
+        logged as a warning on logger ``eventfold.store`` and the subscription
+        resumes after the last event it delivered, so no event is skipped or
+        repeated; it retries for as long as the outage lasts, backing off
+        from ``poll_interval / 10`` to ``poll_interval``. Any other error ends
+        it (close the subscription to stop waiting).
         """
         self._check_open()
         cursor = min(check_position("after", after), self._max_position)
         type_list = self._type_filter(types)
         _check_prefix(stream_prefix)
         check_seconds("poll_interval", poll_interval)
-        with self._follow() as wait:
-            while True:
-                # Every event up to `head` is read below: the wait then starts
-                # after it even if the log ends with events the filters skip.
-                head = self._last_position()
-                for event in self.read_all(
-                    after=cursor, types=type_list, stream_prefix=stream_prefix
-                ):
-                    yield event
-                    cursor = event.position
-                cursor = max(cursor, head)
-                wait(cursor, poll_interval)
+        failures = 0
+        while True:
+            try:
+                with self._follow() as wait:
+                    while True:
+                        # Every event up to `head` is read below: the wait then starts
+                        # after it even if the log ends with events the filters skip.
+                        head = self._last_position()
+                        if failures:
+                            logger.warning(
+                                "subscription resumed after position %d (%d failed attempts)",
+                                cursor,
+                                failures,
+                            )
+                            failures = 0
+                        for event in self.read_all(
+                            after=cursor, types=type_list, stream_prefix=stream_prefix
+                        ):
+                            yield event
+                            cursor = event.position
+                        cursor = max(cursor, head)
+                        wait(cursor, poll_interval)
+            except StoreError as exc:
+                if not exc.retryable:
+                    raise
+                failures += 1
+                pause = min(poll_interval / 10 * 2 ** min(failures - 1, 10), poll_interval)
+                logger.warning(
+                    "subscription after position %d: %s: %s; resuming in %.2f s",
+                    cursor,
+                    type(exc).__name__,
+                    exc,
+                    pause,
+                )
+                Clock.sleep(pause)
 
     def find_event(self, event_id: UUID) -> RecordedEvent | None:
         """The event with id ``event_id``, or None (also for events of deleted streams)."""
