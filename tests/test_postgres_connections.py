@@ -156,8 +156,8 @@ def test_statement_timeout_option_cancels_on_the_server(pg_database: str, schema
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"statement_timeout": 0}, "statement_timeout must be seconds"),
-        ({"stall_timeout": -1}, "stall_timeout must be seconds"),
+        ({"statement_timeout": 0}, "statement_timeout must be finite seconds"),
+        ({"stall_timeout": -1}, "stall_timeout must be finite seconds"),
         ({"statement_timeout": 5, "stall_timeout": 5}, "must exceed statement_timeout"),
     ],
 )

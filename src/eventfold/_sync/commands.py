@@ -31,7 +31,7 @@ from eventfold.errors import EventfoldError, InvalidRequest, WrongExpectedVersio
 from eventfold.events import NewEvent, uuid7
 from eventfold.snapshots import SnapshotPolicy
 from eventfold.store import AppendResult, EventStore
-from eventfold.store._common import check_non_negative
+from eventfold.store._common import check_non_negative, check_seconds
 
 __all__ = ["CommandHandler"]
 
@@ -99,10 +99,8 @@ class CommandHandler(Generic[S, C]):
             self.decider = model
         else:
             raise InvalidRequest("model must be a Decider or an Aggregate subclass")
-        if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
-            raise InvalidRequest(f"max_retries must be an int >= 0, not {max_retries!r}")
-        if not isinstance(retry_delay, (int, float)) or retry_delay < 0:
-            raise InvalidRequest(f"retry_delay must be seconds >= 0, not {retry_delay!r}")
+        check_non_negative("max_retries", max_retries)
+        check_seconds("retry_delay", retry_delay, allow_zero=True)
         self.store = store
         self.max_retries = max_retries
         self.retry_delay = float(retry_delay)

@@ -45,6 +45,8 @@ from eventfold.store._common import (
     Row,
     Snapshot,
     StreamInfo,
+    check_bool,
+    check_non_negative,
     decode_deletion,
     deletion_version,
     encode_deletion,
@@ -265,6 +267,9 @@ class PostgresEventStore(StoreBase):
         super().__init__(serializer=serializer, page_size=page_size)
         if (conninfo is None) == (pool is None):
             raise ConfigurationError("pass either a conninfo string or pool=, not both")
+        check_non_negative("min_size", min_size, minimum=1, error=ConfigurationError)
+        check_non_negative("max_size", max_size, minimum=1, error=ConfigurationError)
+        check_bool("notify", notify, error=ConfigurationError)
         if not 1 <= min_size <= max_size:
             raise ConfigurationError(
                 f"need 1 <= min_size <= max_size, not min_size={min_size} max_size={max_size}"

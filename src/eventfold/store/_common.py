@@ -175,7 +175,12 @@ def check_expected(expected: object) -> Expected:
 
 
 def check_non_negative(
-    name: str, value: object, *, minimum: int = 0, maximum: int | None = MAX_VERSION
+    name: str,
+    value: object,
+    *,
+    minimum: int = 0,
+    maximum: int | None = MAX_VERSION,
+    error: type[Exception] = InvalidRequest,
 ) -> int:
     """Validate an int argument such as a version or count (at most 2**63-1).
 
@@ -192,7 +197,7 @@ def check_non_negative(
         else:
             top = "2**63-1" if maximum == MAX_VERSION else str(maximum)
             bound = f"an int from {minimum} to {top}"
-        raise InvalidRequest(f"{name} must be {bound}, not {_short(value)}")
+        raise error(f"{name} must be {bound}, not {_short(value)}")
     return value
 
 
@@ -207,14 +212,24 @@ def check_position(name: str, value: object) -> int:
     return value
 
 
-def check_bool(name: str, value: object) -> bool:
-    """Validate a flag: only True or False (a flag that destroys data takes no "no")."""
+def check_bool(name: str, value: object, *, error: type[Exception] = InvalidRequest) -> bool:
+    """Validate a flag: only True or False (a flag that destroys data takes no "no").
+
+    ``error`` is the class raised: InvalidRequest for call arguments,
+    ConfigurationError for a store's or a runner's options.
+    """
     if not isinstance(value, bool):
-        raise InvalidRequest(f"{name} must be True or False, not {_short(value)}")
+        raise error(f"{name} must be True or False, not {_short(value)}")
     return value
 
 
-def check_seconds(name: str, value: object, *, allow_zero: bool = False) -> float:
+def check_seconds(
+    name: str,
+    value: object,
+    *,
+    allow_zero: bool = False,
+    error: type[Exception] = InvalidRequest,
+) -> float:
     """Validate a duration: a finite int or float > 0 (>= 0 with ``allow_zero``)."""
     if (
         isinstance(value, bool)
@@ -224,7 +239,7 @@ def check_seconds(name: str, value: object, *, allow_zero: bool = False) -> floa
         or (value == 0 and not allow_zero)
     ):
         sign = ">= 0" if allow_zero else "> 0"
-        raise InvalidRequest(f"{name} must be finite seconds {sign}, not {_short(value)}")
+        raise error(f"{name} must be finite seconds {sign}, not {_short(value)}")
     return float(value)
 
 

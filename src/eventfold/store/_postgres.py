@@ -56,6 +56,7 @@ from eventfold.store._common import (
     EncodedEvent,
     Expected,
     Row,
+    check_seconds,
 )
 from eventfold.store._sql import load_statements
 
@@ -170,9 +171,7 @@ RV = TypeVar("RV")
 def _check_seconds(name: str, value: object) -> float | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ConfigurationError(f"{name} must be seconds > 0 or None, not {value!r}")
-    return float(value)
+    return check_seconds(name, value, error=ConfigurationError)
 
 
 def connection_settings(
@@ -190,8 +189,7 @@ def connection_settings(
     refused as ambiguous. The stall timeout is ``stall_timeout`` if given,
     else ``statement_timeout`` + :data:`STALL_GRACE`, else None (no limit).
     """
-    if not isinstance(connect_timeout, (int, float)) or connect_timeout <= 0:
-        raise ConfigurationError(f"connect_timeout must be seconds > 0, not {connect_timeout!r}")
+    check_seconds("connect_timeout", connect_timeout, error=ConfigurationError)
     statement = _check_seconds("statement_timeout", statement_timeout)
     stall = _check_seconds("stall_timeout", stall_timeout)
     if stall is not None and statement is not None and stall <= statement:

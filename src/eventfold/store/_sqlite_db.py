@@ -56,6 +56,7 @@ from eventfold.store._common import (
     Expected,
     InlineHook,
     Row,
+    check_seconds,
     decode_deletion,
     deletion_version,
     encode_deletion,
@@ -223,8 +224,7 @@ class SqliteDatabase:
             raise ConfigurationError(
                 f"durability must be one of {sorted(_SYNCHRONOUS)}, not {durability!r}"
             )
-        if not isinstance(busy_timeout, (int, float)) or busy_timeout < 0:
-            raise ConfigurationError(f"busy_timeout must be seconds >= 0, not {busy_timeout!r}")
+        check_seconds("busy_timeout", busy_timeout, allow_zero=True, error=ConfigurationError)
         if not isinstance(read_only, bool):
             raise ConfigurationError(f"read_only must be True or False, not {read_only!r}")
         self.path = os.fspath(path)
