@@ -420,3 +420,59 @@ def test_projections_run_rejects_what_is_not_a_projection(tmp_path: Path) -> Non
         result = runner.invoke(app, ["projections", "run", target, "--db", str(path)])
         assert result.exit_code == 1, target
         assert "error:" in result.stderr
+
+
+def test_a_rebuild_refuses_while_the_application_runs_the_projection(tmp_path: Path) -> None:
+    from eventfold.projections import ProjectionRunner  # noqa: PLC0415
+    from tests.cli_projection import counts  # noqa: PLC0415
+
+    path = tmp_path / "live.db"
+    with SqliteEventStore(path) as store:
+        for i in range(30):
+            store.append(f"s-{i % 3}", [Deposited(amount=i)])
+        live = ProjectionRunner(store, counts, owner="app-host:4242", lease_seconds=60)
+        assert live.run_once() == 30  # the application's runner holds the lease
+        target = ["projections", "run", "tests.cli_projection:counts", "--db", str(path)]
+        refused = runner.invoke(app, [*target, "--rebuild"])
+        assert refused.exit_code == 1
+        assert "app-host:4242" in refused.stderr and "switch" in refused.stderr
+        # The live read model is untouched, and its runner goes on.
+        rows = store._db.connection().execute("SELECT sum(n) FROM cli_counts").fetchone()
+        assert rows == (30,)
+        store.append("s-0", [Deposited(amount=1)])
+        assert live.run_once() == 1
+        live.release()  # the application stopped: now the rebuild may run
+        rebuilt = runner.invoke(app, [*target, "--rebuild"])
+        assert rebuilt.exit_code == 0, rebuilt.output
+        assert "cli-counts: 31 events handled" in rebuilt.stdout
+
+
+def test_projections_run_takes_a_factory_of_the_store(tmp_path: Path) -> None:
+    path = tmp_path / "pm.db"
+    with SqliteEventStore(path) as store:
+        store.append("s-1", [Deposited(amount=3), Deposited(amount=4)])
+    ran = runner.invoke(
+        app, ["projections", "run", "tests.cli_projection:mirror", "--db", str(path)]
+    )
+    assert ran.exit_code == 0, ran.output
+    with SqliteEventStore(path) as store:
+        assert [e.data.amount for e in store.read("mirror-s-1")] == [3, 4]
+
+
+def test_projections_switch_points_an_alias_at_a_rebuilt_version(tmp_path: Path) -> None:
+    from eventfold.projections import active_projection  # noqa: PLC0415
+
+    path = tmp_path / "bg.db"
+    with SqliteEventStore(path) as store:
+        store.append("s-1", [Deposited(amount=1)])
+    run = ["projections", "run", "tests.cli_projection:counts", "--db", str(path)]
+    assert runner.invoke(app, run).exit_code == 0
+    unknown = runner.invoke(app, ["projections", "switch", "counts", "nope", "--db", str(path)])
+    assert unknown.exit_code == 1 and "nope" in unknown.stderr
+    switched = runner.invoke(
+        app, ["projections", "switch", "counts", "cli-counts", "--db", str(path)]
+    )
+    assert switched.exit_code == 0, switched.output
+    assert "counts: (none) -> cli-counts" in switched.stdout
+    with SqliteEventStore(path) as store:
+        assert active_projection(store, "counts") == "cli-counts"

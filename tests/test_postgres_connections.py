@@ -461,14 +461,9 @@ def test_no_connection_at_all_is_not_outcome_unknown() -> None:
     assert "may or may not" not in str(info.value)
 
 
-# -- known gap elsewhere: a projection's lost COMMIT answer ----------------------------------
+# -- a projection's lost COMMIT answer ---------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ProjectionRunner._handle_page redoes a batch event by event after any error, "
-    "also when the batch's COMMIT went through and only its answer was lost",
-)
 def test_a_projection_batch_whose_commit_answer_is_lost_is_not_applied_twice(
     pg_database: str, schema: str, proxy: TcpProxy
 ) -> None:

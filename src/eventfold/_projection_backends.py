@@ -115,8 +115,11 @@ class ProjectionBackend(Protocol):
         """The events ``name`` skipped, oldest first."""
         ...
 
-    def reset(self, name: str) -> None:
-        """Forget the checkpoint of ``name`` (a rebuild starts from 0)."""
+    def reset(self, conn: Any, name: str, owner: str) -> bool:
+        """In the open transaction: checkpoint back to 0, dead letters cleared.
+
+        Fenced: False (and nothing done) unless ``owner`` holds the lease.
+        """
         ...
 
     def backlog(self, after: int) -> tuple[int, datetime | None]:
@@ -254,9 +257,11 @@ class SqliteProjectionBackend:
             ) in rows
         ]
 
-    def reset(self, name: str) -> None:
-        with self._db.write_transaction() as conn:
-            conn.execute(SQL["checkpoint_reset"], (name,))
+    def reset(self, conn: Any, name: str, owner: str) -> bool:
+        if not conn.execute(SQL["checkpoint_reset"], (name, owner, now_us())).rowcount:
+            return False
+        conn.execute(SQL["dead_letter_clear"], (name,))
+        return True
 
     def backlog(self, after: int) -> tuple[int, datetime | None]:
         with self._db.reading() as conn:
@@ -313,8 +318,10 @@ class MemoryProjectionBackend:
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
-        with self._lock:
-            yield None
+        # Nothing to roll back, and no lock held while a handler runs: status()
+        # and other runners must not wait for a busy (or hung) handler. Each
+        # bookkeeping step below takes the lock itself; advance() is fenced.
+        yield None
 
     def get(self, name: str) -> Checkpoint | None:
         with self._lock:
@@ -383,9 +390,14 @@ class MemoryProjectionBackend:
             return {}
         return {"schema_version": row[5], "data": row[6], "metadata": row[7]}
 
-    def reset(self, name: str) -> None:
+    def reset(self, conn: Any, name: str, owner: str) -> bool:
         with self._lock:
-            self._checkpoints.pop(name, None)
+            current = self._checkpoints.get(name)
+            if current is None or current.owner != owner:
+                return False
+            self._checkpoints[name] = Checkpoint(0, owner, current.lease_expires_us)
+            self._dead.pop(name, None)
+            return True
 
     def backlog(self, after: int) -> tuple[int, datetime | None]:
         # Counted from the stored rows: an event that cannot be decoded counts too.

@@ -124,9 +124,12 @@ class PostgresProjectionBackend:
             ) in rows
         ]
 
-    def reset(self, name: str) -> None:
-        with self._errors, self._store._connection() as conn:
-            conn.execute(self._sql["checkpoint_reset"], {"name": name})
+    def reset(self, conn: Any, name: str, owner: str) -> bool:
+        params = {"name": name, "owner": owner}
+        if conn.execute(self._sql["checkpoint_reset"], params).fetchone() is None:
+            return False
+        conn.execute(self._sql["dead_letter_clear"], {"name": name})
+        return True
 
     def backlog(self, after: int) -> tuple[int, datetime | None]:
         tx, seq = split_position(after)
@@ -159,8 +162,12 @@ class PostgresProjectionBackend:
             raise ConfigurationError(
                 "following a PostgreSQL store live needs a pool whose conninfo is a string"
             )
-        self._listener = psycopg.Connection.connect(conninfo, autocommit=True)
-        self._listener.execute(self._sql["listen"])
+        # Set up like the store's own connections (connect timeout, keepalives,
+        # tcp_user_timeout): a reconnect through a dead network fails in bounded time.
+        listener = self._store._connect()
+        listener.stall_timeout = None  # waiting for notifications is not a stall
+        self._listener = listener
+        listener.execute(self._sql["listen"])
         return self._listener, True
 
     def set_alias(self, alias: str, target: str) -> None:

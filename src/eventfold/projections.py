@@ -63,11 +63,13 @@ from eventfold.store._common import (
     decode_row,
     decode_rows,
     decode_rows_lenient,
+    us_to_datetime,
 )
 
 __all__ = [
     "DeadLetter",
     "ErrorPolicy",
+    "LeaseHeld",
     "LeaseLost",
     "Progress",
     "Projection",
@@ -99,6 +101,24 @@ class ProjectionStopped(EventfoldError):
 
 class LeaseLost(EventfoldError):
     """Another runner took over this projection; this one must stop writing."""
+
+
+class LeaseHeld(EventfoldError):
+    """Another live runner holds the projection's lease (a reset must not pull the
+    read model from under it). ``owner`` and ``expires`` name the holder and when
+    its lease runs out unless it renews it."""
+
+    def __init__(self, name: str, owner: str, expires: datetime) -> None:
+        self.name = name
+        self.owner = owner
+        self.expires = expires
+        super().__init__(
+            f"projection {name!r} is being run by {owner} (lease until "
+            f"{expires.isoformat(timespec='seconds')}): stop that runner first, or wait for "
+            "it (reset(wait=...), the CLI's --wait), or rebuild without downtime beside it "
+            "as a projection with a new name and switch readers to it (switch_projection, "
+            "`eventfold projections switch`)"
+        )
 
 
 @dataclass(frozen=True)
@@ -215,6 +235,8 @@ class ProjectionStatus:
 
     ``lag_events`` counts events in the log after its position (all types);
     ``lag_seconds`` is the age of the oldest of them (0 when caught up).
+    ``busy_seconds`` grows while a handler is stuck in a batch (a hung HTTP
+    call, a lock wait); a batch taking more than half the lease is also logged.
     """
 
     name: str
@@ -225,6 +247,12 @@ class ProjectionStatus:
     last_error: str | None
     dead_letters: int
     running: bool
+    #: Another runner holds the lease: this one waits as a hot standby.
+    standby: bool = False
+    #: How long the batch being handled now has taken so far (0: none running).
+    busy_seconds: float = 0.0
+    #: How often ``run_forever`` restarted the runner after it failed.
+    restarts: int = 0
 
 
 @dataclass(frozen=True)
@@ -262,14 +290,20 @@ class ProjectionRunner:
         owner: str | None = None,
         lease_seconds: float = 10.0,
         poll_interval: float = 1.0,
+        max_batch_seconds: float = 0.05,
     ) -> None:
         check_seconds("lease_seconds", lease_seconds)
         check_seconds("poll_interval", poll_interval)
+        check_seconds("max_batch_seconds", max_batch_seconds)
         self.store = store
         self.projection = projection
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.lease_seconds = lease_seconds
         self.poll_interval = poll_interval
+        #: A SQL read model's transaction commits after this long even if its
+        #: batch has more events: other writers of the database get their turn,
+        #: and a stop is noticed within it.
+        self.max_batch_seconds = max_batch_seconds
         self._backend: ProjectionBackend = backend_for(store)
         self._memory_position = 0  # for in-memory projections
         self._position: int | None = None  # the stored checkpoint, as last read or written
@@ -278,6 +312,9 @@ class ProjectionRunner:
         self._rate = _Rate()
         self._running = False
         self._standby = False  # the last run found the lease held by another runner
+        self._stop = threading.Event()  # the current run's stop signal
+        self._busy_since: float | None = None  # monotonic start of the batch in hand
+        self._restarts = 0
 
     # -- running ------------------------------------------------------------------------
 
@@ -297,19 +334,28 @@ class ProjectionRunner:
             self._position = checkpoint.position if checkpoint is not None else 0
         return self._position
 
-    def run_once(self) -> int:
+    def run_once(self, stop: threading.Event | None = None) -> int:
         """Handle every event available now, then return how many were handled.
 
         Returns 0 without handling anything if another runner holds the lease.
+        With ``stop`` set meanwhile it returns early: after the SQL batch in
+        hand commits (at most ``max_batch_seconds`` of work), after the event in
+        hand for external projections, after the page in hand in memory. The
+        checkpoint is then at the last event handled.
         """
-        return self._run_pages()
+        return self._run_pages(stop=stop)
 
-    def _run_pages(self, after_page: Callable[[int, float], None] | None = None) -> int:
-        """Handle pages until the log's end.
+    def _run_pages(
+        self,
+        after_page: Callable[[int, float], None] | None = None,
+        stop: threading.Event | None = None,
+    ) -> int:
+        """Handle pages until the log's end, or until ``stop`` is set.
 
         ``after_page(count, seconds)`` runs after each page; ``seconds`` spans
         its read and its handling.
         """
+        self._stop = stop if stop is not None else threading.Event()
         if not self.projection.in_memory:
             self._standby = not self._backend.acquire(
                 self.projection.name, self.owner, self.lease_seconds
@@ -336,20 +382,42 @@ class ProjectionRunner:
             try:
                 for page in pages:
                     started = clock()
-                    self._handle_page(page)
+                    self._busy_since = time.monotonic()
+                    try:
+                        count = self._handle_page(page)
+                    finally:
+                        self._busy_since = None
                     done = clock()
-                    self._rate.add(len(page), done - started)
-                    handled += len(page)
+                    self._note_slow(done - started, len(page))
+                    self._rate.add(count, done - started)
+                    handled += count
                     if after_page is not None:
-                        after_page(len(page), done - mark)
+                        after_page(count, done - mark)
                         done = clock()
                     mark = done
+                    if self._stop.is_set():
+                        # Stopped: the checkpoint stays at the last event handled,
+                        # never moved over events not yet read.
+                        return handled
             finally:
                 pages.close()  # a streaming read gives its connection back now
             if handled == before:
                 break
         self._skip_to(head)
         return handled
+
+    def _note_slow(self, seconds: float, events: int) -> None:
+        """Log a batch that took more than half the lease (another runner may take over)."""
+        if seconds > self.lease_seconds / 2 and not self.projection.in_memory:
+            logger.warning(
+                "projection %s: a batch of %d events took %.1f s, more than half the "
+                "lease (%.1f s): a handler is slow or stuck; past the lease another "
+                "runner takes over and this one's writes are refused",
+                self.projection.name,
+                events,
+                seconds,
+                self.lease_seconds,
+            )
 
     def _pages(self) -> Generator[list[RecordedEvent], None, None]:
         """The log after this runner's position, decoded, in pages of ``batch_size``."""
@@ -391,7 +459,10 @@ class ProjectionRunner:
         A runner without the lease waits and tries again each poll interval,
         so a second process is a hot standby that takes over on failure.
         Retryable store errors (a database restart) are logged, shown in
-        :meth:`status` and retried with back-off; others end the run.
+        :meth:`status` and retried with back-off; a lost lease sends it back to
+        standby; other errors end the run (:meth:`run_forever` restarts it).
+        ``stop`` is noticed within one batch, also during a catch-up: set it
+        from a SIGTERM handler for a clean shutdown.
         """
         stop = stop or threading.Event()
         self._running = True
@@ -399,7 +470,7 @@ class ProjectionRunner:
         try:
             while not stop.is_set():
                 try:
-                    self.run_once()
+                    self.run_once(stop)
                     if stop.is_set():
                         break
                     if self._standby:
@@ -407,6 +478,14 @@ class ProjectionRunner:
                     else:
                         self._backend.wait(self.position, self.poll_interval, stop)
                     pause = self.poll_interval / 10
+                except LeaseLost as exc:
+                    # Another runner took over (this one was too slow to renew, or
+                    # an operator reset the projection): back to hot standby.
+                    self._standby = True
+                    self._position = None
+                    self._last_error = f"LeaseLost: {exc}"
+                    logger.warning("projection %s: %s; now on standby", self.projection.name, exc)
+                    stop.wait(self.poll_interval)
                 except StoreError as exc:
                     if not exc.retryable:
                         raise
@@ -421,6 +500,44 @@ class ProjectionRunner:
             self._backend.close()
             self.release()
 
+    def run_forever(
+        self, stop: threading.Event | None = None, *, max_backoff: float = 60.0
+    ) -> None:
+        """:meth:`run`, restarted after it fails, until ``stop`` is set.
+
+        A failure (a handler's error under the "stop" policy, a store error that
+        is not retryable, a bug) is logged with its traceback, shown in
+        :meth:`status` (``last_error``, ``restarts``) and followed by a restart
+        after a back-off growing from ``poll_interval / 10`` to ``max_backoff``
+        seconds (reset after a run that lasted longer than ``max_backoff``).
+        This is how a service runs its projections: one thread per runner,
+        ``run_forever(stop)``, and ``stop.set()`` at shutdown.
+        """
+        check_seconds("max_backoff", max_backoff)
+        stop = stop or threading.Event()
+        pause = self.poll_interval / 10
+        while not stop.is_set():
+            started = time.monotonic()
+            try:
+                self.run(stop)
+            except Exception as exc:
+                if time.monotonic() - started > max_backoff:
+                    pause = self.poll_interval / 10
+                self._restarts += 1
+                self._last_error = f"{type(exc).__name__}: {exc}"
+                logger.error(
+                    "projection %s failed (restart %d in %.2f s): %s",
+                    self.projection.name,
+                    self._restarts,
+                    pause,
+                    exc,
+                    exc_info=exc,
+                )
+                self._running = True  # supervised: it is coming back
+                stop.wait(pause)
+                self._running = False
+                pause = min(pause * 2, max_backoff)
+
     def release(self) -> None:
         """Give up the lease now (after ``run_once``/``catch_up`` in a short-lived process).
 
@@ -429,18 +546,48 @@ class ProjectionRunner:
         if not self.projection.in_memory:
             self._backend.release(self.projection.name, self.owner)
 
-    def reset(self) -> None:
-        """Tear the read model down and forget the checkpoint (the next run replays all)."""
+    def reset(self, *, wait: float = 0.0) -> None:
+        """Tear the read model down and forget the checkpoint (the next run replays all).
+
+        A reset never pulls the read model from under a live runner: it first
+        takes the projection's lease, waiting up to ``wait`` seconds for the
+        holder to let it go, else raises :class:`LeaseHeld` naming the holder.
+        The teardown, the checkpoint back at 0 and the projection's dead
+        letters cleared commit in one transaction, under the lease (a runner
+        that held it before can no longer write), which is then released.
+        """
         projection = self.projection
         if projection.in_memory:
             self._memory_position = 0
-        else:
-            self._backend.reset(projection.name)
-            self._position = None
-        if projection.teardown is not None:
+            if projection.teardown is not None:
+                projection.teardown(ProjectionContext(projection, None))
+            self._set_up = False
+            return
+        check_seconds("wait", wait, allow_zero=True)
+        self._take_lease(wait)
+        try:
             with self._backend.transaction() as conn:
-                projection.teardown(ProjectionContext(projection, conn))
-        self._set_up = False
+                if projection.teardown is not None:
+                    projection.teardown(ProjectionContext(projection, conn))
+                if not self._backend.reset(conn, projection.name, self.owner):
+                    raise self._lease_lost()
+        finally:
+            self._position = None
+            self._set_up = False
+            self.release()
+
+    def _take_lease(self, wait: float) -> None:
+        """Hold the lease (for an operation on the read model), or raise LeaseHeld."""
+        name = self.projection.name
+        deadline = time.monotonic() + wait
+        while not self._backend.acquire(name, self.owner, self.lease_seconds):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                holder = self._backend.get(name)
+                owner = holder.owner if holder is not None and holder.owner else "another runner"
+                expires = us_to_datetime(holder.lease_expires_us if holder is not None else 0)
+                raise LeaseHeld(name, owner, expires)
+            time.sleep(min(remaining, self.poll_interval, 0.1))  # the holder's lease, polled
 
     def rebuild(self) -> int:
         """Tear the read model down, forget the checkpoint, replay from position 0.
@@ -475,6 +622,7 @@ class ProjectionRunner:
         position = self.position
         lag, oldest = self._backend.backlog(position)
         age = (datetime.now(UTC) - oldest).total_seconds() if oldest is not None else 0.0
+        busy = self._busy_since
         return ProjectionStatus(
             self.projection.name,
             position,
@@ -484,6 +632,9 @@ class ProjectionRunner:
             self._last_error,
             len(self.dead_letters()),
             self._running,
+            self._standby,
+            time.monotonic() - busy if busy is not None else 0.0,
+            self._restarts,
         )
 
     def dead_letters(self) -> list[DeadLetter]:
@@ -501,29 +652,58 @@ class ProjectionRunner:
                 projection.setup(ProjectionContext(projection, conn))
         self._set_up = True
 
-    def _handle_page(self, page: list[RecordedEvent]) -> None:
+    def _handle_page(self, page: list[RecordedEvent]) -> int:
+        """Handle ``page``; return how many of its events were handled (fewer if stopped)."""
         projection = self.projection
         if projection.in_memory:
             self._handle_in_memory(page)
-            return
+            return len(page)
+        stop = self._stop
         if projection.external or not self._backend.transactional:
             # Effects that cannot be rolled back: handle and checkpoint one by one.
-            for event in page:
+            for index, event in enumerate(page):
+                if index and stop.is_set():
+                    return index
                 self._handle_alone(event)
-            return
-        try:
-            self._commit(page)
-        except (ProjectionStopped, LeaseLost):
-            raise
-        except Exception:
-            # The batch rolled back as a whole: redo it event by event so that
-            # exactly the failing one meets the error policy.
-            for event in page:
-                self._handle_alone(event)
+            return len(page)
+        done = 0
+        while done < len(page):
+            if done and stop.is_set():
+                return done
+            rest = page[done:]
+            try:
+                done += self._commit(rest)
+            except (ProjectionStopped, LeaseLost):
+                raise
+            except StoreError as exc:
+                if exc.retryable:
+                    # The outcome of the commit may be unknown (its answer was lost):
+                    # re-read the checkpoint before handling anything again.
+                    raise
+                self._handle_alone_each(rest)
+                return len(page)
+            except Exception:
+                # The transaction rolled back as a whole: redo it event by event so
+                # that exactly the failing one meets the error policy.
+                self._handle_alone_each(rest)
+                return len(page)
+        return done
 
-    def _commit(self, events: list[RecordedEvent]) -> None:
+    def _handle_alone_each(self, events: list[RecordedEvent]) -> None:
+        for event in events:
+            self._handle_alone(event)
+
+    def _commit(self, events: list[RecordedEvent]) -> int:
+        """Handle a prefix of ``events`` in one transaction; return its length.
+
+        The transaction ends after ``max_batch_seconds`` of handling (at least
+        one event): other writers of the database wait at most that long.
+        """
         projection = self.projection
         backend = self._backend
+        limit = time.monotonic() + self.max_batch_seconds
+        clock, stop = time.monotonic, self._stop
+        count = 0
         with backend.transaction() as conn:
             if not backend.transactional and not backend.owns(projection.name, self.owner):
                 # Effects here cannot be rolled back: check the lease before them.
@@ -534,9 +714,14 @@ class ProjectionRunner:
                 if type(event.data) is Undecodable:
                     event = self._decoded(event)  # noqa: PLW2901 - or raises for the policy
                 handle(ctx, event)
-            self._advance(conn, events[-1].position)
-        self._position = events[-1].position
+                count += 1
+                if clock() > limit or stop.is_set():
+                    break
+            last = events[count - 1].position
+            self._advance(conn, last)
+        self._position = last
         self._last_error = None
+        return count
 
     def _skip_to(self, head: int) -> None:
         """Move the checkpoint over events up to ``head`` that this projection skips."""
@@ -702,7 +887,7 @@ def _read_page_lenient(
     return events
 
 
-def switch_projection(store: EventStore, alias: str, projection: Projection) -> None:
+def switch_projection(store: EventStore, alias: str, projection: Projection | str) -> None:
     """Point readers of ``alias`` at ``projection``, in one atomic write.
 
     The rebuild without downtime: declare the new version of a read model as
@@ -710,7 +895,10 @@ def switch_projection(store: EventStore, alias: str, projection: Projection) -> 
     beside the live one (``catch_up(progress=...)`` reports an ETA), then
     switch. Readers look the current one up with :func:`active_projection`.
     """
-    backend_for(store).set_alias(alias, projection.name)
+    name = projection if isinstance(projection, str) else projection.name
+    if not isinstance(name, str) or not name or not isinstance(alias, str) or not alias:
+        raise InvalidRequest("alias and projection name must be non-empty str")
+    backend_for(store).set_alias(alias, name)
 
 
 def active_projection(store: EventStore, alias: str) -> str | None:

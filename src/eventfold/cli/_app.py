@@ -239,20 +239,37 @@ def projections_status(
 def projections_run(
     target: Annotated[
         str,
-        typer.Argument(help="module:attribute of a Projection or ProcessManager, importable here."),
+        typer.Argument(
+            help="module:attribute of a Projection or ProcessManager, or of a function "
+            "that takes the store and returns one (for process managers whose command "
+            "handlers need the store)."
+        ),
     ],
     db: Db = None,
     postgres: Postgres = None,
     schema: Schema = "eventfold",
     rebuild: Annotated[bool, typer.Option(help="Tear down and replay from position 0.")] = False,
+    wait: Annotated[
+        float,
+        typer.Option(
+            help="With --rebuild: seconds to wait for a live runner to let the projection "
+            "go (by default a live runner makes the rebuild refuse)."
+        ),
+    ] = 0.0,
 ) -> None:
-    """Catch a projection up (optionally from scratch), with a progress bar and ETA."""
+    """Catch a projection up (optionally from scratch), with a progress bar and ETA.
+
+    A rebuild never pulls a read model from under a live runner: it refuses,
+    naming the runner, unless --wait lets that runner stop first. For a
+    rebuild without downtime declare the new version under a new name, run
+    it here beside the live one, then `eventfold projections switch`.
+    """
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn  # noqa: PLC0415
 
-    from eventfold.projections import Projection, ProjectionRunner  # noqa: PLC0415
+    from eventfold.projections import ProjectionRunner  # noqa: PLC0415
 
-    projection = _load_projection(target, Projection)
     store = _open(db, postgres, schema, raw=False)
+    projection = _load_projection(target, store)
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
@@ -263,7 +280,7 @@ def projections_run(
         with store, Progress(*columns, console=Console(highlight=False)) as bar:
             runner = ProjectionRunner(store, projection)
             if rebuild:
-                runner.reset()
+                runner.reset(wait=wait)
             task = bar.add_task(projection.name, total=runner.status().lag_events)
 
             def report(progress: Any) -> None:
@@ -276,7 +293,38 @@ def projections_run(
     Console(highlight=False).print(f"{projection.name}: {handled} events handled")
 
 
-def _load_projection(target: str, projection_type: type[Any]) -> Any:
+@projections_app.command("switch")
+def projections_switch(
+    alias: Annotated[str, typer.Argument(help="The name readers look up.")],
+    target: Annotated[str, typer.Argument(help="The projection name readers should use now.")],
+    db: Db = None,
+    postgres: Postgres = None,
+    schema: Schema = "eventfold",
+) -> None:
+    """Point readers of ALIAS at the projection TARGET (the end of a blue/green rebuild)."""
+    from eventfold.projections import (  # noqa: PLC0415
+        active_projection,
+        projection_statuses,
+        switch_projection,
+    )
+
+    store = _open(db, postgres, schema)
+    try:
+        with store:
+            known = {status.name for status in projection_statuses(store)}
+            if target not in known:
+                _fail(f"no projection named {target!r} has run on this store: run it first")
+            before = active_projection(store, alias)
+            switch_projection(store, alias, target)
+    except EventfoldError as exc:
+        _fail(str(exc))
+    Console(highlight=False).print(f"{alias}: {before or '(none)'} -> {target}")
+
+
+def _load_projection(target: str, store: EventStore) -> Any:
+    """The Projection named by module:attribute (a ProcessManager's, or a factory's result)."""
+    from eventfold.projections import Projection  # noqa: PLC0415
+
     module_name, _, attribute = target.partition(":")
     if not module_name or not attribute:
         _fail(f"expected module:attribute, not {target!r}")
@@ -284,7 +332,15 @@ def _load_projection(target: str, projection_type: type[Any]) -> Any:
         value = getattr(importlib.import_module(module_name), attribute)
     except (ImportError, AttributeError) as exc:
         _fail(f"cannot load {target}: {exc}")
+    if callable(value) and not isinstance(value, type):
+        try:
+            value = value(store)  # a factory: binds handlers to the CLI's store
+        except EventfoldError as exc:
+            _fail(f"{target}(store) failed: {exc}")
     value = getattr(value, "projection", value)  # a ProcessManager carries its projection
-    if not isinstance(value, projection_type):
-        _fail(f"{target} is not a Projection or ProcessManager")
+    if not isinstance(value, Projection):
+        _fail(
+            f"{target} is not a Projection or ProcessManager, nor a function of the store "
+            "returning one"
+        )
     return value

@@ -1,2 +1,4 @@
--- params: name
-DELETE FROM eventfold_checkpoints WHERE name = ?1
+-- params: name, owner, now (us)
+-- Fenced: only the lease holder puts the checkpoint back to the start.
+UPDATE eventfold_checkpoints SET position = 0, updated_at = ?3
+WHERE name = ?1 AND owner = ?2

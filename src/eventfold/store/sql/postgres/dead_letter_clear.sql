@@ -1,0 +1,2 @@
+-- params: name
+DELETE FROM {schema}.dead_letters WHERE name = %(name)s

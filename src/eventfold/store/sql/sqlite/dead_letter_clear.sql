@@ -1,0 +1,2 @@
+-- params: name
+DELETE FROM eventfold_dead_letters WHERE name = ?1
