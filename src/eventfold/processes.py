@@ -11,7 +11,10 @@ handler recognises and does not run twice, across crashes and restarts.
 
 Keep a process's decisions in events (the saga's own stream, or the
 aggregates' events) rather than in memory: ``react`` may then look at that
-state, and a redelivery finds the decision already made.
+state, and a redelivery finds the decision already made. ``react`` must
+send the same commands for the same event: a redelivery that sends another
+command under a key already used raises ``IdempotencyKeyReused``, which
+meets the error policy (nothing is sent twice, nothing silently replayed).
 """
 
 from __future__ import annotations
