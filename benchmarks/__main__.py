@@ -16,6 +16,10 @@ SUITES = {
         "benchmarks.postgres_bench",
         "raw psycopg vs eventsourcing 9.5.6 vs eventfold's PostgresEventStore",
     ),
+    "sqlite-contention": (
+        "benchmarks.sqlite_contention_bench",
+        "appends from a thread and a process while a SQL projection catches up (SQLite)",
+    ),
     "projections": (
         "benchmarks.projections_bench",
         "projection catch-up and live latency: raw driver vs eventsourcing 9.5.6 vs eventfold",
