@@ -10,10 +10,16 @@ has one connection, shared: see below). Appends run in ``BEGIN IMMEDIATE``
 transactions, which take SQLite's single write lock before reading the
 stream version, so the expected-version check and the insert are one atomic
 step, across threads and across processes sharing the file. Threads of one
-process first queue on a Python lock, which hands the write lock over
-without SQLite's sleeping busy handler; other processes wait through
-``busy_timeout``. Both waits together are bounded by ``busy_timeout``, after
-which the writer gets StoreTimeout naming who holds the lock.
+store first queue on a Python lock, which hands the write lock over at once;
+for other connections' locks (other store objects, other processes) a writer
+tries BEGIN IMMEDIATE again every few hundred microseconds, not through
+SQLite's busy handler, whose sleeps grow to 100 ms and would almost never
+catch a busy holder between two transactions. Both waits together are
+bounded by ``busy_timeout``, after which the writer gets StoreTimeout naming
+who holds the lock. A connection whose write transaction held the lock for
+long (a projection's batch) gives the others a turn before it writes again.
+Reads keep SQLite's busy handler for their rare SQLITE_BUSY (another
+process recovering the file), with ``busy_timeout``.
 
 Each use of a connection holds that connection's lock, so that ``close()``
 from another thread never closes a connection under a running statement (the
@@ -97,9 +103,32 @@ logger = logging.getLogger("eventfold.store.sqlite")
 #: on power loss or OS crash. ``off``: no fsync at all (tests, bulk loads).
 Durability = Literal["full", "normal", "off"]
 _SYNCHRONOUS = {"full": "FULL", "normal": "NORMAL", "off": "OFF"}
-#: A writer that waited longer than this for the in-process write lock gives
-#: SQLite only the rest of busy_timeout for other processes' locks.
-_LONG_WAIT = 0.01
+#: While another connection (another store object, another process) holds
+#: SQLite's write lock, a writer tries BEGIN IMMEDIATE again after this pause,
+#: doubling up to _BUSY_PAUSE_MAX: SQLite's own busy handler sleeps up to
+#: 100 ms between tries and so almost never finds the lock free between two
+#: transactions of a busy holder.
+_BUSY_PAUSE_MIN = 0.0001
+_BUSY_PAUSE_MAX = 0.0005
+#: A write transaction that held the lock this long (a projection's batch, a
+#: large append) gives other writers a turn: the same connection writes again
+#: _TURN_QUIET after it at the earliest, so that writers waiting elsewhere,
+#: which try every _BUSY_PAUSE_MAX at the latest, find the lock free instead of
+#: taken again at once. SQLite tells a holder nothing about waiters, hence a
+#: turn after every long transaction (about 2% of a catch-up's time).
+_LONG_HOLD = 0.02
+_TURN_QUIET = 0.001
+#: Once another connection wrote during a turn, turns last _TURN for
+#: _CONTENDED_FOR seconds, and go on while others write, up to _TURN_MAX.
+_TURN = 0.002
+_TURN_MAX = 0.01
+_CONTENDED_FOR = 1.0
+
+
+def _is_busy(exc: sqlite3.Error) -> bool:
+    """Whether SQLite said SQLITE_BUSY: another connection holds the lock."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return isinstance(code, int) and code & 0xFF == sqlite3.SQLITE_BUSY
 
 
 class _Handle:
@@ -115,12 +144,17 @@ class _Handle:
         "_db",
         "closed",
         "conn",
+        "contended_until",
+        "data_version",
         "depth",
         "guard",
         "held",
         "lock",
         "pins",
+        "released_at",
+        "sqlite_busy_ms",
         "thread",
+        "write_began",
         "writing",
     )
 
@@ -137,6 +171,14 @@ class _Handle:
         self.closed = False
         self.writing = False
         self.pins: set[threading.Thread] = set()
+        # SQLite's busy timeout on `conn` now: reads keep busy_timeout (SQLite's
+        # handler covers their rare SQLITE_BUSY, e.g. during another process's
+        # recovery); BEGIN IMMEDIATE sets 0 and waits in eventfold's own loop.
+        self.sqlite_busy_ms = db.busy_ms
+        self.write_began = 0.0  # monotonic: when the write lock was taken
+        self.released_at = 0.0  # monotonic: when a long write transaction released it
+        self.data_version = 0  # PRAGMA data_version when it released it
+        self.contended_until = 0.0  # monotonic: other connections wrote lately
 
     def take(self, timeout: float | None) -> bool:
         """Take the lock within ``timeout`` seconds (0: if free, None: wait)."""
@@ -160,7 +202,8 @@ class _Handle:
             return f"thread {self.thread.name!r} is using it"
         return "no thread uses it any more"
 
-    def enter(self) -> sqlite3.Connection:
+    def enter(self, *, reading: bool = True) -> sqlite3.Connection:
+        """Begin a use (``reading``: SQLite's busy timeout is busy_timeout)."""
         db = self._db
         # A thread's own connection is contended only by close(), which holds
         # its lock for a moment; the shared one by every thread of the store.
@@ -169,7 +212,22 @@ class _Handle:
         if self.closed or (db.closed and self.depth == 1):
             self.leave()
             raise closed_error(db.path)
+        if reading and self.sqlite_busy_ms != db.busy_ms:
+            try:
+                self.set_sqlite_busy(db.busy_ms)
+            except BaseException:
+                self.leave()
+                raise
         return self.conn
+
+    def set_sqlite_busy(self, ms: int) -> None:
+        """Set SQLite's busy timeout of the connection (between uses of it: rarely)."""
+        try:
+            self.conn.execute(f"PRAGMA busy_timeout={ms}")
+        except sqlite3.Error as exc:
+            self._db.translate.raise_for(exc)
+            raise
+        self.sqlite_busy_ms = ms
 
     def leave(self) -> None:
         """End a use; the last use after close() closes the connection."""
@@ -235,6 +293,7 @@ class SqliteDatabase:
             )
         self.durability = durability
         self.busy_timeout = float(busy_timeout)
+        self.busy_ms = int(self.busy_timeout * 1000)
         self.read_only = read_only
         self._local = threading.local()
         # Every connection opened (file: one per thread; memory: one shared).
@@ -449,6 +508,9 @@ class SqliteDatabase:
             if handle.take(0):
                 handle.leave()  # closes it, if this thread is the last to use it
             raise closed_error(self.path)
+        if handle.sqlite_busy_ms != self.busy_ms:
+            handle.enter()  # SQLite's busy timeout for reads, set again after a write
+            handle.leave()
         handle.pins.add(threading.current_thread())
         return handle.conn
 
@@ -550,7 +612,9 @@ class SqliteDatabase:
                 f"{operation} is refused (nothing was written)"
             )
         handle = self._handle()
-        conn = handle.enter()
+        if handle.released_at:
+            self._give_turn(handle)
+        handle.enter(reading=False)
         try:
             waited = self._take_write_lock()
         except BaseException:
@@ -559,11 +623,51 @@ class SqliteDatabase:
         handle.writing = True
         try:
             with self.translate:
-                self._begin(conn, waited)
+                self._begin(handle, waited)
         except BaseException:
             self._release_write(handle)
             raise
+        handle.write_began = time.monotonic()
         return handle
+
+    def _give_turn(self, handle: _Handle) -> None:
+        """After a long write transaction of this connection: let waiting writers in.
+
+        Its next write starts a turn after the long one ended at the earliest
+        (time spent on other work, such as reading a projection's next page,
+        counts), so that writers waiting in this process (on the write lock)
+        and elsewhere (trying BEGIN IMMEDIATE every _BUSY_PAUSE_MAX) find the
+        lock free and write in between. While other connections write during
+        the turns, the turn goes on, up to _TURN_MAX.
+        """
+        released, handle.released_at = handle.released_at, 0.0
+        contended = time.monotonic() < handle.contended_until
+        ends = released + (_TURN if contended else _TURN_QUIET)
+        last = released + _TURN_MAX
+        seen = handle.data_version
+        while True:
+            pause = ends - time.monotonic()
+            if pause > 0:
+                time.sleep(pause)  # the turn of other writers, not synchronisation
+            version = self._data_version(handle)
+            if version == seen:
+                return  # nobody wrote since
+            seen = version
+            now = time.monotonic()
+            handle.contended_until = now + _CONTENDED_FOR
+            if now >= last:
+                return
+            ends = min(max(ends, now) + _TURN, last)
+
+    def _data_version(self, handle: _Handle) -> int:
+        """SQLite's count of other connections' commits, as this connection sees it."""
+        conn = handle.enter(reading=False)
+        try:
+            with self.translate:
+                (version,) = conn.execute("PRAGMA data_version").fetchone()
+        finally:
+            handle.leave()
+        return int(version)
 
     def _end_write(self, handle: _Handle, *, commit: bool) -> None:
         """COMMIT (or ROLLBACK), then release the write lock and the connection."""
@@ -582,6 +686,17 @@ class SqliteDatabase:
             self._release_write(handle)
 
     def _release_write(self, handle: _Handle) -> None:
+        began, handle.write_began = handle.write_began, 0.0
+        if began and handle.thread is not None:
+            now = time.monotonic()
+            if now - began >= _LONG_HOLD:
+                # A long transaction ended: the next write of this connection
+                # gives others a turn first (see _give_turn).
+                try:
+                    (handle.data_version,) = handle.conn.execute("PRAGMA data_version").fetchone()
+                    handle.released_at = now
+                except sqlite3.Error as exc:  # closed or interrupted: no turn to give
+                    logger.debug("data_version on %r failed: %s", self.path, exc)
         handle.writing = False
         self._write_lock.release()
         handle.leave()
@@ -610,17 +725,40 @@ class SqliteDatabase:
         logger.warning("%s", message)
         raise StoreTimeout(message)
 
-    def _begin(self, conn: sqlite3.Connection, waited: float) -> None:
-        if waited <= _LONG_WAIT:
+    def _begin(self, handle: _Handle, waited: float) -> None:
+        """BEGIN IMMEDIATE, waiting for other connections' write lock in short steps.
+
+        SQLite's busy handler would sleep up to 100 ms between tries: against a
+        holder that commits and begins again soon (a projection catching up),
+        it would almost never find the lock free. Other connections' locks get
+        what is left of busy_timeout after ``waited`` (in this process).
+        """
+        conn = handle.conn
+        if self.memory:  # one connection: nobody else can hold SQLite's lock
             conn.execute("BEGIN IMMEDIATE")
             return
-        # Other processes' locks get only what is left of busy_timeout.
-        remaining = max(self.busy_timeout - waited, 0.0)
-        conn.execute(f"PRAGMA busy_timeout={int(remaining * 1000)}")
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-        finally:
-            conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
+        if handle.sqlite_busy_ms:
+            handle.set_sqlite_busy(0)
+        deadline = time.monotonic() + max(self.busy_timeout - waited, 0.0)
+        pause = _BUSY_PAUSE_MIN
+        while True:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if not _is_busy(exc):
+                    raise
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    logger.warning(
+                        "SQLite database %r: waited %.1f s (busy_timeout) for the write "
+                        "lock, held by another connection (another store object or process)",
+                        self.path,
+                        self.busy_timeout,
+                    )
+                    raise
+            time.sleep(min(pause, remaining))  # SQLite wakes no waiter: try again soon
+            pause = min(pause * 2, _BUSY_PAUSE_MAX)
 
     def _rollback(self, conn: sqlite3.Connection) -> None:
         try:
