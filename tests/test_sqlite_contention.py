@@ -19,7 +19,8 @@ from typing import Any
 
 import pytest
 
-from eventfold import SqliteEventStore, StoreTimeout
+from eventfold import SqliteEventStore, StoreClosed, StoreTimeout
+from eventfold._projection_backends import backend_for
 from eventfold.testing._events import Deposited
 from tests.sqlite_catch_up import append_until, record_appends
 
@@ -133,3 +134,30 @@ def test_a_write_blocked_by_another_connection_times_out_and_says_so(
         assert store.get_stream("s") is None
         store.append("s", [Deposited(amount=1)])  # free again: the next write goes through
         assert [e.version for e in store.read("s")] == [1]
+
+
+class _CloseOnSecondCheck(threading.Event):
+    """A stop event that closes the store when the wait checks it the second time."""
+
+    def __init__(self, store: SqliteEventStore) -> None:
+        super().__init__()
+        self.store = store
+        self.checks = 0
+
+    def is_set(self) -> bool:
+        self.checks += 1
+        if self.checks == 2:
+            self.store.close()
+        return super().is_set()
+
+
+def test_a_projection_wait_on_a_store_closed_meanwhile_raises_store_closed(
+    tmp_path: Path,
+) -> None:
+    store = SqliteEventStore(tmp_path / "events.db")
+    store.append("s", [Deposited(amount=1)])
+    backend = backend_for(store)
+    stop = _CloseOnSecondCheck(store)
+    with pytest.raises(StoreClosed):
+        backend.wait(store.last_position(), 5.0, stop)
+    assert stop.checks >= 2  # it was waiting when the store closed

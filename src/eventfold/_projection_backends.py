@@ -269,18 +269,24 @@ class SqliteProjectionBackend:
         return count, (us_to_datetime(oldest) if oldest is not None else None)
 
     def wait(self, after: int, timeout: float, stop: threading.Event) -> None:
-        # Another process's commit changes PRAGMA data_version; polling it is
+        # Another connection's commit changes PRAGMA data_version (of this
+        # thread's connection, which reading() gives each time); polling it is
         # one cheap statement, done at a modest pace rather than spinning.
-        conn = self._db.connection()
-        (start,) = conn.execute(SQL["data_version"]).fetchone()
+        # Each poll is one translated use of the connection: errors become
+        # StoreError, and close() is never kept waiting between polls.
+        start = self._data_version()
         deadline = time.monotonic() + timeout
         pause = 0.001
         while time.monotonic() < deadline and not stop.is_set():
-            (current,) = conn.execute(SQL["data_version"]).fetchone()
-            if current != start or self._db_has_after(after):
+            if self._data_version() != start or self._db_has_after(after):
                 return
             time.sleep(min(pause, max(deadline - time.monotonic(), 0)))
             pause = min(pause * 2, 0.05)
+
+    def _data_version(self) -> int:
+        with self._db.reading() as conn:
+            (version,) = conn.execute(SQL["data_version"]).fetchone()
+        return int(version)
 
     def close(self) -> None:
         return None
@@ -296,7 +302,8 @@ class SqliteProjectionBackend:
 
     def _db_has_after(self, after: int) -> bool:
         # Commits through this very connection do not change data_version.
-        (last,) = self._db.connection().execute(SQL["last_position"]).fetchone()
+        with self._db.reading() as conn:
+            (last,) = conn.execute(SQL["last_position"]).fetchone()
         return bool(last > after)
 
 
