@@ -612,8 +612,7 @@ class SqliteDatabase:
                 f"{operation} is refused (nothing was written)"
             )
         handle = self._handle()
-        if handle.released_at:
-            self._give_turn(handle)
+        polite_until = self._give_turn(handle) if handle.released_at else 0.0
         handle.enter(reading=False)
         try:
             waited = self._take_write_lock()
@@ -623,14 +622,14 @@ class SqliteDatabase:
         handle.writing = True
         try:
             with self.translate:
-                self._begin(handle, waited)
+                self._begin(handle, waited, polite_until)
         except BaseException:
             self._release_write(handle)
             raise
         handle.write_began = time.monotonic()
         return handle
 
-    def _give_turn(self, handle: _Handle) -> None:
+    def _give_turn(self, handle: _Handle) -> float:
         """After a long write transaction of this connection: let waiting writers in.
 
         Its next write starts a turn after the long one ended at the earliest
@@ -638,7 +637,9 @@ class SqliteDatabase:
         counts), so that writers waiting in this process (on the write lock)
         and elsewhere (trying BEGIN IMMEDIATE every _BUSY_PAUSE_MAX) find the
         lock free and write in between. While other connections write during
-        the turns, the turn goes on, up to _TURN_MAX.
+        the turns, the turn goes on, up to _TURN_MAX. Returns when that is
+        (monotonic): until then, a BEGIN IMMEDIATE that finds the lock taken
+        (another writer is in its turn) lets other waiters go first.
         """
         released, handle.released_at = handle.released_at, 0.0
         contended = time.monotonic() < handle.contended_until
@@ -651,12 +652,12 @@ class SqliteDatabase:
                 time.sleep(pause)  # the turn of other writers, not synchronisation
             version = self._data_version(handle)
             if version == seen:
-                return  # nobody wrote since
+                return last  # nobody wrote since
             seen = version
             now = time.monotonic()
             handle.contended_until = now + _CONTENDED_FOR
             if now >= last:
-                return
+                return last
             ends = min(max(ends, now) + _TURN, last)
 
     def _data_version(self, handle: _Handle) -> int:
@@ -725,13 +726,15 @@ class SqliteDatabase:
         logger.warning("%s", message)
         raise StoreTimeout(message)
 
-    def _begin(self, handle: _Handle, waited: float) -> None:
+    def _begin(self, handle: _Handle, waited: float, polite_until: float = 0.0) -> None:
         """BEGIN IMMEDIATE, waiting for other connections' write lock in short steps.
 
         SQLite's busy handler would sleep up to 100 ms between tries: against a
         holder that commits and begins again soon (a projection catching up),
         it would almost never find the lock free. Other connections' locks get
-        what is left of busy_timeout after ``waited`` (in this process).
+        what is left of busy_timeout after ``waited`` (in this process). Until
+        ``polite_until`` (the end of the turn this connection gives, after a
+        long transaction) it tries only every _TURN: other writers go first.
         """
         conn = handle.conn
         if self.memory:  # one connection: nobody else can hold SQLite's lock
@@ -757,6 +760,13 @@ class SqliteDatabase:
                         self.busy_timeout,
                     )
                     raise
+            now = time.monotonic()
+            if now < polite_until:
+                # Another writer got the lock in this connection's turn: the
+                # file is contended; the others waiting go first.
+                handle.contended_until = now + _CONTENDED_FOR
+                time.sleep(min(_TURN, remaining))
+                continue
             time.sleep(min(pause, remaining))  # SQLite wakes no waiter: try again soon
             pause = min(pause * 2, _BUSY_PAUSE_MAX)
 
