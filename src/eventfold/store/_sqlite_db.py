@@ -742,33 +742,49 @@ class SqliteDatabase:
             return
         if handle.sqlite_busy_ms:
             handle.set_sqlite_busy(0)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            return
+        except sqlite3.OperationalError as exc:
+            if not _is_busy(exc):
+                raise
+            busy = exc
+        self._wait_to_begin(handle, waited, polite_until, busy)
+
+    def _wait_to_begin(
+        self, handle: _Handle, waited: float, polite_until: float, busy: sqlite3.Error
+    ) -> None:
+        """After BEGIN IMMEDIATE found the lock taken (``busy``): try again in short
+        steps until it succeeds, or raise SQLite's busy error after busy_timeout."""
+        conn = handle.conn
         deadline = time.monotonic() + max(self.busy_timeout - waited, 0.0)
         pause = _BUSY_PAUSE_MIN
         while True:
+            now = time.monotonic()
+            remaining = deadline - now
+            if remaining <= 0:
+                logger.warning(
+                    "SQLite database %r: waited %.1f s (busy_timeout) for the write lock, "
+                    "held by another connection (another store object or process)",
+                    self.path,
+                    self.busy_timeout,
+                )
+                raise busy
+            if now < polite_until:
+                # Another writer got the lock in this connection's turn: the file
+                # is contended, and the writers waiting go first.
+                handle.contended_until = now + _CONTENDED_FOR
+                time.sleep(min(_TURN, remaining))
+            else:
+                time.sleep(min(pause, remaining))  # SQLite wakes no waiter: try again soon
+                pause = min(pause * 2, _BUSY_PAUSE_MAX)
             try:
                 conn.execute("BEGIN IMMEDIATE")
                 return
             except sqlite3.OperationalError as exc:
                 if not _is_busy(exc):
                     raise
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    logger.warning(
-                        "SQLite database %r: waited %.1f s (busy_timeout) for the write "
-                        "lock, held by another connection (another store object or process)",
-                        self.path,
-                        self.busy_timeout,
-                    )
-                    raise
-            now = time.monotonic()
-            if now < polite_until:
-                # Another writer got the lock in this connection's turn: the
-                # file is contended; the others waiting go first.
-                handle.contended_until = now + _CONTENDED_FOR
-                time.sleep(min(_TURN, remaining))
-                continue
-            time.sleep(min(pause, remaining))  # SQLite wakes no waiter: try again soon
-            pause = min(pause * 2, _BUSY_PAUSE_MAX)
+                busy = exc
 
     def _rollback(self, conn: sqlite3.Connection) -> None:
         try:
