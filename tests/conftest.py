@@ -12,7 +12,7 @@ from hypothesis import settings
 from eventfold import MemoryEventStore, SqliteEventStore
 from eventfold.store import EventStore
 from eventfold.store.postgres import PostgresEventStore, migrate
-from tests.pg import new_schema_name, pg_database
+from tests.support.pg import new_schema_name, pg_database
 
 __all__ = ["pg_database"]  # the session fixture, used by name
 

@@ -30,7 +30,7 @@ from eventfold import (
 )
 from eventfold.store.postgres import AsyncPostgresEventStore, PostgresEventStore, migrate
 from eventfold.testing._events import Deposited, Measured, Received, Unserialisable
-from tests.pg import new_schema_name
+from tests.support.pg import new_schema_name
 
 NAN, INF = math.nan, math.inf
 

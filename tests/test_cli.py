@@ -18,11 +18,11 @@ from typer.testing import CliRunner
 from eventfold import Serializer, SqliteEventStore, TypeRegistry
 from eventfold.cli import INSTALL_HINT, main
 from eventfold.cli._app import app
-from eventfold.store._sqlite_db import SQL as SQLITE_SQL
 from eventfold.store.postgres import LATEST_SCHEMA_VERSION, PostgresEventStore
+from eventfold.store.sqlite._db import SQL as SQLITE_SQL
 from eventfold.testing._events import Deposited
-from tests.mounts import read_only_view
-from tests.pg import free_loopback_port, new_schema_name
+from tests.support.mounts import read_only_view
+from tests.support.pg import free_loopback_port, new_schema_name
 
 runner = CliRunner()
 
@@ -394,12 +394,20 @@ def test_projections_run_with_progress_then_status(tmp_path: Path) -> None:
     empty = runner.invoke(app, ["projections", "status", "--db", str(path)])
     assert "no projections have run" in empty.stdout
     ran = runner.invoke(
-        app, ["projections", "run", "tests.cli_projection:counts", "--db", str(path)]
+        app, ["projections", "run", "tests.support.cli_projection:counts", "--db", str(path)]
     )
     assert ran.exit_code == 0, ran.output
     assert "cli-counts: 45 events handled" in ran.stdout
     again = runner.invoke(
-        app, ["projections", "run", "tests.cli_projection:counts", "--db", str(path), "--rebuild"]
+        app,
+        [
+            "projections",
+            "run",
+            "tests.support.cli_projection:counts",
+            "--db",
+            str(path),
+            "--rebuild",
+        ],
     )
     assert "cli-counts: 45 events handled" in again.stdout
     with SqliteEventStore(path) as store:
@@ -416,7 +424,7 @@ def test_projections_run_with_progress_then_status(tmp_path: Path) -> None:
 def test_projections_run_rejects_what_is_not_a_projection(tmp_path: Path) -> None:
     path = tmp_path / "p.db"
     SqliteEventStore(path).close()
-    for target in ("nocolon", "tests.cli_projection:TABLE", "no_such_module:x"):
+    for target in ("nocolon", "tests.support.cli_projection:TABLE", "no_such_module:x"):
         result = runner.invoke(app, ["projections", "run", target, "--db", str(path)])
         assert result.exit_code == 1, target
         assert "error:" in result.stderr
@@ -424,7 +432,7 @@ def test_projections_run_rejects_what_is_not_a_projection(tmp_path: Path) -> Non
 
 def test_a_rebuild_refuses_while_the_application_runs_the_projection(tmp_path: Path) -> None:
     from eventfold.projections import ProjectionRunner  # noqa: PLC0415
-    from tests.cli_projection import counts  # noqa: PLC0415
+    from tests.support.cli_projection import counts  # noqa: PLC0415
 
     path = tmp_path / "live.db"
     with SqliteEventStore(path) as store:
@@ -432,7 +440,7 @@ def test_a_rebuild_refuses_while_the_application_runs_the_projection(tmp_path: P
             store.append(f"s-{i % 3}", [Deposited(amount=i)])
         live = ProjectionRunner(store, counts, owner="app-host:4242", lease_seconds=60)
         assert live.run_once() == 30  # the application's runner holds the lease
-        target = ["projections", "run", "tests.cli_projection:counts", "--db", str(path)]
+        target = ["projections", "run", "tests.support.cli_projection:counts", "--db", str(path)]
         refused = runner.invoke(app, [*target, "--rebuild"])
         assert refused.exit_code == 1
         assert "app-host:4242" in refused.stderr and "switch" in refused.stderr
@@ -452,7 +460,7 @@ def test_projections_run_takes_a_factory_of_the_store(tmp_path: Path) -> None:
     with SqliteEventStore(path) as store:
         store.append("s-1", [Deposited(amount=3), Deposited(amount=4)])
     ran = runner.invoke(
-        app, ["projections", "run", "tests.cli_projection:mirror", "--db", str(path)]
+        app, ["projections", "run", "tests.support.cli_projection:mirror", "--db", str(path)]
     )
     assert ran.exit_code == 0, ran.output
     with SqliteEventStore(path) as store:
@@ -465,7 +473,7 @@ def test_projections_switch_points_an_alias_at_a_rebuilt_version(tmp_path: Path)
     path = tmp_path / "bg.db"
     with SqliteEventStore(path) as store:
         store.append("s-1", [Deposited(amount=1)])
-    run = ["projections", "run", "tests.cli_projection:counts", "--db", str(path)]
+    run = ["projections", "run", "tests.support.cli_projection:counts", "--db", str(path)]
     assert runner.invoke(app, run).exit_code == 0
     unknown = runner.invoke(app, ["projections", "switch", "counts", "nope", "--db", str(path)])
     assert unknown.exit_code == 1 and "nope" in unknown.stderr

@@ -18,7 +18,7 @@ from eventfold import (
     TypeRegistry,
     WrongExpectedVersion,
 )
-from eventfold.migration import MIGRATED_FROM, async_migrate_stream, migrate_stream
+from eventfold.evolution import MIGRATED_FROM, async_migrate_stream, migrate_stream
 
 
 class NameSetV1(msgspec.Struct, frozen=True):

@@ -44,9 +44,9 @@ from eventfold import (
 from eventfold.projections import Projection, ProjectionContext, ProjectionRunner
 from eventfold.store.postgres import AsyncPostgresEventStore, PostgresEventStore, migrate
 from eventfold.testing._events import Deposited, Opened
-from tests.partition import bridge
-from tests.pg import free_loopback_port, new_schema_name
-from tests.proxy import TcpProxy
+from tests.support.partition import bridge
+from tests.support.pg import free_loopback_port, new_schema_name
+from tests.support.proxy import TcpProxy
 
 T = TypeVar("T")
 GUARD = 30.0  # no call in this module may block longer than this
@@ -267,7 +267,16 @@ def test_a_real_partition_is_noticed_by_tcp_user_timeout(
                 daemon=True,
             ).start()
             proc = subprocess.run(
-                ["unshare", "-n", sys.executable, "-m", "tests.partition", path, conninfo, schema],
+                [
+                    "unshare",
+                    "-n",
+                    sys.executable,
+                    "-m",
+                    "tests.support.partition",
+                    path,
+                    conninfo,
+                    schema,
+                ],
                 capture_output=True,
                 text=True,
                 timeout=2 * GUARD,

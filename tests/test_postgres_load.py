@@ -27,7 +27,7 @@ from eventfold import ANY, NewEvent, RecordedEvent, StoreError
 from eventfold.store.postgres import PostgresEventStore, migrate
 from eventfold.testing import follow_log
 from eventfold.testing._events import Deposited
-from tests.pg import new_schema_name
+from tests.support.pg import new_schema_name
 
 pytestmark = pytest.mark.slow
 

@@ -35,23 +35,23 @@ from eventfold import (
     WrongExpectedVersion,
     uuid7,
 )
-from eventfold._sync import postgres as sync_postgres
 from eventfold.projections import Projection, ProjectionRunner, ProjectionStopped
 from eventfold.serialization import Serializer
 from eventfold.store._common import AppendResult, Expected, encode_batch, expectation_met
-from eventfold.store._postgres import (
-    ConnectionStalled,
-    PoolUnreachable,
-    PostgresStatements,
-    append_params,
-    translate_errors,
-)
 from eventfold.store.postgres import (
     LATEST_SCHEMA_VERSION,
     AsyncPostgresEventStore,
     PostgresEventStore,
     async_migrate,
     migrate,
+)
+from eventfold.store.postgres import _store as sync_postgres
+from eventfold.store.postgres._statements import (
+    ConnectionStalled,
+    PoolUnreachable,
+    PostgresStatements,
+    append_params,
+    translate_errors,
 )
 from eventfold.testing import (
     AsyncEventStoreLifecycleSuite,
@@ -61,8 +61,8 @@ from eventfold.testing import (
     EventStoreSuite,
 )
 from eventfold.testing._events import Deposited, Opened
-from tests.calls import count_calls
-from tests.pg import free_loopback_port, new_schema_name
+from tests.support.calls import count_calls
+from tests.support.pg import free_loopback_port, new_schema_name
 
 
 def append_sql(statements: PostgresStatements, *args: Any) -> tuple[bytes, dict[str, Any]]:

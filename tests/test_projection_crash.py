@@ -26,12 +26,12 @@ from typing import Any
 import pytest
 
 from eventfold import ANY, SqliteEventStore, StoreError
-from eventfold._sync import postgres as sync_postgres
 from eventfold.projections import Projection, ProjectionContext, ProjectionRunner
 from eventfold.store import EventStore
 from eventfold.store.postgres import PostgresEventStore, migrate
+from eventfold.store.postgres import _store as sync_postgres
 from eventfold.testing._events import Deposited, Opened
-from tests.pg import new_schema_name
+from tests.support.pg import new_schema_name
 
 CTX = multiprocessing.get_context("spawn")
 KILL_POINTS = [1, 2, 3, 5, 7, 8, 9, 11, 13, 14, 15, 17, 19, 22, 25, 28, 29, 31, 37, 43]

@@ -35,7 +35,7 @@ from eventfold.projections import (
 from eventfold.store import EventStore
 from eventfold.testing import run_threads
 from eventfold.testing._events import Deposited, Opened, Withdrawn
-from tests.calls import count_calls
+from tests.support.calls import count_calls
 
 # -- a read model that works on every store -----------------------------------------------
 

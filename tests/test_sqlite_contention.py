@@ -20,9 +20,9 @@ from typing import Any
 import pytest
 
 from eventfold import SqliteEventStore, StoreClosed, StoreTimeout
-from eventfold._projection_backends import backend_for
+from eventfold.store._checkpoints import backend_for
 from eventfold.testing._events import Deposited
-from tests.sqlite_catch_up import append_until, record_appends
+from tests.support.sqlite_catch_up import append_until, record_appends
 
 ROOT = Path(__file__).resolve().parent.parent
 BOUND = 60.0  # seconds a step may take before the test calls it hung
@@ -50,7 +50,7 @@ def test_writers_get_appends_in_between_the_batches_of_a_catch_up(tmp_path: Path
     thread.start()
     try:
         done = subprocess.run(
-            [sys.executable, "-m", "tests.sqlite_catch_up", str(path)],
+            [sys.executable, "-m", "tests.support.sqlite_catch_up", str(path)],
             cwd=ROOT,
             capture_output=True,
             text=True,

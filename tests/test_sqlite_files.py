@@ -23,9 +23,9 @@ from eventfold import (
     SqliteEventStore,
     StoreError,
 )
-from eventfold.store._sqlite_db import APPLICATION_ID, SCHEMA_VERSION, SQL
+from eventfold.store.sqlite._db import APPLICATION_ID, SCHEMA_VERSION, SQL
 from eventfold.testing._events import Deposited
-from tests.mounts import read_only_view
+from tests.support.mounts import read_only_view
 
 
 def digest(path: Path) -> str:

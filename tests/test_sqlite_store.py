@@ -22,7 +22,7 @@ from eventfold import (
     StoreTimeout,
     WrongExpectedVersion,
 )
-from eventfold.store._sqlite_db import SCHEMA_VERSION, SQL
+from eventfold.store.sqlite._db import SCHEMA_VERSION, SQL
 from eventfold.testing import (
     AsyncEventStoreLifecycleSuite,
     AsyncEventStoreSuite,

@@ -14,7 +14,7 @@ from eventfold import AsyncMemoryEventStore, AsyncSqliteEventStore, RecordedEven
 from eventfold.store import AsyncEventStore, EventStore
 from eventfold.testing import run_threads
 from eventfold.testing._events import Deposited, Withdrawn
-from tests.calls import count_calls
+from tests.support.calls import count_calls
 
 
 def test_a_blocked_subscriber_gets_each_new_event_once_in_order(any_store: EventStore) -> None:

@@ -1,6 +1,13 @@
-"""Offline stream migration (sync and async); see :func:`migrate_stream`."""
+"""Deprecated alias of :mod:`eventfold.evolution` (import from there)."""
 
-from eventfold._async.migration import MIGRATED_FROM, async_migrate_stream
-from eventfold._sync.migration import migrate_stream
+import warnings
+
+from eventfold.evolution import MIGRATED_FROM, async_migrate_stream, migrate_stream
 
 __all__ = ["MIGRATED_FROM", "async_migrate_stream", "migrate_stream"]
+
+warnings.warn(
+    "eventfold.migration is now eventfold.evolution; the old name will be removed",
+    DeprecationWarning,
+    stacklevel=2,
+)

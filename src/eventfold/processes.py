@@ -24,8 +24,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from eventfold._sync.commands import CommandHandler
 from eventfold.bus import EventBus
+from eventfold.commands._handler import CommandHandler
 from eventfold.errors import EventfoldError, InvalidRequest
 from eventfold.events import RecordedEvent, caused_by
 from eventfold.projections import ErrorPolicy, Projection, ProjectionContext

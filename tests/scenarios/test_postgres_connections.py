@@ -23,8 +23,8 @@ from eventfold import NewEvent, RecordedEvent, StoreUnavailable
 from eventfold.projections import Projection, ProjectionContext, ProjectionRunner
 from eventfold.store.postgres import PostgresEventStore, migrate
 from eventfold.testing._events import Deposited, Opened
-from tests.pg import new_schema_name
-from tests.proxy import TcpProxy
+from tests.support.pg import new_schema_name
+from tests.support.proxy import TcpProxy
 
 GUARD = 30.0
 PHASES = 4

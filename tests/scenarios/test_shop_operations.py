@@ -23,8 +23,8 @@ import pytest
 from eventfold.projections import ProjectionRunner
 from eventfold.store import EventStore
 from eventfold.store.postgres import migrate
-from tests.pg import new_schema_name
 from tests.scenarios import shop
+from tests.support.pg import new_schema_name
 
 BOUND = 60.0
 ROOT = Path(__file__).resolve().parents[2]

@@ -26,7 +26,7 @@ from eventfold import Aggregate, CommandHandler, Event, SqliteEventStore
 from eventfold.snapshots import SnapshotPolicy
 from eventfold.store import EventStore
 from eventfold.store.postgres import PostgresEventStore, migrate
-from tests.pg import new_schema_name
+from tests.support.pg import new_schema_name
 
 EVERY = 3
 SKU = "inventory-sku-42"

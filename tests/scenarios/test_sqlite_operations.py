@@ -17,7 +17,7 @@ from pathlib import Path
 from eventfold import ConfigurationError, SqliteEventStore
 from eventfold.projections import Projection, ProjectionContext, ProjectionRunner
 from eventfold.testing._events import Deposited
-from tests.mounts import read_only_view
+from tests.support.mounts import read_only_view
 
 BOUND = 60.0
 

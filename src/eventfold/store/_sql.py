@@ -1,4 +1,4 @@
-"""Loads the SQL statements of a backend: one statement per file in ``sql/<backend>/``."""
+"""Loads the SQL statements of a backend: one statement per file in ``store/<backend>/sql/``."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ __all__ = ["load_statements"]
 
 def load_statements(backend: str) -> Mapping[str, str]:
     """Return ``{file stem: SQL text}`` for every ``.sql`` file of ``backend``."""
-    folder = resources.files("eventfold.store").joinpath("sql", backend)
+    folder = resources.files(f"eventfold.store.{backend}").joinpath("sql")
     statements = {
         entry.name.removesuffix(".sql"): entry.read_text(encoding="utf-8")
         for entry in folder.iterdir()

@@ -12,10 +12,10 @@ subclassing and providing one ``store`` fixture::
 This module imports pytest; import it from tests only.
 """
 
-from eventfold.testing._async.conformance import AsyncEventStoreSuite
-from eventfold.testing._async.lifecycle import AsyncEventStoreLifecycleSuite
-from eventfold.testing._sync.conformance import EventStoreSuite
-from eventfold.testing._sync.lifecycle import EventStoreLifecycleSuite
+from eventfold.testing._conformance import EventStoreSuite
+from eventfold.testing._conformance_async import AsyncEventStoreSuite
+from eventfold.testing._lifecycle import EventStoreLifecycleSuite
+from eventfold.testing._lifecycle_async import AsyncEventStoreLifecycleSuite
 from eventfold.testing.concurrency import EventStoreConcurrencySuite, follow_log, run_threads
 from eventfold.testing.scenario import DeciderSpec
 

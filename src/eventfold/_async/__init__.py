@@ -1,1 +1,0 @@
-"""Asyncio implementations: the single source from which ``eventfold._sync`` is generated."""

@@ -1,0 +1,522 @@
+"""Public store API shared by every backend; backends supply row-level I/O."""
+
+from __future__ import annotations
+
+import abc
+import logging
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager  # unasync: from contextlib import contextmanager
+from datetime import datetime
+from types import TracebackType
+from typing import Any, Self
+from uuid import UUID
+
+from eventfold._acompat import AsyncClock
+from eventfold.errors import InvalidRequest, StoreClosed, StoreError
+from eventfold.events import RecordedEvent
+from eventfold.serialization import Serializer
+from eventfold.store._common import (
+    ANY,
+    MAX_VERSION,
+    AppendResult,
+    EncodedEvent,
+    Expected,
+    InlineHook,
+    Row,
+    Snapshot,
+    StreamInfo,
+    check_bool,
+    check_expected,
+    check_non_negative,
+    check_position,
+    check_seconds,
+    check_stream_name,
+    check_who_why,
+    datetime_to_us,
+    decode_rows,
+    decode_rows_partial,
+    encode_batch,
+)
+
+__all__ = ["AsyncStoreBase", "Wait"]
+
+logger = logging.getLogger("eventfold.store")
+
+_LAST_VERSION = 2**62
+
+#: ``wait(after, timeout)``: return once events after position ``after`` may
+#: exist, or after ``timeout`` seconds (a subscription's wait for news).
+Wait = Callable[[int, float], Awaitable[None]]  # unasync: Wait = Callable[[int, float], None]
+
+
+class AsyncStoreBase(abc.ABC):
+    """Validation, encoding, decoding and paging on top of a backend's row I/O.
+
+    Subclasses implement the ``_``-prefixed abstract methods; they receive
+    validated arguments and encoded events, and return stored rows. Every
+    argument is checked here, before any I/O: a version or count is an int
+    up to 2**63-1, a position any int >= 0 (one beyond ``_max_position``,
+    the largest the backend issues, is after every event), a flag a bool.
+    """
+
+    #: The largest position this backend can issue.
+    _max_position: int = MAX_VERSION
+
+    def __init__(self, *, serializer: Serializer | None = None, page_size: int = 500) -> None:
+        self.serializer = serializer or Serializer()
+        self.page_size = check_non_negative("page_size", page_size, minimum=1)
+        self._closed = False
+        # Inline projections (eventfold.projections.attach_inline): run inside
+        # every append's transaction. Only the sync stores accept them.
+        self._inline: list[InlineHook] = []
+
+    # -- public API -----------------------------------------------------------------
+
+    async def append(
+        self, stream: str, events: Sequence[object], *, expected: Expected = ANY
+    ) -> AppendResult:
+        """Append ``events`` to ``stream`` atomically.
+
+        ``expected`` is ``ANY``, ``NO_STREAM``, ``STREAM_EXISTS`` or the
+        stream's current version; a mismatch raises WrongExpectedVersion and
+        writes nothing. Events are plain event objects or ``NewEvent``s; a
+        batch whose ids are already stored in this stream is a retry and
+        returns the original result.
+        """
+        self._check_open()
+        check_stream_name(stream)
+        expected = check_expected(expected)
+        batch = encode_batch(self.serializer, events)
+        return await self._append(stream, batch, expected)
+
+    async def read(
+        self,
+        stream: str,
+        *,
+        from_version: int | None = None,
+        backwards: bool = False,
+        limit: int | None = None,
+    ) -> AsyncIterator[RecordedEvent]:
+        """Yield events of ``stream`` from ``from_version`` on (or back), in pages.
+
+        A stream without events yields nothing. ``from_version`` defaults to
+        the first version (the last one when reading backwards).
+        """
+        self._check_open()
+        check_stream_name(stream)
+        check_bool("backwards", backwards)
+        if from_version is None:
+            cursor = _LAST_VERSION if backwards else 1
+        else:
+            cursor = check_non_negative("from_version", from_version, minimum=1)
+        remaining = _check_limit(limit)
+        serializer = self.serializer
+        while remaining:
+            count = min(self.page_size, remaining)
+            page = await self._read_page(stream, cursor, backwards, count)
+            events, error = decode_rows_partial(serializer, page)
+            for event in events:
+                yield event
+            if error is not None:
+                raise error
+            if len(page) < count:
+                return
+            remaining -= len(page)
+            cursor = page[-1][2] - 1 if backwards else page[-1][2] + 1
+
+    async def read_all(
+        self,
+        *,
+        after: int = 0,
+        types: Sequence[str] | None = None,
+        stream_prefix: str | None = None,
+        limit: int | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> AsyncIterator[RecordedEvent]:
+        """Yield events of the global log with position greater than ``after``.
+
+        ``types`` keeps only events of those type names; ``stream_prefix``
+        only events of streams whose name starts with it; ``since`` and
+        ``until`` (aware datetimes) only events recorded in ``[since, until)``.
+        Events of deleted streams are left out. A time window is applied while
+        scanning from ``after``: give a recent ``after`` to bound the scan.
+        """
+        self._check_open()
+        check_position("after", after)
+        type_list = self._type_filter(types)
+        _check_prefix(stream_prefix)
+        remaining = _check_limit(limit)
+        window = _check_window(since, until)
+        serializer = self.serializer
+        if after > self._max_position:
+            return  # no event of this store comes after it
+        while remaining:
+            count = min(self.page_size, remaining)
+            page = await self._read_all_page(after, type_list, stream_prefix, count)
+            if not page:
+                return
+            after = page[-1][0]
+            rows = page if window is None else [r for r in page if window[0] <= r[8] < window[1]]
+            events, error = decode_rows_partial(serializer, rows[:remaining])
+            for event in events:
+                yield event
+            if error is not None:
+                raise error
+            remaining -= min(len(rows), remaining)
+            if len(page) < count:
+                return
+
+    async def subscribe(
+        self,
+        *,
+        after: int = 0,
+        types: Sequence[str] | None = None,
+        stream_prefix: str | None = None,
+        poll_interval: float = 5.0,
+    ) -> AsyncGenerator[RecordedEvent, None]:
+        """Yield the events after position ``after``, then each new one as it commits.
+
+        ``types`` and ``stream_prefix`` filter as in :meth:`read_all`. The
+        subscription catches up through ``read_all``, then waits for news:
+        PostgreSQL LISTENs for appends, a memory store is woken by them, SQLite
+        checks its newest position with a short back-off (at most every 50 ms).
+        A read happens at least every ``poll_interval`` seconds whatever the
+        wait says. It runs until the consumer stops iterating (close it to
+        release what waiting holds). Delivery is at least once from your own
+        checkpoint: keep the position of each handled event and pass it as
+        ``after`` next time, or let a ``ProjectionRunner`` keep it for you.
+
+        Like a ``ProjectionRunner``, a subscription outlives an outage: a
+        retryable StoreError (the server restarting, a lost connection) is
+        logged as a warning on logger ``eventfold.store`` and the subscription
+        resumes after the last event it delivered, so no event is skipped or
+        repeated; it retries for as long as the outage lasts, backing off
+        from ``poll_interval / 10`` to ``poll_interval``. Any other error ends
+        it (close the subscription to stop waiting).
+        """
+        self._check_open()
+        cursor = min(check_position("after", after), self._max_position)
+        type_list = self._type_filter(types)
+        _check_prefix(stream_prefix)
+        check_seconds("poll_interval", poll_interval)
+        failures = 0
+        while True:
+            try:
+                async with self._follow() as wait:
+                    while True:
+                        # Every event up to `head` is read below: the wait then starts
+                        # after it even if the log ends with events the filters skip.
+                        head = await self._last_position()
+                        if failures:
+                            logger.warning(
+                                "subscription resumed after position %d (%d failed attempts)",
+                                cursor,
+                                failures,
+                            )
+                            failures = 0
+                        async for event in self.read_all(
+                            after=cursor, types=type_list, stream_prefix=stream_prefix
+                        ):
+                            yield event
+                            cursor = event.position
+                        cursor = max(cursor, head)
+                        await wait(cursor, poll_interval)
+            except StoreError as exc:
+                if not exc.retryable:
+                    raise
+                failures += 1
+                pause = min(poll_interval / 10 * 2 ** min(failures - 1, 10), poll_interval)
+                logger.warning(
+                    "subscription after position %d: %s: %s; resuming in %.2f s",
+                    cursor,
+                    type(exc).__name__,
+                    exc,
+                    pause,
+                )
+                await AsyncClock.sleep(pause)
+
+    async def find_event(self, event_id: UUID) -> RecordedEvent | None:
+        """The event with id ``event_id``, or None (also for events of deleted streams)."""
+        self._check_open()
+        if not isinstance(event_id, UUID):
+            raise InvalidRequest(f"event_id must be a UUID, not {event_id!r}")
+        row = await self._find_event(event_id.bytes)
+        return None if row is None else decode_rows(self.serializer, (row,))[0]
+
+    async def delete_stream(
+        self, stream: str, *, hard: bool = False, by: str = "", reason: str = ""
+    ) -> None:
+        """Delete ``stream``: its events disappear from ``read`` and ``read_all``.
+
+        A soft delete (default) keeps the events and can be undone with
+        :meth:`restore_stream`; ``hard=True`` erases them for good (data
+        retention, erasure requests). Either way the stream's info keeps who
+        deleted it, when and why, and appending to it raises StreamDeleted.
+        Followers of ``read_all`` are unaffected: positions never move.
+        """
+        self._check_open()
+        check_stream_name(stream)
+        check_bool("hard", hard)
+        check_who_why(by, reason)
+        await self._delete_stream(stream, hard, by, reason)
+
+    async def restore_stream(self, stream: str) -> None:
+        """Undo a soft delete (a hard delete cannot be undone)."""
+        self._check_open()
+        check_stream_name(stream)
+        await self._restore_stream(stream)
+
+    async def truncate_stream(
+        self, stream: str, before_version: int, *, by: str = "", reason: str = ""
+    ) -> int:
+        """Erase the events of ``stream`` older than ``before_version``; return how many.
+
+        For retention: the stream keeps its version and at least its newest
+        event; reads start at ``before_version`` (see ``StreamInfo.first_version``).
+        """
+        self._check_open()
+        check_stream_name(stream)
+        check_non_negative("before_version", before_version, minimum=1)
+        check_who_why(by, reason)
+        return await self._truncate_stream(stream, before_version, by, reason)
+
+    async def save_snapshot(
+        self, stream: str, version: int, state_type: str, schema_version: int, data: bytes
+    ) -> None:
+        """Store a snapshot of the state of ``stream`` right after ``version``."""
+        self._check_open()
+        check_stream_name(stream)
+        check_non_negative("version", version, minimum=1)
+        check_non_negative("schema_version", schema_version, minimum=1)
+        if not isinstance(state_type, str) or not state_type:
+            raise InvalidRequest("state_type must be a non-empty str")
+        if not isinstance(data, bytes):
+            raise InvalidRequest("snapshot data must be bytes")
+        await self._save_snapshot(stream, version, state_type, schema_version, data)
+
+    async def load_snapshot(
+        self, stream: str, *, max_version: int | None = None
+    ) -> Snapshot | None:
+        """The newest snapshot of ``stream`` at or below ``max_version`` (default: any)."""
+        self._check_open()
+        check_stream_name(stream)
+        limit = (
+            _LAST_VERSION if max_version is None else check_non_negative("max_version", max_version)
+        )
+        return await self._load_snapshot(stream, limit)
+
+    async def delete_snapshots(
+        self,
+        stream: str | None = None,
+        *,
+        state_type: str | None = None,
+        keep_schema_version: int | None = None,
+    ) -> int:
+        """Delete snapshots (of one stream, one state type, or all) and return how many.
+
+        With ``keep_schema_version``, only snapshots of another schema version
+        are deleted: the stale ones after a state class changed.
+        """
+        self._check_open()
+        if stream is not None:
+            check_stream_name(stream)
+        if state_type is not None and (not isinstance(state_type, str) or not state_type):
+            raise InvalidRequest("state_type must be a non-empty str or None")
+        if keep_schema_version is not None:
+            check_non_negative("keep_schema_version", keep_schema_version, minimum=1)
+        return await self._delete_snapshots(stream, state_type, keep_schema_version)
+
+    async def get_stream(self, stream: str) -> StreamInfo | None:
+        """Return the stream's version, metadata and lifecycle, or None if it never had events."""
+        self._check_open()
+        check_stream_name(stream)
+        return await self._get_stream(stream)
+
+    async def set_stream_metadata(self, stream: str, metadata: Mapping[str, Any]) -> None:
+        """Replace the user metadata of ``stream`` (allowed before its first event)."""
+        self._check_open()
+        check_stream_name(stream)
+        await self._set_stream_metadata(stream, self.serializer.encode_metadata(metadata))
+
+    async def last_position(self) -> int:
+        """The position of the newest event in the global log (0 if the log is empty)."""
+        self._check_open()
+        return await self._last_position()
+
+    async def close(self) -> None:
+        """Release resources. Closing twice is harmless; other calls then raise StoreClosed."""
+        if not self._closed:
+            self._closed = True
+            await self._close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._closed
+
+    def _type_filter(self, types: Sequence[str] | None) -> list[str] | None:
+        """The stored type names a ``types`` filter matches (renamed types included)."""
+        checked = _check_types(types)
+        return None if checked is None else self.serializer.registry.stored_names(checked)
+
+    def _call_inline(self, conn: Any, rows: list[Row]) -> None:
+        for hook in self._inline:
+            hook(conn, rows)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreClosed(f"{type(self).__name__} is closed")
+
+    # -- backend I/O ------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def _append(
+        self, stream: str, batch: list[EncodedEvent], expected: Expected
+    ) -> AppendResult:
+        """Check ``expected`` and idempotency, store the batch, all in one transaction."""
+
+    @abc.abstractmethod
+    async def _read_page(
+        self, stream: str, cursor: int, backwards: bool, count: int
+    ) -> Sequence[Row]:
+        """Up to ``count`` rows of ``stream`` from version ``cursor`` (inclusive)."""
+
+    @abc.abstractmethod
+    async def _read_all_page(
+        self, after: int, types: list[str] | None, prefix: str | None, count: int
+    ) -> Sequence[Row]:
+        """Up to ``count`` rows of the global log with position > ``after``."""
+
+    async def _read_all_pages(
+        self, after: int, types: list[str] | None, prefix: str | None, count: int
+    ) -> AsyncGenerator[Sequence[Row], None]:
+        """Pages (at most ``count`` rows each) of the global log after ``after``, to its end.
+
+        For a caller that handles a whole backlog page by page (a projection
+        catching up). This default reads page after page; a backend may
+        override it to read ahead while the caller handles a page. Close the
+        generator when stopping early.
+        """
+        while True:
+            page = await self._read_all_page(after, types, prefix, count)
+            if not page:
+                return
+            yield page
+            if len(page) < count:
+                return
+            after = page[-1][0]
+
+    @asynccontextmanager  # unasync: @contextmanager
+    async def _follow(self) -> AsyncIterator[Wait]:
+        """How a subscription waits for news; held while it runs.
+
+        This default polls the newest position, backing off from 1 ms to
+        50 ms. Backends that can be told of appends (LISTEN, a condition)
+        override it.
+        """
+
+        async def wait(after: int, timeout: float) -> None:
+            deadline = time.monotonic() + timeout
+            pause = 0.001
+            while await self._last_position() <= after:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return
+                await AsyncClock.sleep(min(pause, remaining))
+                pause = min(pause * 2, 0.05)
+
+        yield wait
+
+    @abc.abstractmethod
+    async def _get_stream(self, stream: str) -> StreamInfo | None:
+        """Current version and metadata of ``stream``."""
+
+    @abc.abstractmethod
+    async def _set_stream_metadata(self, stream: str, metadata: bytes | None) -> None:
+        """Store encoded stream metadata."""
+
+    @abc.abstractmethod
+    async def _last_position(self) -> int:
+        """Highest position visible to readers."""
+
+    @abc.abstractmethod
+    async def _close(self) -> None:
+        """Release backend resources."""
+
+    @abc.abstractmethod
+    async def _find_event(self, event_id: bytes) -> Row | None:
+        """The row of an event by id, unless its stream is deleted."""
+
+    @abc.abstractmethod
+    async def _delete_stream(self, stream: str, hard: bool, by: str, reason: str) -> None:
+        """Mark the stream deleted (and erase its events if ``hard``)."""
+
+    @abc.abstractmethod
+    async def _restore_stream(self, stream: str) -> None:
+        """Clear a soft delete; raise StreamNotFound/StreamDeleted when impossible."""
+
+    @abc.abstractmethod
+    async def _truncate_stream(self, stream: str, before: int, by: str, reason: str) -> int:
+        """Erase events with version < ``before`` (keeping the newest); return the count."""
+
+    @abc.abstractmethod
+    async def _save_snapshot(
+        self, stream: str, version: int, state_type: str, schema_version: int, data: bytes
+    ) -> None:
+        """Insert or replace the snapshot of (stream, version)."""
+
+    @abc.abstractmethod
+    async def _load_snapshot(self, stream: str, max_version: int) -> Snapshot | None:
+        """The snapshot of ``stream`` with the highest version <= ``max_version``."""
+
+    @abc.abstractmethod
+    async def _delete_snapshots(
+        self, stream: str | None, state_type: str | None, keep_schema_version: int | None
+    ) -> int:
+        """Delete matching snapshots; return how many."""
+
+
+def _check_limit(limit: int | None) -> int:
+    if limit is None:
+        return _LAST_VERSION
+    return check_non_negative("limit", limit, maximum=None)
+
+
+def _check_window(since: datetime | None, until: datetime | None) -> tuple[int, int] | None:
+    if since is None and until is None:
+        return None
+    bounds = []
+    for name, value, default in (("since", since, 0), ("until", until, _LAST_VERSION)):
+        if value is None:
+            bounds.append(default)
+        elif not isinstance(value, datetime) or value.tzinfo is None:
+            raise InvalidRequest(f"{name} must be a timezone-aware datetime")
+        else:
+            bounds.append(datetime_to_us(value))
+    return bounds[0], bounds[1]
+
+
+def _check_prefix(stream_prefix: str | None) -> None:
+    if stream_prefix is not None and (not isinstance(stream_prefix, str) or not stream_prefix):
+        raise InvalidRequest("stream_prefix must be a non-empty str or None")
+
+
+def _check_types(types: Sequence[str] | None) -> list[str] | None:
+    if types is None:
+        return None
+    if isinstance(types, str) or not all(isinstance(t, str) for t in types):
+        raise InvalidRequest("types must be a sequence of event type names")
+    return list(types)

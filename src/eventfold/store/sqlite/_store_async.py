@@ -1,0 +1,163 @@
+"""The SQLite event store: the embedded default, one file, no server.
+
+The file uses WAL mode (readers never block the writer) and the durability
+you choose (``full`` by default: every acknowledged append survives power
+loss). Several threads and several processes may use one file: appends take
+SQLite's write lock before checking the expected version, so two writers of
+one stream get one winner and one WrongExpectedVersion, never a duplicated
+version. Writers are serialised, so positions follow commit order and a
+tailing ``read_all`` reader never skips an event. A writer waits at most
+``busy_timeout`` for the write lock, then gets StoreTimeout naming who holds it.
+
+eventfold marks its files (``PRAGMA application_id``) and refuses another
+application's database instead of adding its tables to it. ``read_only=True``
+opens an existing file for reading only (a backup, a read-only mount): it
+never migrates or writes, and every write raises InvalidRequest.
+"""
+
+from __future__ import annotations
+
+import asyncio  # unasync: remove
+import os
+from collections.abc import Callable, Sequence
+from typing import ParamSpec, TypeVar
+
+from eventfold._acompat import AsyncRunner
+from eventfold.serialization import Serializer
+from eventfold.store._base_async import AsyncStoreBase
+from eventfold.store._common import (
+    AppendResult,
+    EncodedEvent,
+    Expected,
+    Row,
+    Snapshot,
+    StreamInfo,
+    stream_info_from,
+    us_to_datetime,
+)
+from eventfold.store.sqlite._db import Durability, SqliteDatabase
+from eventfold.store.sqlite._errors import closed_error
+
+__all__ = ["AsyncSqliteEventStore"]
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+class AsyncSqliteEventStore(AsyncStoreBase):
+    """An event store in one SQLite file.
+
+    :param path: the database file (created if missing; its directory must
+        exist) or ``":memory:"`` for a private in-memory database, which lives
+        as long as the store and is shared by all the threads using it.
+    :param durability: ``"full"`` (default), ``"normal"`` or ``"off"``; see
+        :data:`eventfold.store.sqlite.Durability`.
+    :param busy_timeout: seconds a writer waits for the write lock (held by
+        another thread or process) before StoreTimeout; ``close()`` waits as
+        long for running writes.
+    :param read_only: open an existing eventfold file for reading only
+        (``mode=ro``): no migration, no write; writes raise InvalidRequest.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        durability: Durability = "full",
+        busy_timeout: float = 5.0,
+        serializer: Serializer | None = None,
+        page_size: int = 500,
+        read_only: bool = False,
+    ) -> None:
+        super().__init__(serializer=serializer, page_size=page_size)
+        self._db = SqliteDatabase(
+            path, durability=durability, busy_timeout=busy_timeout, read_only=read_only
+        )
+        self._runner = AsyncRunner()
+
+    @property
+    def path(self) -> str:
+        """The database file."""
+        return self._db.path
+
+    @property
+    def read_only(self) -> bool:
+        """Whether the store was opened with ``read_only=True``."""
+        return self._db.read_only
+
+    def write_lock_holder(self) -> tuple[str, float] | None:
+        """Which thread of this process holds the write lock, and since when.
+
+        ``(thread name, time.monotonic() when it took the lock)``, or None:
+        a handler or writer holding it for long shows here.
+        """
+        return self._db.write_lock_holder()
+
+    async def _run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        # A read_all iteration goes on calling after close(): it meets StoreClosed.
+        if self._db.closed:
+            raise closed_error(self._db.path)
+        return await self._runner.run(fn, *args, **kwargs)
+
+    async def _append(
+        self, stream: str, batch: list[EncodedEvent], expected: Expected
+    ) -> AppendResult:
+        inline = self._call_inline if self._inline else None
+        return await self._run(self._db.append, stream, batch, expected, inline)
+
+    async def _read_page(
+        self, stream: str, cursor: int, backwards: bool, count: int
+    ) -> Sequence[Row]:
+        return await self._run(self._db.read_page, stream, cursor, backwards, count)
+
+    async def _read_all_page(
+        self, after: int, types: list[str] | None, prefix: str | None, count: int
+    ) -> Sequence[Row]:
+        return await self._run(self._db.read_all_page, after, types, prefix, count)
+
+    async def _get_stream(self, stream: str) -> StreamInfo | None:
+        info = await self._run(self._db.stream_info, stream)
+        return stream_info_from(self.serializer, stream, *info)
+
+    async def _set_stream_metadata(self, stream: str, metadata: bytes | None) -> None:
+        await self._run(self._db.set_stream_metadata, stream, metadata)
+
+    async def _last_position(self) -> int:
+        return await self._run(self._db.last_position)
+
+    async def _close(self) -> None:
+        # The database first: running reads are interrupted and end with
+        # StoreClosed, running writes finish; then the worker threads stop.
+        await asyncio.to_thread(self._db.close)  # unasync: self._db.close()
+        self._runner.close()
+
+    async def _find_event(self, event_id: bytes) -> Row | None:
+        return await self._run(self._db.find_event, event_id)
+
+    async def _delete_stream(self, stream: str, hard: bool, by: str, reason: str) -> None:
+        await self._run(self._db.delete_stream, stream, hard, by, reason)
+
+    async def _restore_stream(self, stream: str) -> None:
+        await self._run(self._db.restore_stream, stream)
+
+    async def _truncate_stream(self, stream: str, before: int, by: str, reason: str) -> int:
+        return await self._run(self._db.truncate_stream, stream, before, by, reason)
+
+    async def _save_snapshot(
+        self, stream: str, version: int, state_type: str, schema_version: int, data: bytes
+    ) -> None:
+        await self._run(self._db.save_snapshot, stream, version, state_type, schema_version, data)
+
+    async def _load_snapshot(self, stream: str, max_version: int) -> Snapshot | None:
+        row = await self._run(self._db.load_snapshot, stream, max_version)
+        if row is None:
+            return None
+        version, state_type, schema_version, data, recorded_at = row
+        return Snapshot(
+            stream, version, state_type, schema_version, data, us_to_datetime(recorded_at)
+        )
+
+    async def _delete_snapshots(
+        self, stream: str | None, state_type: str | None, keep_schema_version: int | None
+    ) -> int:
+        return await self._run(self._db.delete_snapshots, stream, state_type, keep_schema_version)

@@ -1,1 +1,0 @@
-"""Async source of the conformance suite."""

@@ -1,0 +1,571 @@
+"""The event store conformance suite.
+
+Subclass it and provide one fixture, ``store``, yielding a fresh, empty store::
+
+    class TestMyStore(AsyncEventStoreSuite):
+        @pytest_asyncio.fixture
+        async def store(self, tmp_path):
+            store = AsyncMyStore(...)
+            yield store
+            await store.close()
+"""
+
+from __future__ import annotations
+
+import asyncio  # unasync: remove
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+from uuid import UUID, uuid4
+
+import msgspec
+import pytest
+
+from eventfold.errors import (
+    InvalidEvent,
+    InvalidRequest,
+    SerializationError,
+    StoreClosed,
+    UnknownEventType,
+    WrongExpectedVersion,
+)
+from eventfold.events import NewEvent, RecordedEvent, uuid7
+from eventfold.serialization import Serializer, TypeRegistry
+from eventfold.store import ANY, NO_STREAM, STREAM_EXISTS, AsyncEventStore
+from eventfold.testing._events import (
+    Deposited,
+    Measured,
+    Opened,
+    Received,
+    Unserialisable,
+    Withdrawn,
+)
+
+__all__ = ["AsyncEventStoreSuite"]
+
+T = TypeVar("T")
+
+
+async def collect(events: AsyncIterator[T]) -> list[T]:
+    """All items of an iterator, as a list."""
+    return [event async for event in events]  # unasync: return list(events)
+
+
+def error_field(payload: Any) -> str:
+    """Where the suite expects a refused ``Unserialisable(payload=...)`` to be named."""
+    if isinstance(payload, dict):
+        return "payload.k"
+    return "payload"
+
+
+def deposits(*amounts: int) -> list[Deposited]:
+    """One Deposited event per amount."""
+    return [Deposited(amount=a) for a in amounts]
+
+
+class AsyncEventStoreSuite:
+    """Behaviour every event store must have. Provide a ``store`` fixture."""
+
+    pytestmark = pytest.mark.asyncio  # unasync: remove
+
+    # -- expected version -------------------------------------------------------------
+
+    async def test_append_to_new_stream_then_read_back(self, store: AsyncEventStore) -> None:
+        result = await store.append("acc-1", deposits(5, 7, 9), expected=NO_STREAM)
+        assert (result.stream, result.from_version, result.to_version) == ("acc-1", 1, 3)
+        events = await collect(store.read("acc-1"))
+        assert [e.version for e in events] == [1, 2, 3]
+        assert [e.data for e in events] == deposits(5, 7, 9)
+        assert {e.stream for e in events} == {"acc-1"}
+        assert [e.type for e in events] == ["eventfold.testing.Deposited"] * 3
+        assert result.position == events[-1].position
+
+    async def test_no_stream_rejects_an_existing_stream(self, store: AsyncEventStore) -> None:
+        await store.append("s", deposits(1, 2))
+        with pytest.raises(WrongExpectedVersion) as info:
+            await store.append("s", deposits(3), expected=NO_STREAM)
+        assert (info.value.stream, info.value.expected, info.value.actual) == ("s", NO_STREAM, 2)
+        assert len(await collect(store.read("s"))) == 2
+
+    async def test_stream_exists(self, store: AsyncEventStore) -> None:
+        with pytest.raises(WrongExpectedVersion) as info:
+            await store.append("s", deposits(1), expected=STREAM_EXISTS)
+        assert info.value.actual == 0
+        assert await store.get_stream("s") is None
+        await store.append("s", deposits(1))
+        result = await store.append("s", deposits(2), expected=STREAM_EXISTS)
+        assert result.to_version == 2
+
+    @pytest.mark.parametrize("wrong", [0, 1, 3, 10])
+    async def test_exact_version_must_match(self, store: AsyncEventStore, wrong: int) -> None:
+        await store.append("s", deposits(1, 2), expected=0)
+        with pytest.raises(WrongExpectedVersion) as info:
+            await store.append("s", deposits(3), expected=wrong)
+        assert (info.value.expected, info.value.actual) == (wrong, 2)
+        result = await store.append("s", deposits(3), expected=2)
+        assert (result.from_version, result.to_version) == (3, 3)
+
+    async def test_any_appends_whatever_the_version(self, store: AsyncEventStore) -> None:
+        await store.append("s", deposits(1), expected=ANY)
+        result = await store.append("s", deposits(2, 3), expected=ANY)
+        assert (result.from_version, result.to_version) == (2, 3)
+
+    async def test_empty_batch_checks_but_writes_nothing(self, store: AsyncEventStore) -> None:
+        await store.append("s", deposits(1))
+        before = await store.last_position()
+        result = await store.append("s", [], expected=1)
+        assert (result.from_version, result.to_version, result.position) == (2, 1, 0)
+        with pytest.raises(WrongExpectedVersion):
+            await store.append("s", [], expected=NO_STREAM)
+        assert await store.last_position() == before
+
+    # -- atomicity and validation ----------------------------------------------------------
+
+    async def test_failing_batch_leaves_nothing(self, store: AsyncEventStore) -> None:
+        await store.append("other", deposits(1))
+        before = await store.last_position()
+        bad = [Deposited(amount=1), Unserialisable(payload=object()), Deposited(amount=2)]
+        with pytest.raises(SerializationError):
+            await store.append("s", bad)
+        assert await store.get_stream("s") is None
+        assert await store.last_position() == before
+        with pytest.raises(WrongExpectedVersion):
+            await store.append("other", deposits(1, 2, 3), expected=5)
+        assert [e.version for e in await collect(store.read("other"))] == [1]
+
+    async def test_unencodable_metadata_is_rejected(self, store: AsyncEventStore) -> None:
+        with pytest.raises(SerializationError):
+            await store.append("s", [NewEvent(data=Deposited(amount=1), metadata={"x": object()})])
+        assert await store.get_stream("s") is None
+
+    @pytest.mark.parametrize("name", ["", " lead", "trail ", "nul\x00", "new\nline", 42, "x" * 513])
+    async def test_malformed_stream_names(self, store: AsyncEventStore, name: Any) -> None:
+        with pytest.raises(InvalidRequest):
+            await store.append(name, deposits(1))
+        with pytest.raises(InvalidRequest):
+            await collect(store.read(name))
+        assert await store.last_position() == 0
+
+    @pytest.mark.parametrize("expected", [-1, True, "1", 1.0, None])
+    async def test_malformed_expected(self, store: AsyncEventStore, expected: Any) -> None:
+        with pytest.raises(InvalidRequest):
+            await store.append("s", deposits(1), expected=expected)
+        assert await store.get_stream("s") is None
+
+    async def test_malformed_read_arguments(self, store: AsyncEventStore) -> None:
+        await store.append("s", deposits(1))
+        bad_reads: list[dict[str, Any]] = [{"from_version": 0}, {"from_version": -3}, {"limit": -1}]
+        for kwargs in bad_reads:
+            with pytest.raises(InvalidRequest):
+                await collect(store.read("s", **kwargs))
+        bad_read_alls: list[dict[str, Any]] = [
+            {"after": -1},
+            {"limit": -2},
+            {"types": "Deposited"},
+            {"stream_prefix": ""},
+        ]
+        for kwargs in bad_read_alls:
+            with pytest.raises(InvalidRequest):
+                await collect(store.read_all(**kwargs))
+
+    async def test_events_must_be_a_sequence(self, store: AsyncEventStore) -> None:
+        with pytest.raises(InvalidRequest):
+            await store.append("s", Deposited(amount=1))  # type: ignore[arg-type]
+        with pytest.raises(SerializationError):
+            await store.append("s", [{"amount": 1}])
+        assert await store.last_position() == 0
+
+    # -- nothing is written that cannot be read back -------------------------------------
+
+    async def _refused(self, store: AsyncEventStore, events: list[Any], field: str) -> InvalidEvent:
+        """Append ``events`` to a fresh stream; check the refusal and that nothing was written."""
+        await store.append("kept", deposits(1))
+        before = await collect(store.read_all())
+        with pytest.raises(InvalidEvent) as info:
+            await store.append("s", events)
+        assert info.value.field == field
+        assert field in str(info.value)
+        assert await store.get_stream("s") is None
+        assert await collect(store.read_all()) == before
+        return info.value
+
+    async def test_field_of_another_type_is_refused(self, store: AsyncEventStore) -> None:
+        error = await self._refused(store, [Received(quantity=2.5)], "quantity")  # type: ignore[arg-type]
+        assert error.event_type == "eventfold.testing.Received"
+        assert "int" in error.problem
+        # the whole batch is refused, also when the bad event is not the first
+        await self._refused(store, [Received(quantity=1), Received(quantity="2")], "quantity")  # type: ignore[arg-type]
+
+    @pytest.mark.parametrize("metadata", [[1], "abc", 5, b"x", (1,), {1}, None])
+    async def test_metadata_that_is_not_a_mapping_is_refused(
+        self, store: AsyncEventStore, metadata: Any
+    ) -> None:
+        error = await self._refused(
+            store, [NewEvent(data=Deposited(amount=1), metadata=metadata)], "metadata"
+        )
+        assert "mapping" in error.problem
+
+    @pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+    async def test_nan_and_infinity_are_refused(self, store: AsyncEventStore, value: float) -> None:
+        await self._refused(store, [Measured(value=value)], "value")
+        await self._refused(store, [Measured(value=1.0, previous=value)], "previous")
+        await self._refused(store, [Unserialisable(payload={"xs": [1.0, value]})], "payload.xs[1]")
+        meta = {"reading": value}
+        await self._refused(
+            store, [NewEvent(data=Deposited(amount=1), metadata=meta)], "metadata.reading"
+        )
+
+    @pytest.mark.parametrize("key", [1, b"k", 2.5, (1, 2)])
+    async def test_metadata_keys_must_be_str(self, store: AsyncEventStore, key: Any) -> None:
+        meta = {key: "a"}
+        await self._refused(store, [NewEvent(data=Deposited(amount=1), metadata=meta)], "metadata")
+        nested = {"outer": {key: "a"}}
+        await self._refused(
+            store, [NewEvent(data=Deposited(amount=1), metadata=nested)], "metadata.outer"
+        )
+
+    @pytest.mark.parametrize(
+        "payload",
+        [b"raw", (1, 2), datetime(2026, 1, 1, tzinfo=UTC), uuid4(), {"k": (1,)}, {1, 2}],
+    )
+    async def test_values_that_would_read_back_as_another_type_are_refused(
+        self, store: AsyncEventStore, payload: Any
+    ) -> None:
+        error = await self._refused(store, [Unserialisable(payload=payload)], error_field(payload))
+        assert "read back" in error.problem
+
+    async def test_values_that_read_back_equal_are_accepted(self, store: AsyncEventStore) -> None:
+        fine: list[object] = [
+            Unserialisable(payload={"a": [1, "x", None, True, 2.5, {"b": []}]}),
+            Measured(value=3),  # an int in a float field reads back as an equal float
+            Measured(value=-0.0, previous=None),
+        ]
+        meta = {"correlation_id": "c", "nested": {"n": [1, 2.0]}}
+        await store.append("s", [*fine, NewEvent(data=Deposited(amount=1), metadata=meta)])
+        events = await collect(store.read("s"))
+        assert [e.data for e in events[:3]] == fine
+        assert dict(events[3].metadata) == meta
+
+    async def test_too_deeply_nested_events_are_refused(self, store: AsyncEventStore) -> None:
+        deep: Any = []
+        for _ in range(5000):
+            deep = [deep]
+        await store.append("kept", deposits(1))
+        with pytest.raises(InvalidEvent) as info:
+            await store.append("s", [Unserialisable(payload=deep)])
+        assert "deep" in str(info.value)
+        meta: Any = {}
+        for _ in range(5000):
+            meta = {"m": meta}
+        with pytest.raises(InvalidEvent):
+            await store.append("s", [NewEvent(data=Deposited(amount=1), metadata=meta)])
+        assert await store.get_stream("s") is None
+
+    async def test_stream_metadata_follows_the_same_rule(self, store: AsyncEventStore) -> None:
+        bad: list[Any] = [[1], {"k": float("nan")}, {1: "a"}, {"t": (1,)}]
+        for metadata in bad:
+            with pytest.raises(InvalidRequest) as info:
+                await store.set_stream_metadata("s", metadata)
+            assert "metadata" in str(info.value)
+        assert await store.get_stream("s") is None
+
+    async def test_recorded_events_are_not_event_data(self, store: AsyncEventStore) -> None:
+        await store.append("a", deposits(1))
+        (recorded,) = await collect(store.read("a"))
+        with pytest.raises(InvalidRequest) as info:
+            await store.append("b", [recorded])
+        assert "NewEvent(data=event.data" in str(info.value)
+        with pytest.raises(InvalidRequest):
+            await store.append("b", [NewEvent(data=NewEvent(data=Deposited(amount=1)))])
+        assert await store.get_stream("b") is None
+
+    # -- arguments: flags take bools, integers stay in range ------------------------------
+
+    @pytest.mark.parametrize("flag", ["no", "false", 1, 0, None, ""])
+    async def test_flags_take_bools_only(self, store: AsyncEventStore, flag: Any) -> None:
+        await store.append("s", deposits(1, 2))
+        with pytest.raises(InvalidRequest) as info:
+            await store.delete_stream("s", hard=flag)
+        assert "hard" in str(info.value)
+        with pytest.raises(InvalidRequest) as info:
+            await collect(store.read("s", backwards=flag))
+        assert "backwards" in str(info.value)
+        info_after = await store.get_stream("s")
+        assert info_after is not None and info_after.deleted is None
+        assert len(await collect(store.read("s"))) == 2
+
+    async def test_versions_beyond_64_bits_are_invalid(self, store: AsyncEventStore) -> None:
+        await store.append("s", deposits(1))
+        await store.save_snapshot("s", 1, "T", 1, b"{}")
+        huge = 2**63
+        calls: list[tuple[str, Any]] = [
+            ("from_version", lambda: collect(store.read("s", from_version=huge))),
+            ("max_version", lambda: store.load_snapshot("s", max_version=huge)),
+            ("version", lambda: store.save_snapshot("s", huge, "T", 1, b"{}")),
+            ("schema_version", lambda: store.save_snapshot("s", 1, "T", huge, b"{}")),
+            ("before_version", lambda: store.truncate_stream("s", huge)),
+        ]
+        for name, call in calls:
+            with pytest.raises(InvalidRequest) as info:
+                await call()
+            assert name in str(info.value)
+        assert [e.version for e in await collect(store.read("s", from_version=huge - 1))] == []
+        snapshot = await store.load_snapshot("s", max_version=huge - 1)
+        assert snapshot is not None and snapshot.version == 1
+
+    async def test_positions_beyond_the_log_read_nothing(self, store: AsyncEventStore) -> None:
+        await store.append("s", deposits(1))
+        assert await collect(store.read_all(after=2**200)) == []
+        assert await collect(store.read_all(after=2**63)) is not None  # no error
+        assert len(await collect(store.read_all(limit=2**70))) == 1
+
+    # -- reading what cannot be decoded ----------------------------------------------------
+
+    async def test_read_errors_name_stream_version_and_position(
+        self, store: AsyncEventStore
+    ) -> None:
+        result = await store.append("acc-7", [Received(quantity=3)])
+        other = TypeRegistry()
+
+        class Changed(msgspec.Struct, frozen=True):
+            quantity: str  # a release changed the field's type, without an upcaster
+
+        other.register(Changed, name="eventfold.testing.Received")
+        store.serializer = Serializer(other)
+        for reader in (store.read("acc-7"), store.read_all()):
+            with pytest.raises(SerializationError) as info:
+                await collect(reader)
+            error = info.value
+            assert (error.stream, error.version, error.position) == ("acc-7", 1, result.position)
+            assert f"position {result.position}" in str(error)
+            assert "acc-7" in str(error)
+            assert "quantity" in str(error)
+
+    async def test_a_failing_upcaster_raises_serialization_error(
+        self, store: AsyncEventStore
+    ) -> None:
+        result = await store.append("acc-8", [Received(quantity=3)])
+        other = TypeRegistry()
+
+        class ReceivedV2(msgspec.Struct, frozen=True):
+            amount: int
+
+        other.register(ReceivedV2, name="eventfold.testing.Received", version=2)
+
+        @other.upcaster("eventfold.testing.Received", 1)
+        def broken(payload: dict[str, Any]) -> dict[str, Any]:
+            return {"amount": payload["amount"]}  # KeyError: the v1 field is "quantity"
+
+        store.serializer = Serializer(other)
+        with pytest.raises(SerializationError) as info:
+            await collect(store.read("acc-8"))
+        error = info.value
+        assert isinstance(error.__cause__, KeyError)
+        assert error.position == result.position
+        for part in ("eventfold.testing.Received", "schema version 1", "acc-8", "KeyError"):
+            assert part in str(error)
+
+    async def test_unknown_event_type_on_read(self, store: AsyncEventStore) -> None:
+        await store.append("acc-9", deposits(1))
+        store.serializer = Serializer(TypeRegistry())
+        with pytest.raises(UnknownEventType) as info:
+            await collect(store.read("acc-9"))
+        assert info.value.type_name == "eventfold.testing.Deposited"
+        assert info.value.stream == "acc-9"
+        raw = Serializer(TypeRegistry(), on_unknown="raw")
+        store.serializer = raw
+        assert [e.data for e in await collect(store.read("acc-9"))] == [{"amount": 1}]
+
+    async def test_closed_store_raises(self, store: AsyncEventStore) -> None:
+        await store.append("s", deposits(1))
+        await store.close()
+        with pytest.raises(StoreClosed):
+            await store.append("s", deposits(2))
+        with pytest.raises(StoreClosed):
+            await collect(store.read("s"))
+        with pytest.raises(StoreClosed):
+            await collect(store.read_all())
+        await store.close()
+
+    # -- idempotency ----------------------------------------------------------------------
+
+    async def test_append_is_idempotent_by_event_id(self, store: AsyncEventStore) -> None:
+        batch = [NewEvent(data=d) for d in deposits(1, 2)]
+        first = await store.append("s", batch, expected=NO_STREAM)
+        await store.append("s", deposits(3))
+        again = await store.append("s", batch, expected=NO_STREAM)
+        assert again == first
+        again_any = await store.append("s", batch)
+        assert again_any == first
+        assert [e.id for e in await collect(store.read("s", limit=2))] == [e.id for e in batch]
+        assert (await store.get_stream("s")) is not None
+        assert len(await collect(store.read("s"))) == 3
+
+    async def test_reused_event_id_is_rejected(self, store: AsyncEventStore) -> None:
+        event = NewEvent(data=Deposited(amount=1))
+        await store.append("a", [event])
+        before = await store.last_position()
+        with pytest.raises(InvalidRequest):
+            await store.append("b", [event])
+        with pytest.raises(InvalidRequest):
+            await store.append("a", [event, NewEvent(data=Deposited(amount=2))])
+        dup = NewEvent(data=Deposited(amount=3))
+        with pytest.raises(InvalidRequest):
+            await store.append("c", [dup, dup])
+        assert await store.last_position() == before
+        assert await store.get_stream("b") is None
+
+    async def test_ids_metadata_and_time_are_recorded(self, store: AsyncEventStore) -> None:
+        event_id = uuid7()
+        meta = {"correlation_id": "c-1", "causation_id": "k-9", "user": {"id": 7}}
+        before = datetime.now(UTC) - timedelta(seconds=5)
+        await store.append("s", [NewEvent(data=Opened(owner="ann"), id=event_id, metadata=meta)])
+        await store.append("s", deposits(1))
+        first, second = await collect(store.read("s"))
+        assert first.id == event_id
+        assert dict(first.metadata) == meta
+        assert dict(second.metadata) == {}
+        assert isinstance(second.id, UUID)
+        assert second.id.version == 7
+        assert before <= first.recorded_at <= datetime.now(UTC) + timedelta(seconds=5)
+        assert first.recorded_at.tzinfo is not None
+        assert first.schema_version == 1
+
+    # -- reading ----------------------------------------------------------------------------
+
+    async def test_read_from_version_limit_backwards_and_paging(
+        self, store: AsyncEventStore
+    ) -> None:
+        store.page_size = 3
+        await store.append("s", deposits(*range(1, 11)))
+        await store.append("t", deposits(100))
+
+        async def versions(**kwargs: Any) -> list[int]:
+            return [e.version for e in await collect(store.read("s", **kwargs))]
+
+        assert await versions() == list(range(1, 11))
+        assert await versions(from_version=4) == list(range(4, 11))
+        assert await versions(from_version=4, limit=5) == [4, 5, 6, 7, 8]
+        assert await versions(backwards=True) == list(range(10, 0, -1))
+        assert await versions(backwards=True, from_version=5, limit=3) == [5, 4, 3]
+        assert await versions(from_version=11) == []
+        assert await versions(limit=0) == []
+        assert await versions(backwards=True, from_version=99, limit=2) == [10, 9]
+
+    async def test_read_missing_stream_is_empty(self, store: AsyncEventStore) -> None:
+        assert await collect(store.read("nope")) == []
+        assert await store.get_stream("nope") is None
+
+    async def test_read_all_order_paging_and_filters(self, store: AsyncEventStore) -> None:
+        store.page_size = 4
+        expected_streams = []
+        for i in range(6):
+            stream = f"{'acc' if i % 2 else 'order'}-{i}"
+            events: list[object] = [Opened(owner=str(i)), Deposited(amount=i)]
+            if i % 3 == 0:
+                events.append(Withdrawn(amount=1))
+            await store.append(stream, events)
+            expected_streams += [stream] * len(events)
+        every = await collect(store.read_all())
+        positions = [e.position for e in every]
+        assert positions == sorted(set(positions))
+        assert [e.stream for e in every] == expected_streams
+        assert await store.last_position() == positions[-1]
+        after = positions[3]
+        assert await collect(store.read_all(after=after)) == every[4:]
+        assert await collect(store.read_all(after=after, limit=5)) == every[4:9]
+        deposits_only = await collect(store.read_all(types=["eventfold.testing.Deposited"]))
+        assert [e.data.amount for e in deposits_only] == list(range(6))
+        acc = await collect(store.read_all(stream_prefix="acc-"))
+        assert acc == [e for e in every if e.stream.startswith("acc-")]
+        both = await collect(
+            store.read_all(types=["eventfold.testing.Withdrawn"], stream_prefix="acc-", limit=9)
+        )
+        assert [e.stream for e in both] == ["acc-3"]
+        assert await collect(store.read_all(types=[])) == []
+        assert await collect(store.read_all(after=positions[-1])) == []
+
+    async def test_subscribe_catches_up_then_delivers_new_events(
+        self, store: AsyncEventStore
+    ) -> None:
+        store.page_size = 2
+        await store.append("acc-1", [*deposits(1, 2), Withdrawn(amount=1)])
+        await store.append("other", deposits(3))
+        subscription = store.subscribe(
+            types=["eventfold.testing.Deposited"], stream_prefix="acc-", poll_interval=0.05
+        )
+        caught_up = [await subscription.__anext__(), await subscription.__anext__()]
+        assert [(e.stream, e.data) for e in caught_up] == [("acc-1", d) for d in deposits(1, 2)]
+        # Appended while the subscriber is between events: the skipped ones
+        # are passed over, the wanted one arrives, in log order.
+        await store.append("other", deposits(4))
+        await store.append("acc-1", [Withdrawn(amount=2)])
+        latest = await store.append("acc-2", deposits(5))
+        live = await subscription.__anext__()
+        assert (live.stream, live.data, live.position) == (
+            "acc-2",
+            Deposited(amount=5),
+            latest.position,
+        )
+        await subscription.aclose()
+        # From a checkpoint: only what came after it.
+        again = store.subscribe(after=caught_up[-1].position, types=["eventfold.testing.Deposited"])
+        assert (await again.__anext__()).data == Deposited(amount=3)
+        await again.aclose()
+
+    async def test_malformed_subscribe_arguments(self, store: AsyncEventStore) -> None:
+        bad: list[dict[str, Any]] = [
+            {"after": -1},
+            {"types": "Deposited"},
+            {"stream_prefix": ""},
+            {"poll_interval": 0},
+            {"poll_interval": "1"},
+        ]
+        for kwargs in bad:
+            with pytest.raises(InvalidRequest):
+                await store.subscribe(**kwargs).__anext__()
+
+    async def test_stream_metadata(self, store: AsyncEventStore) -> None:
+        await store.set_stream_metadata("s", {"owner": "ann", "retention_days": 30})
+        assert await store.get_stream("s") is None
+        await store.append("s", deposits(1, 2))
+        info = await store.get_stream("s")
+        assert info is not None
+        assert (info.stream, info.version) == ("s", 2)
+        assert dict(info.metadata) == {"owner": "ann", "retention_days": 30}
+        await store.set_stream_metadata("s", {})
+        info = await store.get_stream("s")
+        assert info is not None
+        assert dict(info.metadata) == {}
+
+    # -- concurrency ------------------------------------------------------------------------
+
+    async def test_concurrent_appends_to_one_stream(self, store: AsyncEventStore) -> None:
+        await store.append("hot", deposits(0))
+
+        async def writer(n: int) -> int:
+            conflicts = 0
+            for _ in range(10):
+                while True:
+                    events = await collect(store.read("hot", backwards=True, limit=1))
+                    try:
+                        await store.append("hot", deposits(n), expected=events[0].version)
+                        break
+                    except WrongExpectedVersion:
+                        conflicts += 1
+            return conflicts
+
+        writers = [writer(n) for n in range(1, 5)]  # unasync: remove
+        await asyncio.gather(*writers)  # unasync: for n in range(1, 5): writer(n)
+
+        events = await collect(store.read("hot"))
+        assert [e.version for e in events] == list(range(1, 42))
+        assert sorted(e.data.amount for e in events[1:]) == sorted(list(range(1, 5)) * 10)
+        assert len({e.id for e in events}) == 41
+
+    async def test_recorded_events_are_immutable(self, store: AsyncEventStore) -> None:
+        await store.append("s", deposits(1))
+        (event,) = await collect(store.read("s"))
+        assert isinstance(event, RecordedEvent)
+        with pytest.raises(AttributeError):
+            event.version = 9  # type: ignore[misc]
