@@ -37,7 +37,9 @@ from eventfold import (
 )
 from eventfold.projections import Projection, ProjectionRunner, ProjectionStopped
 from eventfold.serialization import Serializer
-from eventfold.store._common import AppendResult, Expected, encode_batch, expectation_met
+from eventfold.store._rows import encode_batch
+from eventfold.store._rules import expectation_met
+from eventfold.store._types import AppendResult, Expected
 from eventfold.store.postgres import (
     LATEST_SCHEMA_VERSION,
     AsyncPostgresEventStore,

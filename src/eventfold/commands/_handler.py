@@ -28,7 +28,7 @@ from eventfold.errors import EventfoldError, InvalidRequest, WrongExpectedVersio
 from eventfold.events import NewEvent, uuid7
 from eventfold.snapshots import SnapshotPolicy
 from eventfold.store import AppendResult, EventStore
-from eventfold.store._common import check_non_negative, check_seconds
+from eventfold.store._rules import check_non_negative, check_seconds
 
 __all__ = ["CommandHandler"]
 

@@ -54,17 +54,15 @@ from eventfold.serialization import EMPTY_METADATA
 from eventfold.store import EventStore
 from eventfold.store._base import StoreBase
 from eventfold.store._checkpoints import DeadLetter, ProjectionBackend, backend_for
-from eventfold.store._common import (
+from eventfold.store._rows import (
     Row,
     Undecodable,
-    check_bool,
-    check_non_negative,
-    check_seconds,
     decode_row,
     decode_rows,
     decode_rows_lenient,
-    us_to_datetime,
+    row_matches,
 )
+from eventfold.store._rules import check_bool, check_non_negative, check_seconds, us_to_datetime
 
 __all__ = [
     "DeadLetter",
@@ -938,11 +936,7 @@ def attach_inline(store: EventStore, projection: Projection) -> None:
         else:
             types = frozenset(registry.stored_names(list(projection.types)))
             cache[:] = [registry, registry.generation, types]
-        wanted = [
-            row
-            for row in rows
-            if (types is None or row[4] in types) and (prefix is None or row[1].startswith(prefix))
-        ]
+        wanted = [row for row in rows if row_matches(row, types, prefix)]
         if wanted:
             ctx = ProjectionContext(projection, conn)
             for event in decode_rows(store.serializer, wanted):

@@ -21,7 +21,7 @@ from uuid import UUID
 
 from eventfold.events import RecordedEvent
 from eventfold.serialization import Serializer
-from eventfold.store._common import (
+from eventfold.store._types import (
     ANY,
     NO_STREAM,
     STREAM_EXISTS,

@@ -16,16 +16,19 @@ from eventfold._acompat import AsyncClock
 from eventfold.errors import InvalidRequest, StoreClosed, StoreError
 from eventfold.events import RecordedEvent
 from eventfold.serialization import Serializer
-from eventfold.store._common import (
-    ANY,
-    MAX_VERSION,
-    AppendResult,
+from eventfold.store._rows import (
+    POSITION,
+    RECORDED_AT,
+    VERSION,
     EncodedEvent,
-    Expected,
     InlineHook,
     Row,
-    Snapshot,
-    StreamInfo,
+    decode_rows,
+    decode_rows_partial,
+    encode_batch,
+)
+from eventfold.store._rules import (
+    MAX_VERSION,
     check_bool,
     check_expected,
     check_non_negative,
@@ -34,10 +37,8 @@ from eventfold.store._common import (
     check_stream_name,
     check_who_why,
     datetime_to_us,
-    decode_rows,
-    decode_rows_partial,
-    encode_batch,
 )
+from eventfold.store._types import ANY, AppendResult, Expected, Snapshot, StreamInfo
 
 __all__ = ["AsyncStoreBase", "Wait"]
 
@@ -123,7 +124,7 @@ class AsyncStoreBase(abc.ABC):
             if len(page) < count:
                 return
             remaining -= len(page)
-            cursor = page[-1][2] - 1 if backwards else page[-1][2] + 1
+            cursor = page[-1][VERSION] - 1 if backwards else page[-1][VERSION] + 1
 
     async def read_all(
         self,
@@ -157,8 +158,12 @@ class AsyncStoreBase(abc.ABC):
             page = await self._read_all_page(after, type_list, stream_prefix, count)
             if not page:
                 return
-            after = page[-1][0]
-            rows = page if window is None else [r for r in page if window[0] <= r[8] < window[1]]
+            after = page[-1][POSITION]
+            rows = (
+                page
+                if window is None
+                else [r for r in page if window[0] <= r[RECORDED_AT] < window[1]]
+            )
             events, error = decode_rows_partial(serializer, rows[:remaining])
             for event in events:
                 yield event
@@ -417,7 +422,7 @@ class AsyncStoreBase(abc.ABC):
             yield page
             if len(page) < count:
                 return
-            after = page[-1][0]
+            after = page[-1][POSITION]
 
     @asynccontextmanager  # unasync: @contextmanager
     async def _follow(self) -> AsyncIterator[Wait]:

@@ -21,7 +21,8 @@ import msgspec
 from eventfold.errors import ConfigurationError
 from eventfold.events import RecordedEvent
 from eventfold.store import EventStore
-from eventfold.store._common import now_us, us_to_datetime
+from eventfold.store._rows import DATA, METADATA, SCHEMA_VERSION
+from eventfold.store._rules import now_us, us_to_datetime
 from eventfold.store.memory._store import MemoryEventStore
 from eventfold.store.sqlite._db import SQL
 from eventfold.store.sqlite._store import SqliteEventStore
@@ -395,7 +396,11 @@ class MemoryProjectionBackend:
         row = self._store._row_at(position)
         if row is None:
             return {}
-        return {"schema_version": row[5], "data": row[6], "metadata": row[7]}
+        return {
+            "schema_version": row[SCHEMA_VERSION],
+            "data": row[DATA],
+            "metadata": row[METADATA],
+        }
 
     def reset(self, conn: Any, name: str, owner: str) -> bool:
         with self._lock:

@@ -15,13 +15,17 @@ from contextlib import asynccontextmanager  # unasync: from contextlib import co
 from eventfold.errors import StreamDeleted
 from eventfold.serialization import Serializer
 from eventfold.store._base_async import AsyncStoreBase, Wait
-from eventfold.store._common import (
-    AppendResult,
+from eventfold.store._rows import (
+    ID,
+    POSITION,
+    RECORDED_AT,
+    STREAM,
+    VERSION,
     EncodedEvent,
-    Expected,
     Row,
-    Snapshot,
-    StreamInfo,
+    row_matches,
+)
+from eventfold.store._rules import (
     decode_deletion,
     deletion_version,
     encode_deletion,
@@ -32,6 +36,7 @@ from eventfold.store._common import (
     truncation_point,
     us_to_datetime,
 )
+from eventfold.store._types import AppendResult, Expected, Snapshot, StreamInfo
 
 __all__ = ["AsyncMemoryEventStore"]
 
@@ -70,7 +75,7 @@ class AsyncMemoryEventStore(AsyncStoreBase):
             if stream in self._deleted:
                 raise StreamDeleted(stream, self._is_hard_deleted(stream))
             rows = self._streams.get(stream)
-            actual = rows[-1][2] if rows else 0
+            actual = rows[-1][VERSION] if rows else 0
             ensure_expected(stream, expected, actual)
             if not batch:
                 return AppendResult(stream, actual + 1, actual, 0)
@@ -97,8 +102,8 @@ class AsyncMemoryEventStore(AsyncStoreBase):
             rows.extend(new_rows)
             self._log.extend(new_rows)
             for row in new_rows:
-                ids[row[3]] = (stream, row[2], row[0])
-            version, position = new_rows[-1][2], new_rows[-1][0]
+                ids[row[ID]] = (stream, row[VERSION], row[POSITION])
+            version, position = new_rows[-1][VERSION], new_rows[-1][POSITION]
             self._appended.notify_all()
             return AppendResult(stream, actual + 1, version, position)
 
@@ -109,7 +114,7 @@ class AsyncMemoryEventStore(AsyncStoreBase):
             if stream in self._deleted:
                 return []
             rows = self._streams.get(stream, [])
-            first = rows[0][2] if rows else 1
+            first = rows[0][VERSION] if rows else 1
             if backwards:
                 end = min(cursor - first + 1, len(rows))
                 return rows[max(0, end - count) : end][::-1] if end > 0 else []
@@ -120,15 +125,14 @@ class AsyncMemoryEventStore(AsyncStoreBase):
         self, after: int, types: list[str] | None, prefix: str | None, count: int
     ) -> Sequence[Row]:
         with self._lock:
-            wanted = set(types) if types is not None else None
+            wanted = frozenset(types) if types is not None else None
             deleted = self._deleted
             page: list[Row] = []
             for row in self._log[after:]:
                 if (
                     row is not None
-                    and row[1] not in deleted
-                    and (wanted is None or row[4] in wanted)
-                    and (prefix is None or row[1].startswith(prefix))
+                    and row[STREAM] not in deleted
+                    and row_matches(row, wanted, prefix)
                 ):
                     page.append(row)
                     if len(page) == count:
@@ -142,12 +146,12 @@ class AsyncMemoryEventStore(AsyncStoreBase):
             if not rows and deletion is None:
                 return None
             truncation = decode_deletion(self._truncated.get(stream))
-            version = rows[-1][2] if rows else deletion[1] if deletion else 0
+            version = rows[-1][VERSION] if rows else deletion[1] if deletion else 0
             return StreamInfo(
                 stream,
                 version,
                 self.serializer.decode_metadata(self._metadata.get(stream)),
-                rows[0][2] if rows else version + 1,
+                rows[0][VERSION] if rows else version + 1,
                 deletion[0] if deletion else None,
                 truncation[0] if truncation else None,
             )
@@ -182,8 +186,8 @@ class AsyncMemoryEventStore(AsyncStoreBase):
         """Events after ``after`` (of streams not deleted) and the oldest one's time (µs)."""
         with self._lock:
             deleted = self._deleted
-            rows = [r for r in self._log[after:] if r is not None and r[1] not in deleted]
-            return len(rows), (rows[0][8] if rows else None)
+            rows = [r for r in self._log[after:] if r is not None and r[STREAM] not in deleted]
+            return len(rows), (rows[0][RECORDED_AT] if rows else None)
 
     def _row_at(self, position: int) -> Row | None:
         """The stored row at ``position`` (None if erased or never written)."""
@@ -201,7 +205,7 @@ class AsyncMemoryEventStore(AsyncStoreBase):
 
     def _state(self, stream: str) -> tuple[int, bytes | None]:
         rows = self._streams.get(stream)
-        return (rows[-1][2] if rows else 0), self._deleted.get(stream)
+        return (rows[-1][VERSION] if rows else 0), self._deleted.get(stream)
 
     async def _delete_stream(self, stream: str, hard: bool, by: str, reason: str) -> None:
         with self._lock:
@@ -221,7 +225,7 @@ class AsyncMemoryEventStore(AsyncStoreBase):
         with self._lock:
             keep_from = truncation_point(stream, *self._state(stream), before)
             rows = self._streams[stream]
-            erased = [row for row in rows if row[2] < keep_from]
+            erased = [row for row in rows if row[VERSION] < keep_from]
             if erased:
                 self._streams[stream] = rows[len(erased) :]
                 self._erase(erased)
@@ -264,5 +268,5 @@ class AsyncMemoryEventStore(AsyncStoreBase):
 
     def _erase(self, rows: list[Row]) -> None:
         for row in rows:
-            self._log[row[0] - 1] = None
-            self._ids.pop(row[3], None)
+            self._log[row[POSITION] - 1] = None
+            self._ids.pop(row[ID], None)

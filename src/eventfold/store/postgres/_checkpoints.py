@@ -19,7 +19,7 @@ import psycopg
 from eventfold.errors import ConfigurationError
 from eventfold.events import RecordedEvent
 from eventfold.store._checkpoints import Checkpoint, DeadLetter, wait_in_slices
-from eventfold.store._common import us_to_datetime
+from eventfold.store._rules import us_to_datetime
 from eventfold.store.postgres._statements import split_position, translate_errors
 from eventfold.store.postgres._store import PostgresEventStore
 

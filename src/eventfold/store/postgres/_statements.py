@@ -49,16 +49,10 @@ from eventfold.errors import (
     StoreUnavailable,
     WrongExpectedVersion,
 )
-from eventfold.store._common import (
-    ANY,
-    NO_STREAM,
-    STREAM_EXISTS,
-    EncodedEvent,
-    Expected,
-    Row,
-    check_seconds,
-)
+from eventfold.store._rows import EncodedEvent, Row
+from eventfold.store._rules import check_seconds
 from eventfold.store._sql import load_statements
+from eventfold.store._types import ANY, NO_STREAM, STREAM_EXISTS, Expected
 
 __all__ = [
     "LATEST_SCHEMA_VERSION",
@@ -313,7 +307,7 @@ def append_params(
 
     ``low``..``high`` are the versions at which the stream satisfies
     ``expected`` (0 = no stream), so that the statement and
-    :func:`~eventfold.store._common.expectation_met` agree.
+    :func:`~eventfold.store._rules.expectation_met` agree.
     """
     if expected is ANY:
         low, high = 0, _BIGINT_MAX

@@ -34,14 +34,9 @@ from eventfold.errors import (
 )
 from eventfold.serialization import Serializer
 from eventfold.store._base import StoreBase, Wait
-from eventfold.store._common import (
+from eventfold.store._rows import POSITION, EncodedEvent, Row, row_matches
+from eventfold.store._rules import (
     MAX_POSITION,
-    AppendResult,
-    EncodedEvent,
-    Expected,
-    Row,
-    Snapshot,
-    StreamInfo,
     check_bool,
     check_non_negative,
     decode_deletion,
@@ -54,6 +49,7 @@ from eventfold.store._common import (
     truncation_point,
     us_to_datetime,
 )
+from eventfold.store._types import AppendResult, Expected, Snapshot, StreamInfo
 from eventfold.store.postgres._statements import (
     CHUNKED_ROWS,
     LATEST_SCHEMA_VERSION,
@@ -103,11 +99,7 @@ def _read_all_params(after: int, limit: int) -> dict[str, Any] | None:
 
 def _matching(rows: Sequence[Row], wanted: frozenset[str] | None, prefix: str | None) -> list[Row]:
     """The rows of types in ``wanted`` (None: any) of streams starting with ``prefix``."""
-    return [
-        row
-        for row in rows
-        if (wanted is None or row[4] in wanted) and (prefix is None or row[1].startswith(prefix))
-    ]
+    return [row for row in rows if row_matches(row, wanted, prefix)]
 
 
 def migrate(conninfo_or_pool: str | Pool, *, schema: str = "eventfold") -> int:
@@ -503,7 +495,7 @@ class PostgresEventStore(StoreBase):
             matched += _matching(page, wanted, prefix)
             if len(page) < count:
                 break
-            tx, seq = split_position(page[-1][0])
+            tx, seq = split_position(page[-1][POSITION])
             params.update(tx=str(tx), seq=seq)
         return matched[:count]
 
@@ -522,7 +514,7 @@ class PostgresEventStore(StoreBase):
             yield first
         if len(first) < count:
             return
-        after = first[-1][0]
+        after = first[-1][POSITION]
         if self._pool.max_size < 2 or not CHUNKED_ROWS:
             for page in super()._read_all_pages(after, types, prefix, count):
                 yield page
@@ -541,7 +533,7 @@ class PostgresEventStore(StoreBase):
                 for records in chunks:
                     read += len(records)
                     rows = to_rows(records)
-                    after = rows[-1][0]
+                    after = rows[-1][POSITION]
                     page = _matching(rows, wanted, prefix) if filtered else rows
                     if page:
                         yield page

@@ -56,12 +56,8 @@ from eventfold.errors import (
     StreamDeleted,
     WrongExpectedVersion,
 )
-from eventfold.store._common import (
-    AppendResult,
-    EncodedEvent,
-    Expected,
-    InlineHook,
-    Row,
+from eventfold.store._rows import EncodedEvent, InlineHook, Row
+from eventfold.store._rules import (
     check_seconds,
     decode_deletion,
     deletion_version,
@@ -73,6 +69,7 @@ from eventfold.store._common import (
     truncation_point,
 )
 from eventfold.store._sql import load_statements
+from eventfold.store._types import AppendResult, Expected
 from eventfold.store.sqlite._conn import (
     APPLICATION_ID,
     SQLITE_HEADER,

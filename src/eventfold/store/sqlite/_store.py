@@ -25,16 +25,9 @@ from typing import ParamSpec, TypeVar
 from eventfold._acompat import Runner
 from eventfold.serialization import Serializer
 from eventfold.store._base import StoreBase
-from eventfold.store._common import (
-    AppendResult,
-    EncodedEvent,
-    Expected,
-    Row,
-    Snapshot,
-    StreamInfo,
-    stream_info_from,
-    us_to_datetime,
-)
+from eventfold.store._rows import EncodedEvent, Row
+from eventfold.store._rules import stream_info_from, us_to_datetime
+from eventfold.store._types import AppendResult, Expected, Snapshot, StreamInfo
 from eventfold.store.sqlite._db import Durability, SqliteDatabase
 from eventfold.store.sqlite._errors import closed_error
 

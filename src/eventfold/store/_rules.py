@@ -1,4 +1,4 @@
-"""I/O-free pieces every backend shares: expectations, validation, row codec.
+"""I/O-free rules every backend shares: validation, expectations, idempotency, lifecycle.
 
 Backends only move rows. Everything that decides (is this expected version
 satisfied? is this stream name valid? is this batch a retry of one already
@@ -8,143 +8,45 @@ disagree about semantics.
 
 from __future__ import annotations
 
-import enum
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any, Final, TypeAlias
-from uuid import UUID
+from typing import Final
 
 import msgspec
 
 from eventfold.errors import (
     InvalidRequest,
-    SerializationError,
     StreamDeleted,
     StreamNotFound,
     WrongExpectedVersion,
 )
-from eventfold.events import NewEvent, RecordedEvent, uuid7_bytes, uuid_from_bytes
-from eventfold.serialization import EMPTY_METADATA, Serializer
-
-__all__ = [
-    "ANY",
-    "Deletion",
-    "Snapshot",
-    "NO_STREAM",
-    "STREAM_EXISTS",
-    "AppendResult",
-    "EncodedEvent",
-    "Expected",
-    "Row",
-    "StreamInfo",
-    "StreamState",
-]
+from eventfold.serialization import Serializer
+from eventfold.store._rows import (
+    EncodedEvent,
+)
+from eventfold.store._types import (
+    ANY,
+    NO_STREAM,
+    STREAM_EXISTS,
+    AppendResult,
+    Deletion,
+    Expected,
+    StreamInfo,
+    StreamState,
+)
 
 MAX_STREAM_NAME = 512
+
+
 #: The largest version, limit or count any backend stores (SQLite's and
 #: PostgreSQL's 64-bit signed integers).
 MAX_VERSION: Final = 2**63 - 1
+
+
 #: The largest position any backend issues (PostgreSQL's are 128-bit pairs).
 MAX_POSITION: Final = 2**128 - 1
-
-
-class StreamState(enum.Enum):
-    """Expectations about a stream that are not a version number."""
-
-    ANY = "any"
-    NO_STREAM = "no_stream"
-    STREAM_EXISTS = "stream_exists"
-
-    def __repr__(self) -> str:
-        return self.name
-
-    __str__ = __repr__
-
-
-#: Append whatever the stream's version is.
-ANY: Final = StreamState.ANY
-#: Append only if the stream has no events (creating it).
-NO_STREAM: Final = StreamState.NO_STREAM
-#: Append only if the stream already has events.
-STREAM_EXISTS: Final = StreamState.STREAM_EXISTS
-
-#: What ``append(..., expected=...)`` accepts: an expectation or an exact version.
-Expected: TypeAlias = StreamState | int
-
-
-class AppendResult(msgspec.Struct, frozen=True):
-    """Where an append landed: the stream's versions and the last global position.
-
-    ``from_version``..``to_version`` are the versions of the appended events;
-    ``to_version`` is the stream's version afterwards. For an empty batch
-    ``from_version == to_version + 1`` and ``position`` is 0.
-    """
-
-    stream: str
-    from_version: int
-    to_version: int
-    position: int
-
-
-class Deletion(msgspec.Struct, frozen=True):
-    """Who deleted (or truncated) a stream, when and why; ``hard`` if events were erased."""
-
-    at: datetime
-    by: str
-    reason: str
-    hard: bool
-
-
-class StreamInfo(msgspec.Struct, frozen=True):
-    """A stream's current version, user metadata and lifecycle.
-
-    ``first_version`` is the oldest version still stored (greater than 1
-    after a truncation, described by ``truncated``); ``deleted`` is set for
-    a soft- or hard-deleted stream, whose events are hidden from reads.
-    """
-
-    stream: str
-    version: int
-    metadata: Mapping[str, Any]
-    first_version: int = 1
-    deleted: Deletion | None = None
-    truncated: Deletion | None = None
-
-
-class Snapshot(msgspec.Struct, frozen=True):
-    """A stored snapshot of a stream's state right after ``version``.
-
-    ``state_type`` and ``schema_version`` say how ``data`` was encoded, so a
-    reader whose state class changed can ignore it and rebuild from events.
-    """
-
-    stream: str
-    version: int
-    state_type: str
-    schema_version: int
-    data: bytes
-    recorded_at: datetime
-
-
-class EncodedEvent(msgspec.Struct, frozen=True, array_like=True):
-    """An event ready for the store: id as 16 bytes, JSON payload and metadata."""
-
-    id: bytes
-    type: str
-    schema_version: int
-    data: bytes
-    metadata: bytes | None
-
-
-#: Called inside an append's transaction with the driver connection (None for
-#: the memory store) and the rows just written; raising undoes the append.
-InlineHook: TypeAlias = "Callable[[Any, list[Row]], None]"
-
-#: A stored row as backends return it:
-#: (position, stream, version, id bytes, type, schema_version, data, metadata, recorded_at_us)
-Row: TypeAlias = tuple[int, str, int, bytes, str, int, bytes, bytes | None, int]
 
 
 def check_stream_name(stream: object) -> str:
@@ -265,38 +167,6 @@ def ensure_expected(stream: str, expected: Expected, actual: int) -> None:
         raise WrongExpectedVersion(stream, expected, actual)
 
 
-def encode_batch(serializer: Serializer, events: Sequence[object]) -> list[EncodedEvent]:
-    """Encode a batch; raises before any I/O so a bad event writes nothing."""
-    if isinstance(events, (str, bytes)) or not isinstance(events, Sequence):
-        raise InvalidRequest("events must be a sequence (list or tuple) of events")
-    encoded: list[EncodedEvent] = []
-    seen: set[bytes] = set()
-    encode = serializer.encode
-    for item in events:
-        if type(item) is NewEvent:
-            event_id = item.id
-            if not isinstance(event_id, UUID):
-                raise InvalidRequest(f"event id must be a UUID, not {event_id!r}")
-            id_bytes = event_id.bytes
-            if id_bytes in seen:
-                raise InvalidRequest(f"event id {event_id} appears twice in one batch")
-            seen.add(id_bytes)
-            type_name, schema_version, payload = encode(item.data)
-            metadata = item.metadata
-            meta = (
-                serializer.encode_metadata(metadata, type_name)
-                if metadata or not isinstance(metadata, Mapping)
-                else None
-            )
-        else:
-            # Fresh ids are unique by construction: no duplicate check needed.
-            id_bytes = uuid7_bytes()
-            type_name, schema_version, payload = encode(item)
-            meta = None
-        encoded.append(EncodedEvent(id_bytes, type_name, schema_version, payload, meta))
-    return encoded
-
-
 def idempotent_result(
     stream: str,
     batch: Sequence[EncodedEvent],
@@ -341,138 +211,6 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 def us_to_datetime(us: int) -> datetime:
     """Convert stored microseconds to an aware UTC datetime."""
     return datetime.fromtimestamp(us / 1_000_000, UTC)
-
-
-def decode_rows(serializer: Serializer, rows: Sequence[Row]) -> list[RecordedEvent]:
-    """Turn stored rows into RecordedEvents (decoding payloads and metadata).
-
-    The hot path of every read: one comprehension with the serializer's fast
-    path (a typed decoder per type and schema version) inlined, since
-    per-row function calls dominate the cost. Anything unusual (unknown
-    types, upcasting, undecodable data) goes through ``serializer.decode``;
-    an event that cannot be decoded raises SerializationError naming its
-    stream, version and position.
-    """
-    fast = serializer.registry._fast
-    slow = serializer.decode
-    metadata = serializer.decode_metadata
-    try:
-        return [
-            RecordedEvent(
-                id_bytes,
-                stream,
-                version,
-                position,
-                type_name,
-                decoder(data)
-                if (decoder := fast.get((type_name, schema_version))) is not None
-                else slow(type_name, schema_version, data, stream, version, position),
-                EMPTY_METADATA if meta is None else metadata(meta),
-                recorded,
-                schema_version,
-            )
-            for (
-                position,
-                stream,
-                version,
-                id_bytes,
-                type_name,
-                schema_version,
-                data,
-                meta,
-                recorded,
-            ) in rows
-        ]
-    except (msgspec.DecodeError, SerializationError, RecursionError):
-        # Something met data it cannot decode: the full path says which and why.
-        return [decode_row(serializer, row) for row in rows]
-
-
-def decode_row(serializer: Serializer, row: Row) -> RecordedEvent:
-    """Turn one stored row into a RecordedEvent through the serializer's full path.
-
-    Raises SerializationError (with ``stream``, ``version``, ``position`` and
-    ``event_id`` set) if its payload or metadata cannot be decoded.
-    """
-    position, stream, version, id_bytes, type_name, schema_version, data, meta, recorded = row
-    try:
-        payload = serializer.decode(type_name, schema_version, data, stream, version, position)
-        metadata = serializer.decode_metadata(meta)
-    except SerializationError as exc:
-        if exc.position is None:
-            exc.locate(stream, version, position)
-        exc.event_id = uuid_from_bytes(id_bytes)
-        raise
-    return RecordedEvent(
-        id_bytes, stream, version, position, type_name, payload, metadata, recorded, schema_version
-    )
-
-
-def decode_rows_partial(
-    serializer: Serializer, rows: Sequence[Row]
-) -> tuple[list[RecordedEvent], SerializationError | None]:
-    """The events of ``rows`` up to the first that cannot be decoded, and its error.
-
-    Readers yield what they could decode before raising, so a reader that
-    stops at an undecodable event has seen every event before it.
-    """
-    try:
-        return decode_rows(serializer, rows), None
-    except SerializationError:
-        pass
-    events: list[RecordedEvent] = []
-    for row in rows:
-        try:
-            events.append(decode_row(serializer, row))
-        except SerializationError as exc:
-            return events, exc
-    return events, None  # pragma: no cover - the full decode failed on some row
-
-
-class Undecodable:
-    """The payload of a stored event that could not be decoded when it was read.
-
-    Readers that must not stop at such an event (projection runners, which
-    hand it to their error policy) get it as ``RecordedEvent.data``, with
-    the error and the stored ``row`` (None when the store gave no row).
-    """
-
-    __slots__ = ("error", "row")
-
-    def __init__(self, error: SerializationError, row: Row | None) -> None:
-        self.error = error
-        self.row = row
-
-    def __repr__(self) -> str:
-        return f"Undecodable({self.error})"
-
-
-def decode_rows_lenient(serializer: Serializer, rows: Sequence[Row]) -> list[RecordedEvent]:
-    """Like :func:`decode_rows`, but an undecodable event becomes one whose data is
-    :class:`Undecodable` instead of raising (a projection's error policy decides)."""
-    try:
-        return decode_rows(serializer, rows)
-    except SerializationError:
-        pass
-    events: list[RecordedEvent] = []
-    for row in rows:
-        try:
-            events.append(decode_row(serializer, row))
-        except SerializationError as exc:
-            events.append(
-                RecordedEvent(
-                    row[3],
-                    row[1],
-                    row[2],
-                    row[0],
-                    row[4],
-                    Undecodable(exc, row),
-                    EMPTY_METADATA,
-                    row[8],
-                    row[5],
-                )
-            )
-    return events
 
 
 class _DeletionRecord(msgspec.Struct, frozen=True):
@@ -528,9 +266,6 @@ def stream_info_from(
         deleted[0] if deleted else None,
         truncated[0] if truncated else None,
     )
-
-
-# -- stream lifecycle decisions, shared by every backend --------------------------------
 
 
 def deletion_version(stream: str, version: int, deletion: bytes | None, hard: bool) -> int | None:

@@ -1,0 +1,93 @@
+"""The store's public value types: expectations, append results, stream info, snapshots."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any, Final, TypeAlias
+
+import msgspec
+
+
+class StreamState(enum.Enum):
+    """Expectations about a stream that are not a version number."""
+
+    ANY = "any"
+    NO_STREAM = "no_stream"
+    STREAM_EXISTS = "stream_exists"
+
+    def __repr__(self) -> str:
+        return self.name
+
+    __str__ = __repr__
+
+
+#: Append whatever the stream's version is.
+ANY: Final = StreamState.ANY
+
+
+#: Append only if the stream has no events (creating it).
+NO_STREAM: Final = StreamState.NO_STREAM
+
+
+#: Append only if the stream already has events.
+STREAM_EXISTS: Final = StreamState.STREAM_EXISTS
+
+
+#: What ``append(..., expected=...)`` accepts: an expectation or an exact version.
+Expected: TypeAlias = StreamState | int
+
+
+class AppendResult(msgspec.Struct, frozen=True):
+    """Where an append landed: the stream's versions and the last global position.
+
+    ``from_version``..``to_version`` are the versions of the appended events;
+    ``to_version`` is the stream's version afterwards. For an empty batch
+    ``from_version == to_version + 1`` and ``position`` is 0.
+    """
+
+    stream: str
+    from_version: int
+    to_version: int
+    position: int
+
+
+class Deletion(msgspec.Struct, frozen=True):
+    """Who deleted (or truncated) a stream, when and why; ``hard`` if events were erased."""
+
+    at: datetime
+    by: str
+    reason: str
+    hard: bool
+
+
+class StreamInfo(msgspec.Struct, frozen=True):
+    """A stream's current version, user metadata and lifecycle.
+
+    ``first_version`` is the oldest version still stored (greater than 1
+    after a truncation, described by ``truncated``); ``deleted`` is set for
+    a soft- or hard-deleted stream, whose events are hidden from reads.
+    """
+
+    stream: str
+    version: int
+    metadata: Mapping[str, Any]
+    first_version: int = 1
+    deleted: Deletion | None = None
+    truncated: Deletion | None = None
+
+
+class Snapshot(msgspec.Struct, frozen=True):
+    """A stored snapshot of a stream's state right after ``version``.
+
+    ``state_type`` and ``schema_version`` say how ``data`` was encoded, so a
+    reader whose state class changed can ignore it and rebuild from events.
+    """
+
+    stream: str
+    version: int
+    state_type: str
+    schema_version: int
+    data: bytes
+    recorded_at: datetime
