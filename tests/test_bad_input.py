@@ -252,7 +252,18 @@ def _lifecycle_calls() -> st.SearchStrategy[BadCall]:
     )
 
 
-bad_calls = st.one_of(_append_calls(), _read_calls(), _lifecycle_calls())
+def _hook_calls() -> st.SearchStrategy[BadCall]:
+    return st.one_of(
+        st.one_of(st.none(), st.integers(), st.text(max_size=3)).map(
+            lambda h: BadCall("add hook", lambda st_: st_.add_append_hook(h), "hook")
+        ),
+        st.just(lambda tx, events: None).map(
+            lambda h: BadCall("remove hook", lambda st_: st_.remove_append_hook(h), "hook")
+        ),
+    )
+
+
+bad_calls = st.one_of(_append_calls(), _read_calls(), _lifecycle_calls(), _hook_calls())
 
 
 # -- running a call on a sync or an async store ----------------------------------------------
@@ -360,12 +371,13 @@ def test_the_generated_calls_cover_every_public_method() -> None:
     covered = {
         "append", "read", "read_all", "subscribe", "find_event", "delete_stream",
         "truncate_stream", "set_stream_metadata", "save_snapshot", "load_snapshot",
-        "delete_snapshots", "get_stream", "restore_stream",
+        "delete_snapshots", "get_stream", "restore_stream", "add_append_hook",
+        "remove_append_hook",
     }  # fmt: skip
     public = {
         name
         for name in dir(MemoryEventStore)
         if not name.startswith("_") and callable(getattr(MemoryEventStore, name))
     }
-    takes_no_arguments = {"close", "last_position"}
+    takes_no_arguments = {"close", "last_position", "checkpoints", "transaction"}
     assert public - takes_no_arguments == covered

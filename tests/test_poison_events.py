@@ -24,10 +24,9 @@ from eventfold.projections import (
     ProjectionContext,
     ProjectionRunner,
     ProjectionStopped,
-    _read_page_lenient,
 )
 from eventfold.serialization import Serializer, TypeRegistry
-from eventfold.store import EventStore
+from eventfold.store import EventStore, ProcessCheckpoints
 from eventfold.testing._events import Deposited, Received
 
 KINDS = ["sql", "in_memory", "external"]
@@ -236,7 +235,7 @@ def test_a_foreign_stores_undecodable_event_becomes_one_item_of_the_page(
     store: EventStore,
 ) -> None:
     foreign: Any = ForeignStore(store)
-    page = _read_page_lenient(foreign, 0, None, None, 10)
+    (page,) = ProcessCheckpoints(foreign).pages(0, None, None, 10)
     assert [type(e.data).__name__ for e in page] == [
         "Deposited",
         "Deposited",

@@ -368,7 +368,7 @@ def test_a_standby_runner_tries_for_the_lease_once_per_poll_interval(store: Even
     assert active.run_once() > 0  # holds the lease for lease_seconds
     store.append("acc-0", [Deposited(amount=1)])  # the active runner has not seen it yet
     standby = ProjectionRunner(store, model.projection(), owner="standby", poll_interval=60)
-    attempts = count_calls(standby._backend, "acquire")
+    attempts = count_calls(standby._checkpoints, "acquire")
     stop = threading.Event()
     worker = threading.Thread(target=standby.run, args=(stop,))
     worker.start()

@@ -20,7 +20,6 @@ from typing import Any
 import pytest
 
 from eventfold import SqliteEventStore, StoreClosed, StoreTimeout
-from eventfold.store._checkpoints import backend_for
 from eventfold.testing._events import Deposited
 from tests.support.sqlite_catch_up import append_until, record_appends
 
@@ -156,7 +155,7 @@ def test_a_projection_wait_on_a_store_closed_meanwhile_raises_store_closed(
 ) -> None:
     store = SqliteEventStore(tmp_path / "events.db")
     store.append("s", [Deposited(amount=1)])
-    backend = backend_for(store)
+    backend = store.checkpoints()
     stop = _CloseOnSecondCheck(store)
     with pytest.raises(StoreClosed):
         backend.wait(store.last_position(), 5.0, stop)

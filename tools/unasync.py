@@ -38,6 +38,10 @@ NAMES = {
     "__aexit__": "__exit__",
     "__anext__": "__next__",
     "aclose": "close",
+    "asynccontextmanager": "contextmanager",
+    "AbstractAsyncContextManager": "AbstractContextManager",
+    "aclosing": "closing",
+    "anext": "next",
 }
 #: Phrases of docstrings, in the order they are replaced.
 DOC_PHRASES = [

@@ -57,3 +57,21 @@ class AsyncClock:
     """Non-blocking sleep for the async flavour."""
 
     sleep = staticmethod(asyncio.sleep)
+
+
+class Offload:
+    """Run a blocking call: in the calling thread for the sync flavour."""
+
+    @staticmethod
+    def call(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Call ``fn(*args, **kwargs)``."""
+        return fn(*args, **kwargs)
+
+
+class AsyncOffload:
+    """Run a blocking call on a worker thread for the async flavour."""
+
+    @staticmethod
+    async def call(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Await ``fn(*args, **kwargs)`` run on a worker thread."""
+        return await asyncio.to_thread(fn, *args, **kwargs)

@@ -9,14 +9,18 @@ the user's own exceptions and pass through the command handler unchanged.
 
     EventfoldError
     ├── ConcurrencyError
-    │   └── WrongExpectedVersion      # stream, expected, actual
+    │   ├── WrongExpectedVersion      # stream, expected, actual
+    │   ├── LeaseLost                 # another runner took over a projection
+    │   └── LeaseHeld                 # a live runner holds it (a reset waits or refuses)
     ├── StreamNotFound
     │   └── StreamDeleted             # appending to a deleted stream
     ├── InvalidRequest                # also a ValueError: bad argument
-    │   └── IdempotencyKeyReused      # stream, key: one key, two different commands
+    │   ├── IdempotencyKeyReused      # stream, key: one key, two different commands
+    │   └── CheckpointRegression      # a checkpoint moved to or behind where it is
     ├── SerializationError            # .stream/.version/.position of a stored event
     │   ├── UnknownEventType
     │   └── InvalidEvent              # also an InvalidRequest: would not read back
+    ├── ProjectionStopped             # a handler failed and its policy says stop
     ├── StoreError                    # wraps driver errors; .retryable
     │   ├── StoreUnavailable
     │   ├── StoreTimeout
@@ -26,16 +30,24 @@ the user's own exceptions and pass through the command handler unchanged.
 
 from __future__ import annotations
 
-from typing import Self
+from datetime import datetime
+from typing import TYPE_CHECKING, Self
 from uuid import UUID
 
+if TYPE_CHECKING:  # events import this module: no cycle at run time
+    from eventfold.events import RecordedEvent
+
 __all__ = [
+    "CheckpointRegression",
     "ConcurrencyError",
     "ConfigurationError",
     "EventfoldError",
     "IdempotencyKeyReused",
     "InvalidEvent",
     "InvalidRequest",
+    "LeaseHeld",
+    "LeaseLost",
+    "ProjectionStopped",
     "SerializationError",
     "StoreClosed",
     "StoreError",
@@ -219,3 +231,55 @@ class StoreClosed(StoreError):
 
 class ConfigurationError(EventfoldError):
     """eventfold was set up wrongly (bad option, missing extra, missing schema)."""
+
+
+class LeaseLost(ConcurrencyError):
+    """Another runner took over this projection; this one must stop writing."""
+
+
+class LeaseHeld(ConcurrencyError):
+    """Another live runner holds the projection's lease (a reset must not pull the
+    read model from under it). ``owner`` and ``expires`` name the holder and when
+    its lease runs out unless it renews it."""
+
+    def __init__(self, name: str, owner: str, expires: datetime) -> None:
+        self.name = name
+        self.owner = owner
+        self.expires = expires
+        super().__init__(
+            f"projection {name!r} is being run by {owner} (lease until "
+            f"{expires.isoformat(timespec='seconds')}): stop that runner first, or wait for "
+            "it (reset(wait=...), the CLI's --wait), or rebuild without downtime beside it "
+            "as a projection with a new name and switch readers to it (switch_projection, "
+            "`eventfold projections switch`)"
+        )
+
+
+class ProjectionStopped(EventfoldError):
+    """A projection's handler failed on an event and its policy says stop."""
+
+    def __init__(self, name: str, event: RecordedEvent, error: BaseException) -> None:
+        self.name = name
+        self.event = event
+        self.error = error
+        super().__init__(
+            f"projection {name!r} stopped at position {event.position} "
+            f"({event.type} in {event.stream!r} v{event.version}): {error!r}"
+        )
+
+
+class CheckpointRegression(InvalidRequest):
+    """A checkpoint was to be advanced to its current position or behind it.
+
+    Checkpoints only move forward (a reset aside): a consumer that would move
+    one back has read the log twice, and an exactly-once effect depends on it.
+    """
+
+    def __init__(self, name: str, current: int, position: int) -> None:
+        self.name = name
+        self.current = current
+        self.position = position
+        super().__init__(
+            f"checkpoint {name!r} is at position {current}: it cannot be advanced to "
+            f"{position} (checkpoints only move forward; reset it to start over)"
+        )

@@ -6,22 +6,28 @@ import abc
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from contextlib import asynccontextmanager  # unasync: from contextlib import contextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import datetime
 from types import TracebackType
 from typing import Any, Self
 from uuid import UUID
 
 from eventfold._acompat import AsyncClock
-from eventfold.errors import InvalidRequest, StoreClosed, StoreError
+from eventfold.errors import ConfigurationError, InvalidRequest, StoreClosed, StoreError
 from eventfold.events import RecordedEvent
 from eventfold.serialization import Serializer
+from eventfold.store._checkpoints_async import (
+    AsyncCheckpoints,
+    AsyncDirectTransaction,
+    AsyncProcessCheckpoints,
+    AsyncTransaction,
+)
+from eventfold.store._hooks import AppendHook, HookTransaction
 from eventfold.store._rows import (
     POSITION,
     RECORDED_AT,
     VERSION,
     EncodedEvent,
-    InlineHook,
     Row,
     decode_rows,
     decode_rows_partial,
@@ -45,6 +51,7 @@ __all__ = ["AsyncStoreBase", "Wait"]
 logger = logging.getLogger("eventfold.store")
 
 _LAST_VERSION = 2**62
+_ASYNC_HOOKS = "append hooks need a sync store: they run synchronously inside the append"
 
 #: ``wait(after, timeout)``: return once events after position ``after`` may
 #: exist, or after ``timeout`` seconds (a subscription's wait for news).
@@ -68,9 +75,10 @@ class AsyncStoreBase(abc.ABC):
         self.serializer = serializer or Serializer()
         self.page_size = check_non_negative("page_size", page_size, minimum=1)
         self._closed = False
-        # Inline projections (eventfold.projections.attach_inline): run inside
-        # every append's transaction. Only the sync stores accept them.
-        self._inline: list[InlineHook] = []
+        # Append hooks (inline projections): run inside every append's
+        # transaction. Only the sync stores accept them.
+        self._inline: list[AppendHook] = []
+        self._checkpoints: AsyncCheckpoints | None = None
 
     # -- public API -----------------------------------------------------------------
 
@@ -85,11 +93,72 @@ class AsyncStoreBase(abc.ABC):
         batch whose ids are already stored in this stream is a retry and
         returns the original result.
         """
+        return await self._append(*self._checked_append(stream, events, expected))
+
+    def _checked_append(
+        self, stream: str, events: Sequence[object], expected: Expected
+    ) -> tuple[str, list[EncodedEvent], Expected]:
+        """Validate an append's arguments and encode its events, before any I/O."""
         self._check_open()
         check_stream_name(stream)
         expected = check_expected(expected)
-        batch = encode_batch(self.serializer, events)
-        return await self._append(stream, batch, expected)
+        return stream, encode_batch(self.serializer, events), expected
+
+    # -- seams: checkpoints, transactions, append hooks ---------------------------------
+
+    def checkpoints(self) -> AsyncCheckpoints:
+        """The store's checkpoints, leases and dead letters (what projection runners use).
+
+        One object per store: runners of one process share it.
+        """
+        self._check_open()
+        if self._checkpoints is None:
+            self._checkpoints = self._make_checkpoints()
+        return self._checkpoints
+
+    def transaction(self) -> AbstractAsyncContextManager[AsyncTransaction]:
+        """A transaction of the store's database: ``async with store.transaction() as tx``.
+
+        What is written through it (``tx.execute``, ``tx.append``, a
+        checkpoint advanced in it) commits together when the block ends, or
+        rolls back if it raises. Keep it short: on SQLite it holds the write
+        lock, on PostgreSQL readers of the log wait for it to end. A store
+        without transactions (the memory store) yields one whose appends are
+        immediate and that has no SQL.
+        """
+        self._check_open()
+        return self._transaction()
+
+    def add_append_hook(self, hook: AppendHook) -> None:
+        """Run ``hook(transaction, events)`` inside the transaction of every append.
+
+        If the hook raises, the append is rolled back and nothing is stored.
+        Remove it with :meth:`remove_append_hook`.
+        """
+        if not callable(hook):
+            raise InvalidRequest("an append hook must be callable")
+        # The async stores take no hooks yet: a hook runs synchronously in the append.
+        raise ConfigurationError(_ASYNC_HOOKS)  # unasync: self._inline.append(hook)
+
+    def remove_append_hook(self, hook: AppendHook) -> None:
+        """Stop running ``hook`` in appends (InvalidRequest if it was never added)."""
+        try:
+            self._inline.remove(hook)
+        except ValueError:
+            raise InvalidRequest("that append hook was not added to this store") from None
+
+    def _make_checkpoints(self) -> AsyncCheckpoints:
+        """The backend's checkpoints: by default kept in this process (nothing rolls back)."""
+        return AsyncProcessCheckpoints(self)
+
+    @asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[AsyncTransaction]:
+        """The backend's transactions: by default none (appends are immediate)."""
+        yield AsyncDirectTransaction(self)
+
+    def _hook_transaction(self, conn: Any) -> HookTransaction:
+        """The append's transaction as hooks see it (backends set the placeholder style)."""
+        return HookTransaction(conn)
 
     async def read(
         self,
@@ -378,8 +447,11 @@ class AsyncStoreBase(abc.ABC):
         return None if checked is None else self.serializer.registry.stored_names(checked)
 
     def _call_inline(self, conn: Any, rows: list[Row]) -> None:
-        for hook in self._inline:
-            hook(conn, rows)
+        """Run the append hooks inside an append's transaction (``conn``) on its rows."""
+        tx = self._hook_transaction(conn)
+        events = decode_rows(self.serializer, rows)
+        for hook in list(self._inline):
+            hook(tx, events)
 
     def _check_open(self) -> None:
         if self._closed:
@@ -404,6 +476,20 @@ class AsyncStoreBase(abc.ABC):
         self, after: int, types: list[str] | None, prefix: str | None, count: int
     ) -> Sequence[Row]:
         """Up to ``count`` rows of the global log with position > ``after``."""
+
+    def _log_pages(
+        self,
+        after: int,
+        types: list[str] | None,
+        prefix: str | None,
+        count: int,
+        *,
+        read_ahead: bool = False,
+    ) -> AsyncGenerator[Sequence[Row], None]:
+        """Pages of the log for a consumer: read ahead only if asked and the backend can."""
+        if read_ahead:
+            return self._read_all_pages(after, types, prefix, count)
+        return AsyncStoreBase._read_all_pages(self, after, types, prefix, count)
 
     async def _read_all_pages(
         self, after: int, types: list[str] | None, prefix: str | None, count: int

@@ -91,3 +91,31 @@ class Snapshot(msgspec.Struct, frozen=True):
     schema_version: int
     data: bytes
     recorded_at: datetime
+
+
+class Checkpoint(msgspec.Struct, frozen=True):
+    """How far a consumer of the log got, and who holds its lease until when (µs)."""
+
+    position: int
+    owner: str | None
+    lease_expires_us: int
+
+
+class DeadLetter(msgspec.Struct, frozen=True):
+    """An event a projection could not handle (or decode) and skipped, with the error.
+
+    ``schema_version``, ``data`` and ``metadata`` are the event as stored
+    (raw JSON bytes), None once the event itself was erased: what an
+    operator needs to see when the event could not even be decoded.
+    """
+
+    position: int
+    event_id: bytes
+    stream: str
+    version: int
+    type: str
+    error: str
+    recorded_at: datetime
+    schema_version: int | None = None
+    data: bytes | None = None
+    metadata: bytes | None = None

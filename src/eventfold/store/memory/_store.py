@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from eventfold.errors import StreamDeleted
 from eventfold.serialization import Serializer
 from eventfold.store._base import StoreBase, Wait
+from eventfold.store._checkpoints import Checkpoints
 from eventfold.store._rows import (
     ID,
     POSITION,
@@ -37,6 +38,7 @@ from eventfold.store._rules import (
     us_to_datetime,
 )
 from eventfold.store._types import AppendResult, Expected, Snapshot, StreamInfo
+from eventfold.store.memory._checkpoints import MemoryCheckpoints
 
 __all__ = ["MemoryEventStore"]
 
@@ -62,6 +64,9 @@ class MemoryEventStore(StoreBase):
         self._deleted: dict[str, bytes] = {}
         self._truncated: dict[str, bytes] = {}
         self._snapshots: dict[str, dict[int, Snapshot]] = {}
+
+    def _make_checkpoints(self) -> Checkpoints:
+        return MemoryCheckpoints(self)
 
     def _append(self, stream: str, batch: list[EncodedEvent], expected: Expected) -> AppendResult:
         with self._lock:

@@ -15,6 +15,7 @@ from contextlib import asynccontextmanager  # unasync: from contextlib import co
 from eventfold.errors import StreamDeleted
 from eventfold.serialization import Serializer
 from eventfold.store._base_async import AsyncStoreBase, Wait
+from eventfold.store._checkpoints_async import AsyncCheckpoints
 from eventfold.store._rows import (
     ID,
     POSITION,
@@ -37,6 +38,7 @@ from eventfold.store._rules import (
     us_to_datetime,
 )
 from eventfold.store._types import AppendResult, Expected, Snapshot, StreamInfo
+from eventfold.store.memory._checkpoints_async import AsyncMemoryCheckpoints
 
 __all__ = ["AsyncMemoryEventStore"]
 
@@ -62,6 +64,9 @@ class AsyncMemoryEventStore(AsyncStoreBase):
         self._deleted: dict[str, bytes] = {}
         self._truncated: dict[str, bytes] = {}
         self._snapshots: dict[str, dict[int, Snapshot]] = {}
+
+    def _make_checkpoints(self) -> AsyncCheckpoints:
+        return AsyncMemoryCheckpoints(self)
 
     async def _append(
         self, stream: str, batch: list[EncodedEvent], expected: Expected

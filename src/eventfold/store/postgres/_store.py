@@ -34,6 +34,8 @@ from eventfold.errors import (
 )
 from eventfold.serialization import Serializer
 from eventfold.store._base import StoreBase, Wait
+from eventfold.store._checkpoints import Checkpoints, Transaction
+from eventfold.store._hooks import HookTransaction
 from eventfold.store._rows import POSITION, EncodedEvent, Row, row_matches
 from eventfold.store._rules import (
     MAX_POSITION,
@@ -49,7 +51,8 @@ from eventfold.store._rules import (
     truncation_point,
     us_to_datetime,
 )
-from eventfold.store._types import AppendResult, Expected, Snapshot, StreamInfo
+from eventfold.store._types import ANY, AppendResult, Expected, Snapshot, StreamInfo
+from eventfold.store.postgres._checkpoints import PostgresCheckpoints
 from eventfold.store.postgres._statements import (
     CHUNKED_ROWS,
     LATEST_SCHEMA_VERSION,
@@ -365,32 +368,64 @@ class PostgresEventStore(StoreBase):
 
     # -- backend I/O ------------------------------------------------------------------
 
+    def _make_checkpoints(self) -> Checkpoints:
+        return PostgresCheckpoints(self)
+
+    @contextmanager
+    def _transaction(self, *, pipeline: bool = False) -> Iterator[Transaction]:
+        errors = translate_errors(self.schema)
+        with errors:
+            with self._connection() as conn, conn.transaction():
+                if pipeline:
+                    with conn.pipeline():
+                        yield PostgresTransaction(self, conn)
+                else:
+                    yield PostgresTransaction(self, conn)
+
+    def _hook_transaction(self, conn: Any) -> HookTransaction:
+        return HookTransaction(conn, "%s")
+
     def _append(self, stream: str, batch: list[EncodedEvent], expected: Expected) -> AppendResult:
+        with translate_errors(self.schema, stream, expected) as errors:
+            with self._connection() as conn:
+                return self._append_on(conn, errors, stream, batch, expected)
+
+    def _append_on(
+        self,
+        conn: Connection[Any],
+        errors: translate_errors,
+        stream: str,
+        batch: list[EncodedEvent],
+        expected: Expected,
+        *,
+        in_transaction: bool = False,
+    ) -> AppendResult:
+        """Append on ``conn``: alone (autocommit), or in its open transaction."""
         statement, params = append_params(stream, expected, batch)
         query = self._sql[statement]
         actual = 0
-        with translate_errors(self.schema, stream, expected) as errors:
-            with self._connection() as conn:
-                for _ in range(_APPEND_ATTEMPTS):
-                    # The happy path is this one statement: one round trip, no BEGIN/COMMIT.
-                    state = self._try_append(conn, errors, stream, batch, expected, query, params)
-                    if isinstance(state, AppendResult):
-                        return state
-                    # Nothing was written: the expectation failed, the stream is
-                    # deleted, or a unique violation undid the statement. The batch may
-                    # be a retry of one already stored, else a conflict or a lost race.
-                    retried = self._find_batch(conn, stream, batch)
-                    if retried is not None:
-                        return retried
-                    if state is None:  # a unique violation: read the state it ran into
-                        state = _one(conn, self._sql["stream_state"], {"stream": stream})
-                    actual, deleted = state
-                    if deleted:
-                        raise StreamDeleted(stream, self._hard_deleted(conn, stream))
-                    if not expectation_met(expected, actual):
-                        raise WrongExpectedVersion(stream, expected, actual)
-                    # Still met: another writer took our versions first (ANY,
-                    # STREAM_EXISTS); try again on top of its events.
+        for _ in range(_APPEND_ATTEMPTS):
+            # The happy path is this one statement: one round trip, no BEGIN/COMMIT.
+            state = self._try_append(
+                conn, errors, stream, batch, expected, query, params, in_transaction
+            )
+            if isinstance(state, AppendResult):
+                return state
+            # Nothing was written: the expectation failed, the stream is
+            # deleted, or a unique violation undid the statement. The batch may
+            # be a retry of one already stored, else a conflict or a lost race.
+            retried = self._find_batch(conn, stream, batch)
+            if retried is not None:
+                return retried
+            if state is None:  # a unique violation: read the state it ran into
+                state = _one(conn, self._sql["stream_state"], {"stream": stream})
+            actual, deleted = state
+            if deleted:
+                raise StreamDeleted(stream, self._hard_deleted(conn, stream))
+            if not expectation_met(expected, actual):
+                raise WrongExpectedVersion(stream, expected, actual)
+            # Still met: another writer took our versions first (ANY,
+            # STREAM_EXISTS); try again on top of its events.
         raise WrongExpectedVersion(stream, expected, actual)
 
     def _try_append(
@@ -402,6 +437,7 @@ class PostgresEventStore(StoreBase):
         expected: Expected,
         query: bytes,
         params: dict[str, Any],
+        in_transaction: bool = False,
     ) -> AppendResult | tuple[Any, ...] | None:
         """One attempt: the result, else (version, deleted) as probed, else None.
 
@@ -411,9 +447,11 @@ class PostgresEventStore(StoreBase):
         statement leaves until its outcome is known: a connection lost in
         between leaves it unknown whether the batch was committed.
         """
-        errors.sent = True
+        errors.sent = not in_transaction  # a transaction's outcome is its COMMIT's
         try:
-            if self._inline:
+            if self._inline or in_transaction:
+                # In the append's own transaction (or a savepoint of the caller's,
+                # so that a unique violation undoes this statement only).
                 # Inline projections write in the append's transaction.
                 with conn.transaction():
                     cursor = conn.execute(query, params)
@@ -702,3 +740,30 @@ class PostgresEventStore(StoreBase):
             yield wait
         finally:
             listener.close()
+
+
+class PostgresTransaction:
+    """A transaction of the PostgreSQL store (see ``StoreBase.transaction``).
+
+    ``connection`` is the psycopg connection inside it; ``execute`` takes
+    ``?`` placeholders (turned into psycopg's ``%s``: write no literal ``?``).
+    """
+
+    def __init__(self, store: PostgresEventStore, conn: Connection[Any]) -> None:
+        self._store = store
+        self.connection = conn
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        """Run ``sql`` (``?`` placeholders) in the transaction."""
+        return self.connection.execute(sql.replace("?", "%s"), params)
+
+    def append(
+        self, stream: str, events: Sequence[object], *, expected: Expected = ANY
+    ) -> AppendResult:
+        """Append in this transaction: visible, and final, once it commits."""
+        store = self._store
+        stream, batch, expected = store._checked_append(stream, events, expected)
+        with translate_errors(store.schema, stream, expected) as errors:
+            return store._append_on(
+                self.connection, errors, stream, batch, expected, in_transaction=True
+            )

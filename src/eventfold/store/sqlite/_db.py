@@ -41,11 +41,11 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from types import TracebackType
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import quote
 
 from eventfold.errors import (
@@ -600,6 +600,40 @@ class SqliteDatabase:
                 self.translate.raise_for(exc)
             raise
         self._end_write(handle, commit=True)
+
+    # A transaction a caller drives step by step (store.transaction()): begun,
+    # used and ended on one thread (the async store's transaction thread).
+
+    def begin_write(self, operation: str = "a transaction") -> _Handle:
+        """BEGIN IMMEDIATE on this thread's connection, under the write lock."""
+        return self._begin_write(operation)
+
+    def end_write(self, handle: _Handle, commit: bool) -> None:
+        """COMMIT (or ROLLBACK) what :meth:`begin_write` began, releasing the lock."""
+        self._end_write(handle, commit=commit)
+
+    def execute_in(self, handle: _Handle, sql: str, params: Sequence[Any]) -> sqlite3.Cursor:
+        """Run ``sql`` in the transaction of ``handle`` (errors translated)."""
+        try:
+            return handle.conn.execute(sql, params)
+        except (sqlite3.Error, UnicodeDecodeError) as exc:
+            self.translate.raise_for(exc)
+            raise
+
+    def append_in(
+        self,
+        handle: _Handle,
+        stream: str,
+        batch: list[EncodedEvent],
+        expected: Expected,
+        inline: InlineHook | None = None,
+    ) -> AppendResult:
+        """Append in the transaction of ``handle`` (visible once it commits)."""
+        try:
+            return self._append_in_transaction(handle.conn, stream, batch, expected, inline)
+        except (sqlite3.Error, UnicodeDecodeError) as exc:
+            self.translate.raise_for(exc)
+            raise
 
     def _begin_write(self, operation: str) -> _Handle:
         """Take this thread's connection and the write lock, and BEGIN IMMEDIATE."""

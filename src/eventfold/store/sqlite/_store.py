@@ -19,15 +19,20 @@ never migrates or writes, and every write raises InvalidRequest.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
-from typing import ParamSpec, TypeVar
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, ParamSpec, TypeVar
 
 from eventfold._acompat import Runner
+from eventfold.errors import InvalidRequest
 from eventfold.serialization import Serializer
 from eventfold.store._base import StoreBase
+from eventfold.store._checkpoints import Checkpoints, Transaction
+from eventfold.store._hooks import HookTransaction
 from eventfold.store._rows import EncodedEvent, Row
 from eventfold.store._rules import stream_info_from, us_to_datetime
-from eventfold.store._types import AppendResult, Expected, Snapshot, StreamInfo
+from eventfold.store._types import ANY, AppendResult, Expected, Snapshot, StreamInfo
+from eventfold.store.sqlite._checkpoints import SqliteCheckpoints
 from eventfold.store.sqlite._db import Durability, SqliteDatabase
 from eventfold.store.sqlite._errors import closed_error
 
@@ -67,6 +72,9 @@ class SqliteEventStore(StoreBase):
             path, durability=durability, busy_timeout=busy_timeout, read_only=read_only
         )
         self._runner = Runner()
+        # Transactions a caller drives (store.transaction()): begun, used and
+        # ended on one thread, as a sqlite3 transaction must be.
+        self._tx_runner = Runner()
 
     @property
     def path(self) -> str:
@@ -91,6 +99,28 @@ class SqliteEventStore(StoreBase):
         if self._db.closed:
             raise closed_error(self._db.path)
         return self._runner.run(fn, *args, **kwargs)
+
+    def _make_checkpoints(self) -> Checkpoints:
+        return SqliteCheckpoints(self)
+
+    @contextmanager
+    def _transaction(self) -> Iterator[Transaction]:
+        handle = self._tx_runner.run(self._db.begin_write, "a transaction")
+        tx = SqliteTransaction(self, handle)
+        try:
+            yield tx
+        except BaseException:
+            self._tx_runner.run(self._db.end_write, handle, False)
+            raise
+        self._tx_runner.run(self._db.end_write, handle, True)
+
+    def _in_transaction(self, tx: Transaction, fn: Any, *args: Any) -> Any:
+        """``fn(db, handle, *args)`` in the open transaction ``tx``, on its thread."""
+        if not isinstance(tx, (SqliteTransaction, HookTransaction)):
+            raise InvalidRequest("a transaction of another store was given to this one")
+        if isinstance(tx, HookTransaction):  # inside an append: on its thread already
+            return fn(self._db, _HookHandle(tx.connection), *args)
+        return self._tx_runner.run(fn, self._db, tx._handle, *args)
 
     def _append(self, stream: str, batch: list[EncodedEvent], expected: Expected) -> AppendResult:
         inline = self._call_inline if self._inline else None
@@ -119,6 +149,7 @@ class SqliteEventStore(StoreBase):
         # StoreClosed, running writes finish; then the worker threads stop.
         self._db.close()
         self._runner.close()
+        self._tx_runner.close()
 
     def _find_event(self, event_id: bytes) -> Row | None:
         return self._run(self._db.find_event, event_id)
@@ -150,3 +181,40 @@ class SqliteEventStore(StoreBase):
         self, stream: str | None, state_type: str | None, keep_schema_version: int | None
     ) -> int:
         return self._run(self._db.delete_snapshots, stream, state_type, keep_schema_version)
+
+
+class SqliteTransaction:
+    """A transaction of the SQLite store (see ``StoreBase.transaction``).
+
+    ``connection`` is the sqlite3 connection inside it. Run statements with
+    ``execute``: it runs them on the transaction's own thread (the async
+    flavour keeps one for transactions, as a sqlite3 transaction must stay
+    on one thread).
+    """
+
+    def __init__(self, store: SqliteEventStore, handle: Any) -> None:
+        self._store = store
+        self._handle = handle
+        self.connection = handle.conn
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        """Run ``sql`` (``?`` placeholders) in the transaction."""
+        return self._store._tx_runner.run(self._store._db.execute_in, self._handle, sql, params)
+
+    def append(
+        self, stream: str, events: Sequence[object], *, expected: Expected = ANY
+    ) -> AppendResult:
+        """Append in this transaction: visible, and final, once it commits."""
+        store = self._store
+        stream, batch, expected = store._checked_append(stream, events, expected)
+        inline = store._call_inline if store._inline else None
+        return store._tx_runner.run(
+            store._db.append_in, self._handle, stream, batch, expected, inline
+        )
+
+
+class _HookHandle:
+    """What the checkpoint operations need of an append's transaction: its connection."""
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn

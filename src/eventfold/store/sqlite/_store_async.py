@@ -19,15 +19,20 @@ from __future__ import annotations
 
 import asyncio  # unasync: remove
 import os
-from collections.abc import Callable, Sequence
-from typing import ParamSpec, TypeVar
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from typing import Any, ParamSpec, TypeVar
 
 from eventfold._acompat import AsyncRunner
+from eventfold.errors import InvalidRequest
 from eventfold.serialization import Serializer
 from eventfold.store._base_async import AsyncStoreBase
+from eventfold.store._checkpoints_async import AsyncCheckpoints, AsyncTransaction
+from eventfold.store._hooks import HookTransaction
 from eventfold.store._rows import EncodedEvent, Row
 from eventfold.store._rules import stream_info_from, us_to_datetime
-from eventfold.store._types import AppendResult, Expected, Snapshot, StreamInfo
+from eventfold.store._types import ANY, AppendResult, Expected, Snapshot, StreamInfo
+from eventfold.store.sqlite._checkpoints_async import AsyncSqliteCheckpoints
 from eventfold.store.sqlite._db import Durability, SqliteDatabase
 from eventfold.store.sqlite._errors import closed_error
 
@@ -67,6 +72,9 @@ class AsyncSqliteEventStore(AsyncStoreBase):
             path, durability=durability, busy_timeout=busy_timeout, read_only=read_only
         )
         self._runner = AsyncRunner()
+        # Transactions a caller drives (store.transaction()): begun, used and
+        # ended on one thread, as a sqlite3 transaction must be.
+        self._tx_runner = AsyncRunner(max_workers=1)  # unasync: self._tx_runner = Runner()
 
     @property
     def path(self) -> str:
@@ -91,6 +99,28 @@ class AsyncSqliteEventStore(AsyncStoreBase):
         if self._db.closed:
             raise closed_error(self._db.path)
         return await self._runner.run(fn, *args, **kwargs)
+
+    def _make_checkpoints(self) -> AsyncCheckpoints:
+        return AsyncSqliteCheckpoints(self)
+
+    @asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[AsyncTransaction]:
+        handle = await self._tx_runner.run(self._db.begin_write, "a transaction")
+        tx = AsyncSqliteTransaction(self, handle)
+        try:
+            yield tx
+        except BaseException:
+            await self._tx_runner.run(self._db.end_write, handle, False)
+            raise
+        await self._tx_runner.run(self._db.end_write, handle, True)
+
+    async def _in_transaction(self, tx: AsyncTransaction, fn: Any, *args: Any) -> Any:
+        """``fn(db, handle, *args)`` in the open transaction ``tx``, on its thread."""
+        if not isinstance(tx, (AsyncSqliteTransaction, HookTransaction)):
+            raise InvalidRequest("a transaction of another store was given to this one")
+        if isinstance(tx, HookTransaction):  # inside an append: on its thread already
+            return fn(self._db, _HookHandle(tx.connection), *args)
+        return await self._tx_runner.run(fn, self._db, tx._handle, *args)
 
     async def _append(
         self, stream: str, batch: list[EncodedEvent], expected: Expected
@@ -123,6 +153,7 @@ class AsyncSqliteEventStore(AsyncStoreBase):
         # StoreClosed, running writes finish; then the worker threads stop.
         await asyncio.to_thread(self._db.close)  # unasync: self._db.close()
         self._runner.close()
+        self._tx_runner.close()
 
     async def _find_event(self, event_id: bytes) -> Row | None:
         return await self._run(self._db.find_event, event_id)
@@ -154,3 +185,42 @@ class AsyncSqliteEventStore(AsyncStoreBase):
         self, stream: str | None, state_type: str | None, keep_schema_version: int | None
     ) -> int:
         return await self._run(self._db.delete_snapshots, stream, state_type, keep_schema_version)
+
+
+class AsyncSqliteTransaction:
+    """A transaction of the SQLite store (see ``AsyncStoreBase.transaction``).
+
+    ``connection`` is the sqlite3 connection inside it. Run statements with
+    ``execute``: it runs them on the transaction's own thread (the async
+    flavour keeps one for transactions, as a sqlite3 transaction must stay
+    on one thread).
+    """
+
+    def __init__(self, store: AsyncSqliteEventStore, handle: Any) -> None:
+        self._store = store
+        self._handle = handle
+        self.connection = handle.conn
+
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        """Run ``sql`` (``?`` placeholders) in the transaction."""
+        return await self._store._tx_runner.run(
+            self._store._db.execute_in, self._handle, sql, params
+        )
+
+    async def append(
+        self, stream: str, events: Sequence[object], *, expected: Expected = ANY
+    ) -> AppendResult:
+        """Append in this transaction: visible, and final, once it commits."""
+        store = self._store
+        stream, batch, expected = store._checked_append(stream, events, expected)
+        inline = store._call_inline if store._inline else None
+        return await store._tx_runner.run(
+            store._db.append_in, self._handle, stream, batch, expected, inline
+        )
+
+
+class _HookHandle:
+    """What the checkpoint operations need of an append's transaction: its connection."""
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn

@@ -1,8 +1,9 @@
 -- params: name, position (text), owner, ttl (seconds)
--- Fenced: only the lease holder advances (and thereby renews its lease).
+-- Fenced: only the lease holder advances (and thereby renews its lease), and
+-- only forward; no row returned means one of the two (the caller looks which).
 -- RETURNING: in pipeline mode fetching the row is what waits for the answer.
 UPDATE {schema}.checkpoints
 SET position = %(position)s::numeric, updated_at = now(),
     lease_expires = clock_timestamp() + make_interval(secs => %(ttl)s)
-WHERE name = %(name)s AND owner = %(owner)s
+WHERE name = %(name)s AND owner = %(owner)s AND position < %(position)s::numeric
 RETURNING name

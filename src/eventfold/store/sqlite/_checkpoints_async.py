@@ -1,0 +1,113 @@
+"""Checkpoints in the SQLite file, next to the events (schema version 3).
+
+A read model written through a transaction of the store commits together
+with the checkpoint that says how far it got. Lease times are this
+machine's clock: processes sharing one file share that clock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from eventfold.events import RecordedEvent
+from eventfold.store._base_async import AsyncStoreBase
+from eventfold.store._checkpoints_async import AsyncTransaction, Stop, async_wait_in_slices
+from eventfold.store._rows import POSITION, decode_rows_lenient
+from eventfold.store._types import Checkpoint, DeadLetter
+from eventfold.store.sqlite import _checkpoint_ops as ops
+
+if TYPE_CHECKING:
+    from eventfold.store.sqlite._store_async import AsyncSqliteEventStore
+
+__all__ = ["AsyncSqliteCheckpoints"]
+
+
+class AsyncSqliteCheckpoints:
+    """Checkpoints, leases, dead letters and aliases in the store's SQLite file."""
+
+    transactional = True
+
+    def __init__(self, store: AsyncSqliteEventStore) -> None:
+        self._store = store
+        self._db = store._db
+        self._run = store._runner.run
+
+    def transaction(self) -> AbstractAsyncContextManager[AsyncTransaction]:
+        return self._store.transaction()
+
+    async def get(self, name: str) -> Checkpoint | None:
+        return await self._run(ops.get, self._db, name)
+
+    async def names(self) -> list[str]:
+        return await self._run(ops.names, self._db)
+
+    async def acquire(self, name: str, owner: str, ttl: float) -> bool:
+        return await self._run(ops.acquire, self._db, name, owner, ttl)
+
+    async def release(self, name: str, owner: str) -> None:
+        await self._run(ops.release, self._db, name, owner)
+
+    async def owns(self, name: str, owner: str) -> bool:
+        checkpoint = await self.get(name)
+        return checkpoint is not None and checkpoint.owner == owner
+
+    async def advance(
+        self, tx: AsyncTransaction, name: str, position: int, owner: str, ttl: float
+    ) -> bool:
+        return bool(await self._in(tx, ops.advance, name, position, owner, ttl))
+
+    async def reset(self, tx: AsyncTransaction, name: str, owner: str) -> bool:
+        return bool(await self._in(tx, ops.reset, name, owner))
+
+    async def dead_letter(
+        self, tx: AsyncTransaction, name: str, event: RecordedEvent, error: str
+    ) -> None:
+        await self._in(tx, ops.dead_letter, name, event, error)
+
+    async def _in(self, tx: AsyncTransaction, fn: Any, *args: Any) -> Any:
+        """Run ``fn(db, handle, *args)`` in the store transaction ``tx`` (on its thread)."""
+        return await self._store._in_transaction(tx, fn, *args)
+
+    async def dead_letters(self, name: str) -> list[DeadLetter]:
+        return await self._run(ops.dead_letters, self._db, name)
+
+    async def backlog(self, after: int) -> tuple[int, datetime | None]:
+        return await self._run(ops.backlog, self._db, after)
+
+    async def wait(self, after: int, timeout: float, stop: Stop) -> None:
+        start: list[int | None] = [None]
+
+        async def step(seconds: float) -> bool:
+            return await self._run(ops.has_news, self._db, after, seconds, start)
+
+        await async_wait_in_slices(stop, timeout, step)
+
+    async def pages(
+        self,
+        after: int,
+        types: list[str] | None,
+        prefix: str | None,
+        size: int,
+        *,
+        read_ahead: bool = False,
+    ) -> AsyncIterator[list[RecordedEvent]]:
+        # SQLite reads are local and cheap: page by page, never ahead.
+        store: AsyncStoreBase = self._store
+        serializer = store.serializer
+        while page := await self._store._read_all_page(after, types, prefix, size):
+            yield decode_rows_lenient(serializer, page)
+            if len(page) < size:
+                return
+            after = page[-1][POSITION]
+
+    async def set_alias(self, alias: str, target: str) -> None:
+        await self._run(ops.set_alias, self._db, alias, target)
+
+    async def get_alias(self, alias: str) -> str | None:
+        return await self._run(ops.get_alias, self._db, alias)
+
+    async def close(self) -> None:
+        return None
