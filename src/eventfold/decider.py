@@ -13,7 +13,9 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-__all__ = ["Decider"]
+import msgspec
+
+__all__ = ["Decider", "Loaded"]
 
 S = TypeVar("S")
 C = TypeVar("C")
@@ -43,3 +45,10 @@ class Decider(Generic[S, C, E]):
     def after_decision(self, state: S, events: Sequence[E]) -> S:
         """The state once ``events`` returned by ``decide`` are applied to ``state``."""
         return self.fold(events, state)
+
+
+class Loaded(msgspec.Struct, Generic[S], frozen=True):
+    """A stream's state rebuilt from its events, and the version it reflects."""
+
+    state: S
+    version: int

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from eventfold.bus import EventBus
-from eventfold.commands._handler import CommandHandler
+from eventfold.commands import CommandHandler
 from eventfold.errors import EventfoldError, InvalidRequest
 from eventfold.events import RecordedEvent, caused_by
 from eventfold.projections import ErrorPolicy, Projection, ProjectionContext

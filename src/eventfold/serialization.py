@@ -85,9 +85,10 @@ class TypeRegistry:
         self._by_class: dict[type[Any], _TypeInfo] = {}
         self._aliases: dict[str, str] = {}
         self._upcasters: dict[tuple[str, int], Upcaster] = {}
-        # (stored type name, schema version) -> typed decode function, for the
-        # common case of data stored in the class's current version.
-        self._fast: dict[tuple[str, int], Callable[[bytes], Any]] = {}
+        #: (stored type name, schema version) -> typed decode function, for the
+        #: common case of data stored in the class's current version: filled as
+        #: such events are read, and looked up by the stores' hot read path.
+        self.decoders: dict[tuple[str, int], Callable[[bytes], Any]] = {}
         self._lock = threading.Lock()
         #: Counts changes to names and aliases (lets callers cache stored_names()).
         self.generation = 0
@@ -121,7 +122,7 @@ class TypeRegistry:
                 self._by_class.pop(old.cls, None)
             self._by_name[type_name] = info
             self._by_class[cls] = info
-            self._fast.clear()
+            self.decoders.clear()
             self.generation += 1
 
     def alias(self, old_name: str, new_name: str) -> None:
@@ -138,7 +139,7 @@ class TypeRegistry:
             raise ConfigurationError(f"alias {old_name!r} -> {new_name!r} would make a cycle")
         with self._lock:
             self._aliases[old_name] = new_name
-            self._fast.clear()
+            self.decoders.clear()
             self.generation += 1
 
     def _resolve(self, name: str, stop: str | None = None) -> str:
@@ -309,7 +310,7 @@ class Serializer:
         naming the stored event when ``stream``, ``version`` and ``position``
         are given.
         """
-        fast = self.registry._fast.get((name, schema_version))
+        fast = self.registry.decoders.get((name, schema_version))
         if fast is not None:
             try:
                 return fast(data)
@@ -332,7 +333,7 @@ class Serializer:
         try:
             if schema_version == info.version and info.name == name:
                 decode = info.decoder.decode
-                self.registry._fast[(name, schema_version)] = decode
+                self.registry.decoders[(name, schema_version)] = decode
                 return decode(data)
             payload = _decode_json(data, f"stored {name} event")
             if not isinstance(payload, dict):

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 import msgspec
 
 from eventfold.aggregate import TRANSIENT_ATTRIBUTES, Aggregate
-from eventfold.commands._types import Loaded
+from eventfold.decider import Loaded
 from eventfold.errors import InvalidRequest
 
 if TYPE_CHECKING:

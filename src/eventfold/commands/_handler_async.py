@@ -10,6 +10,7 @@ from datetime import datetime
 from typing import Any, Generic, TypeVar, cast, overload
 
 from eventfold._acompat import AsyncClock
+from eventfold._checks import check_non_negative, check_seconds
 from eventfold.aggregate import Aggregate
 from eventfold.bus import EventBus
 from eventfold.commands._types import (
@@ -27,7 +28,6 @@ from eventfold.errors import EventfoldError, InvalidRequest, WrongExpectedVersio
 from eventfold.events import NewEvent, uuid7
 from eventfold.snapshots import SnapshotPolicy
 from eventfold.store import AppendResult, AsyncEventStore
-from eventfold.store._rules import check_non_negative, check_seconds
 
 __all__ = ["AsyncCommandHandler"]
 

@@ -10,6 +10,7 @@ from typing import Any, Generic, TypeVar
 
 import msgspec
 
+from eventfold.decider import Loaded
 from eventfold.errors import IdempotencyKeyReused, InvalidRequest
 from eventfold.events import RecordedEvent
 
@@ -38,13 +39,6 @@ _ID_NAMESPACE = uuid.UUID("6f1c0d3e-5a3b-4c8e-9d55-2f0e8a1b7c41")
 # the order in which a command's fields are declared or its dicts were filled.
 _CANONICAL = msgspec.json.Encoder(order="sorted")
 _undigestable_warned: set[type[Any]] = set()
-
-
-class Loaded(msgspec.Struct, Generic[S], frozen=True):
-    """A stream's state rebuilt from its events, and the version it reflects."""
-
-    state: S
-    version: int
 
 
 class CommandResult(msgspec.Struct, Generic[S], frozen=True):

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+from eventfold._clock import now_us
 from eventfold.errors import InvalidRequest
 from eventfold.projections._model import Projection, ProjectionStatus
 from eventfold.projections._runner import checkpoints_of, status_of
 from eventfold.store import EventStore
-from eventfold.store._rules import now_us
 
 __all__ = ["active_projection", "projection_statuses", "switch_projection"]
 

@@ -6,10 +6,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from eventfold._checks import check_bool, check_non_negative, check_seconds
 from eventfold.errors import InvalidRequest
 from eventfold.events import RecordedEvent
 from eventfold.store import Transaction
-from eventfold.store._rules import check_bool, check_non_negative, check_seconds
 
 __all__ = [
     "SKIP",

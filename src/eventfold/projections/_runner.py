@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from eventfold._checks import check_seconds
+from eventfold._clock import us_to_datetime
 from eventfold.errors import (
     ConfigurationError,
     LeaseHeld,
@@ -28,9 +30,7 @@ from eventfold.errors import (
 )
 from eventfold.events import RecordedEvent
 from eventfold.projections._model import Progress, Projection, ProjectionContext, ProjectionStatus
-from eventfold.store import Checkpoints, DeadLetter, EventStore, Transaction
-from eventfold.store._rows import Undecodable, decode_row
-from eventfold.store._rules import check_seconds, us_to_datetime
+from eventfold.store import Checkpoints, DeadLetter, EventStore, Transaction, Undecodable
 
 __all__ = ["ProjectionRunner", "checkpoints_of", "status_of"]
 
@@ -599,8 +599,9 @@ class ProjectionRunner:
         data = event.data
         if type(data) is not Undecodable:
             return event
-        if data.row is not None:
-            return decode_row(self.store.serializer, data.row)
+        decoded = data.decode_again(self.store.serializer)
+        if decoded is not None:
+            return decoded
         # A store that gave no row: read the event again through its public API.
         for again in self.store.read(event.stream, from_version=event.version, limit=1):
             if again.position == event.position:

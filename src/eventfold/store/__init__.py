@@ -36,6 +36,7 @@ from eventfold.store._checkpoints_async import (
 from eventfold.store._hooks import AppendHook, HookTransaction
 from eventfold.store._protocol import EventStore
 from eventfold.store._protocol_async import AsyncEventStore
+from eventfold.store._rows import Undecodable
 from eventfold.store._types import (
     ANY,
     NO_STREAM,
@@ -74,6 +75,7 @@ __all__ = [
     "StreamInfo",
     "StreamState",
     "Transaction",
+    "Undecodable",
     "async_wait_in_slices",
     "wait_in_slices",
 ]

@@ -14,6 +14,14 @@ from typing import Any, Self
 from uuid import UUID
 
 from eventfold._acompat import Clock
+from eventfold._checks import (
+    MAX_VERSION,
+    check_bool,
+    check_non_negative,
+    check_position,
+    check_seconds,
+)
+from eventfold._clock import datetime_to_us
 from eventfold.errors import InvalidRequest, StoreClosed, StoreError
 from eventfold.events import RecordedEvent
 from eventfold.serialization import Serializer
@@ -34,17 +42,7 @@ from eventfold.store._rows import (
     decode_rows_partial,
     encode_batch,
 )
-from eventfold.store._rules import (
-    MAX_VERSION,
-    check_bool,
-    check_expected,
-    check_non_negative,
-    check_position,
-    check_seconds,
-    check_stream_name,
-    check_who_why,
-    datetime_to_us,
-)
+from eventfold.store._rules import check_expected, check_stream_name, check_who_why
 from eventfold.store._types import ANY, AppendResult, Expected, Snapshot, StreamInfo
 
 __all__ = ["StoreBase", "Wait"]

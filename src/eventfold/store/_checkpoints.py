@@ -34,11 +34,11 @@ from typing import Any, Protocol, runtime_checkable
 import msgspec
 
 from eventfold._acompat import Clock
+from eventfold._clock import now_us, us_to_datetime
 from eventfold.errors import CheckpointRegression, InvalidRequest, SerializationError
 from eventfold.events import RecordedEvent
 from eventfold.serialization import EMPTY_METADATA
 from eventfold.store._rows import Undecodable
-from eventfold.store._rules import now_us, us_to_datetime
 from eventfold.store._types import ANY, AppendResult, Checkpoint, DeadLetter, Expected
 
 __all__ = [

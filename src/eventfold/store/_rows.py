@@ -99,7 +99,7 @@ def decode_rows(serializer: Serializer, rows: Sequence[Row]) -> list[RecordedEve
     an event that cannot be decoded raises SerializationError naming its
     stream, version and position.
     """
-    fast = serializer.registry._fast
+    fast = serializer.registry.decoders
     slow = serializer.decode
     metadata = serializer.decode_metadata
     try:
@@ -191,6 +191,12 @@ class Undecodable:
 
     def __repr__(self) -> str:
         return f"Undecodable({self.error})"
+
+    def decode_again(self, serializer: Serializer) -> RecordedEvent | None:
+        """The event decoded again from its stored row (the registry may have been
+        fixed meanwhile); raises SerializationError if it still cannot be. None when
+        there is no row to decode (read the event again through the store)."""
+        return None if self.row is None else decode_row(serializer, self.row)
 
 
 def decode_rows_lenient(serializer: Serializer, rows: Sequence[Row]) -> list[RecordedEvent]:

@@ -8,14 +8,12 @@ disagree about semantics.
 
 from __future__ import annotations
 
-import math
-import time
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
-from typing import Final
 
 import msgspec
 
+from eventfold._checks import MAX_STREAM_NAME
+from eventfold._clock import now_us, us_to_datetime
 from eventfold.errors import (
     InvalidRequest,
     StreamDeleted,
@@ -36,17 +34,6 @@ from eventfold.store._types import (
     StreamInfo,
     StreamState,
 )
-
-MAX_STREAM_NAME = 512
-
-
-#: The largest version, limit or count any backend stores (SQLite's and
-#: PostgreSQL's 64-bit signed integers).
-MAX_VERSION: Final = 2**63 - 1
-
-
-#: The largest position any backend issues (PostgreSQL's are 128-bit pairs).
-MAX_POSITION: Final = 2**128 - 1
 
 
 def check_stream_name(stream: object) -> str:
@@ -74,80 +61,6 @@ def check_expected(expected: object) -> Expected:
         # No upper bound: a version no stream can reach is a wrong expectation.
         raise InvalidRequest(f"expected version must be >= 0, not {expected}")
     return expected
-
-
-def check_non_negative(
-    name: str,
-    value: object,
-    *,
-    minimum: int = 0,
-    maximum: int | None = MAX_VERSION,
-    error: type[Exception] = InvalidRequest,
-) -> int:
-    """Validate an int argument such as a version or count (at most 2**63-1).
-
-    ``maximum=None`` leaves it unbounded (a limit: more than exists means all).
-    """
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int)
-        or value < minimum
-        or (maximum is not None and value > maximum)
-    ):
-        if maximum is None:
-            bound = f"an int >= {minimum}"
-        else:
-            top = "2**63-1" if maximum == MAX_VERSION else str(maximum)
-            bound = f"an int from {minimum} to {top}"
-        raise error(f"{name} must be {bound}, not {_short(value)}")
-    return value
-
-
-def check_position(name: str, value: object) -> int:
-    """Validate a global-log position argument: an int >= 0.
-
-    Positions are opaque cursors, so any size is valid: one beyond every
-    position a backend can issue is after every event (reads find nothing).
-    """
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise InvalidRequest(f"{name} must be a position (an int >= 0), not {_short(value)}")
-    return value
-
-
-def check_bool(name: str, value: object, *, error: type[Exception] = InvalidRequest) -> bool:
-    """Validate a flag: only True or False (a flag that destroys data takes no "no").
-
-    ``error`` is the class raised: InvalidRequest for call arguments,
-    ConfigurationError for a store's or a runner's options.
-    """
-    if not isinstance(value, bool):
-        raise error(f"{name} must be True or False, not {_short(value)}")
-    return value
-
-
-def check_seconds(
-    name: str,
-    value: object,
-    *,
-    allow_zero: bool = False,
-    error: type[Exception] = InvalidRequest,
-) -> float:
-    """Validate a duration: a finite int or float > 0 (>= 0 with ``allow_zero``)."""
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or not math.isfinite(value)
-        or value < 0
-        or (value == 0 and not allow_zero)
-    ):
-        sign = ">= 0" if allow_zero else "> 0"
-        raise error(f"{name} must be finite seconds {sign}, not {_short(value)}")
-    return float(value)
-
-
-def _short(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def expectation_met(expected: Expected, actual: int) -> bool:
@@ -192,25 +105,6 @@ def idempotent_result(
     if [p[1] for p in places] != list(range(first, first + len(places))):
         raise InvalidRequest(f"append to {stream!r} repeats stored event ids in another order")
     return AppendResult(stream, first, places[-1][1], places[-1][2])
-
-
-def now_us() -> int:
-    """Current UTC time in integer microseconds since the epoch."""
-    return time.time_ns() // 1000
-
-
-def datetime_to_us(value: datetime) -> int:
-    """Convert an aware datetime to integer microseconds since the epoch (exact)."""
-    delta = value - _EPOCH
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
-
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def us_to_datetime(us: int) -> datetime:
-    """Convert stored microseconds to an aware UTC datetime."""
-    return datetime.fromtimestamp(us / 1_000_000, UTC)
 
 
 class _DeletionRecord(msgspec.Struct, frozen=True):

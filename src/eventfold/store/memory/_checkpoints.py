@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from eventfold._acompat import Offload
+from eventfold._clock import us_to_datetime
 from eventfold.events import RecordedEvent
 from eventfold.store._checkpoints import (
     ProcessCheckpoints,
@@ -15,7 +16,6 @@ from eventfold.store._checkpoints import (
     wait_in_slices,
 )
 from eventfold.store._rows import DATA, METADATA, POSITION, SCHEMA_VERSION, decode_rows_lenient
-from eventfold.store._rules import us_to_datetime
 from eventfold.store._types import DeadLetter
 
 if TYPE_CHECKING:

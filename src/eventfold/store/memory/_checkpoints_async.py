@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from eventfold._acompat import AsyncOffload
+from eventfold._clock import us_to_datetime
 from eventfold.events import RecordedEvent
 from eventfold.store._checkpoints_async import (
     AsyncProcessCheckpoints,
@@ -14,7 +15,6 @@ from eventfold.store._checkpoints_async import (
     async_wait_in_slices,
 )
 from eventfold.store._rows import DATA, METADATA, POSITION, SCHEMA_VERSION, decode_rows_lenient
-from eventfold.store._rules import us_to_datetime
 from eventfold.store._types import DeadLetter
 
 if TYPE_CHECKING:

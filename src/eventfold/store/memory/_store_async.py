@@ -12,6 +12,7 @@ import threading
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager  # unasync: from contextlib import contextmanager
 
+from eventfold._clock import now_us, us_to_datetime
 from eventfold.errors import StreamDeleted
 from eventfold.serialization import Serializer
 from eventfold.store._base_async import AsyncStoreBase, Wait
@@ -32,10 +33,8 @@ from eventfold.store._rules import (
     encode_deletion,
     ensure_expected,
     idempotent_result,
-    now_us,
     restore_needed,
     truncation_point,
-    us_to_datetime,
 )
 from eventfold.store._types import AppendResult, Expected, Snapshot, StreamInfo
 from eventfold.store.memory._checkpoints_async import AsyncMemoryCheckpoints

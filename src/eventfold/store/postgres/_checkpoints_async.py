@@ -13,11 +13,11 @@ from contextlib import AbstractAsyncContextManager, aclosing
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from eventfold._clock import us_to_datetime
 from eventfold.errors import CheckpointRegression, ConfigurationError, InvalidRequest
 from eventfold.events import RecordedEvent
 from eventfold.store._checkpoints_async import AsyncTransaction, Stop, async_wait_in_slices
 from eventfold.store._rows import decode_rows_lenient
-from eventfold.store._rules import us_to_datetime
 from eventfold.store._types import Checkpoint, DeadLetter
 from eventfold.store.postgres._statements import split_position, translate_errors
 

@@ -40,6 +40,7 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
         "pip install 'eventfold[postgres]'"
     ) from exc
 
+from eventfold._checks import check_seconds
 from eventfold.errors import (
     ConfigurationError,
     EventfoldError,
@@ -50,7 +51,6 @@ from eventfold.errors import (
     WrongExpectedVersion,
 )
 from eventfold.store._rows import EncodedEvent, Row
-from eventfold.store._rules import check_seconds
 from eventfold.store._sql import load_statements
 from eventfold.store._types import ANY, NO_STREAM, STREAM_EXISTS, Expected
 

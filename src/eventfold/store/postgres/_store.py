@@ -25,6 +25,8 @@ from contextlib import contextmanager
 from typing import Any, TypeAlias, TypeVar
 from uuid import UUID
 
+from eventfold._checks import MAX_POSITION, check_bool, check_non_negative
+from eventfold._clock import us_to_datetime
 from eventfold.errors import (
     ConfigurationError,
     StoreError,
@@ -38,9 +40,6 @@ from eventfold.store._checkpoints import Checkpoints, Transaction
 from eventfold.store._hooks import HookTransaction
 from eventfold.store._rows import POSITION, EncodedEvent, Row, row_matches
 from eventfold.store._rules import (
-    MAX_POSITION,
-    check_bool,
-    check_non_negative,
     decode_deletion,
     deletion_version,
     encode_deletion,
@@ -49,7 +48,6 @@ from eventfold.store._rules import (
     restore_needed,
     stream_info_from,
     truncation_point,
-    us_to_datetime,
 )
 from eventfold.store._types import ANY, AppendResult, Expected, Snapshot, StreamInfo
 from eventfold.store.postgres._checkpoints import PostgresCheckpoints
@@ -606,7 +604,7 @@ class PostgresEventStore(StoreBase):
     def _get_stream(self, stream: str) -> StreamInfo | None:
         with self._errors:
             with self._connection() as conn:
-                row = _one(conn, self._sql["get_stream"], {"stream": stream})
+                row = _one(conn, self._sql["stream_info"], {"stream": stream})
         return stream_info_from(self.serializer, stream, *row)
 
     def _set_stream_metadata(self, stream: str, metadata: bytes | None) -> None:
@@ -628,7 +626,7 @@ class PostgresEventStore(StoreBase):
             self._pool.close()
 
     def _hard_deleted(self, conn: Connection[Any], stream: str) -> bool:
-        row = _one(conn, self._sql["get_stream"], {"stream": stream})
+        row = _one(conn, self._sql["stream_info"], {"stream": stream})
         deletion = decode_deletion(row[3])
         return deletion is not None and deletion[0].hard
 
@@ -640,7 +638,7 @@ class PostgresEventStore(StoreBase):
         """Lock the stream's row (lifecycle changes of one stream take turns); its state."""
         params = {"stream": stream}
         conn.execute(self._sql["lock_stream"], params)
-        version, _, _, deletion, _ = _one(conn, self._sql["get_stream"], params)
+        version, _, _, deletion, _ = _one(conn, self._sql["stream_info"], params)
         return version, deletion
 
     def _delete_stream(self, stream: str, hard: bool, by: str, reason: str) -> None:

@@ -25,6 +25,8 @@ from contextlib import asynccontextmanager  # unasync: from contextlib import co
 from typing import Any, TypeAlias, TypeVar
 from uuid import UUID
 
+from eventfold._checks import MAX_POSITION, check_bool, check_non_negative
+from eventfold._clock import us_to_datetime
 from eventfold.errors import (
     ConfigurationError,
     StoreError,
@@ -38,9 +40,6 @@ from eventfold.store._checkpoints_async import AsyncCheckpoints, AsyncTransactio
 from eventfold.store._hooks import HookTransaction
 from eventfold.store._rows import POSITION, EncodedEvent, Row, row_matches
 from eventfold.store._rules import (
-    MAX_POSITION,
-    check_bool,
-    check_non_negative,
     decode_deletion,
     deletion_version,
     encode_deletion,
@@ -49,7 +48,6 @@ from eventfold.store._rules import (
     restore_needed,
     stream_info_from,
     truncation_point,
-    us_to_datetime,
 )
 from eventfold.store._types import ANY, AppendResult, Expected, Snapshot, StreamInfo
 from eventfold.store.postgres._checkpoints_async import AsyncPostgresCheckpoints
@@ -616,7 +614,7 @@ class AsyncPostgresEventStore(AsyncStoreBase):
     async def _get_stream(self, stream: str) -> StreamInfo | None:
         with self._errors:
             async with self._connection() as conn:
-                row = await _one(conn, self._sql["get_stream"], {"stream": stream})
+                row = await _one(conn, self._sql["stream_info"], {"stream": stream})
         return stream_info_from(self.serializer, stream, *row)
 
     async def _set_stream_metadata(self, stream: str, metadata: bytes | None) -> None:
@@ -638,7 +636,7 @@ class AsyncPostgresEventStore(AsyncStoreBase):
             await self._pool.close()
 
     async def _hard_deleted(self, conn: AsyncConnection[Any], stream: str) -> bool:
-        row = await _one(conn, self._sql["get_stream"], {"stream": stream})
+        row = await _one(conn, self._sql["stream_info"], {"stream": stream})
         deletion = decode_deletion(row[3])
         return deletion is not None and deletion[0].hard
 
@@ -652,7 +650,7 @@ class AsyncPostgresEventStore(AsyncStoreBase):
         """Lock the stream's row (lifecycle changes of one stream take turns); its state."""
         params = {"stream": stream}
         await conn.execute(self._sql["lock_stream"], params)
-        version, _, _, deletion, _ = await _one(conn, self._sql["get_stream"], params)
+        version, _, _, deletion, _ = await _one(conn, self._sql["stream_info"], params)
         return version, deletion
 
     async def _delete_stream(self, stream: str, hard: bool, by: str, reason: str) -> None:

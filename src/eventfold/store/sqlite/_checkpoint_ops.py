@@ -11,9 +11,9 @@ import time
 from datetime import datetime
 from typing import Any
 
+from eventfold._clock import now_us, us_to_datetime
 from eventfold.errors import CheckpointRegression
 from eventfold.events import RecordedEvent
-from eventfold.store._rules import now_us, us_to_datetime
 from eventfold.store._types import Checkpoint, DeadLetter
 from eventfold.store.sqlite._db import SQL, SqliteDatabase
 

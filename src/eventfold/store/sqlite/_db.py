@@ -48,6 +48,8 @@ from types import TracebackType
 from typing import Any, Literal
 from urllib.parse import quote
 
+from eventfold._checks import check_seconds
+from eventfold._clock import now_us
 from eventfold.errors import (
     ConfigurationError,
     InvalidRequest,
@@ -58,13 +60,11 @@ from eventfold.errors import (
 )
 from eventfold.store._rows import EncodedEvent, InlineHook, Row
 from eventfold.store._rules import (
-    check_seconds,
     decode_deletion,
     deletion_version,
     encode_deletion,
     expectation_met,
     idempotent_result,
-    now_us,
     restore_needed,
     truncation_point,
 )
@@ -879,9 +879,9 @@ class SqliteDatabase:
         ]
         try:
             if len(values) == 1:
-                position = conn.execute(SQL["insert_event"], values[0]).lastrowid or 0
+                position = conn.execute(SQL["append"], values[0]).lastrowid or 0
             else:
-                conn.executemany(SQL["insert_event"], values)
+                conn.executemany(SQL["append"], values)
                 (position,) = conn.execute("SELECT last_insert_rowid()").fetchone()
         except sqlite3.IntegrityError:
             # The version was checked under the write lock, so this is an event id
@@ -901,7 +901,7 @@ class SqliteDatabase:
     ) -> AppendResult | None:
         found: dict[bytes, tuple[str, int, int]] = {}
         for e in batch:
-            row = conn.execute(SQL["find_event_id"], (e.id,)).fetchone()
+            row = conn.execute(SQL["find_event_ids"], (e.id,)).fetchone()
             if row is not None:
                 found[e.id] = row
         return idempotent_result(stream, batch, found)

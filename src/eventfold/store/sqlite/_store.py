@@ -24,13 +24,14 @@ from contextlib import contextmanager
 from typing import Any, ParamSpec, TypeVar
 
 from eventfold._acompat import Runner
+from eventfold._clock import us_to_datetime
 from eventfold.errors import InvalidRequest
 from eventfold.serialization import Serializer
 from eventfold.store._base import StoreBase
 from eventfold.store._checkpoints import Checkpoints, Transaction
 from eventfold.store._hooks import HookTransaction
 from eventfold.store._rows import EncodedEvent, Row
-from eventfold.store._rules import stream_info_from, us_to_datetime
+from eventfold.store._rules import stream_info_from
 from eventfold.store._types import ANY, AppendResult, Expected, Snapshot, StreamInfo
 from eventfold.store.sqlite._checkpoints import SqliteCheckpoints
 from eventfold.store.sqlite._db import Durability, SqliteDatabase
