@@ -48,13 +48,9 @@ from eventfold.store.postgres import (
     migrate,
 )
 from eventfold.store.postgres import _store as sync_postgres
-from eventfold.store.postgres._statements import (
-    ConnectionStalled,
-    PoolUnreachable,
-    PostgresStatements,
-    append_params,
-    translate_errors,
-)
+from eventfold.store.postgres._connections import ConnectionStalled, PoolUnreachable
+from eventfold.store.postgres._errors import translate_errors
+from eventfold.store.postgres._statements import PostgresStatements, append_params
 from eventfold.testing import (
     AsyncEventStoreLifecycleSuite,
     AsyncEventStoreSuite,

@@ -19,7 +19,8 @@ from eventfold.events import RecordedEvent
 from eventfold.store._checkpoints_async import AsyncTransaction, Stop, async_wait_in_slices
 from eventfold.store._rows import decode_rows_lenient
 from eventfold.store._types import Checkpoint, DeadLetter
-from eventfold.store.postgres._statements import split_position, translate_errors
+from eventfold.store.postgres._errors import translate_errors
+from eventfold.store.postgres._statements import split_position
 
 if TYPE_CHECKING:
     from eventfold.store.postgres._store_async import AsyncPostgresEventStore

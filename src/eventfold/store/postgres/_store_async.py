@@ -51,24 +51,27 @@ from eventfold.store._rules import (
 )
 from eventfold.store._types import ANY, AppendResult, Expected, Snapshot, StreamInfo
 from eventfold.store.postgres._checkpoints_async import AsyncPostgresCheckpoints
+from eventfold.store.postgres._connections import (
+    ConnectionStalled,
+    PoolUnreachable,
+    connection_settings,
+    guard_stall,
+)
+from eventfold.store.postgres._driver import (
+    AsyncConnection,
+    AsyncConnectionPool,
+    PoolTimeout,
+    UniqueViolation,
+)
+from eventfold.store.postgres._errors import schema_version_error, translate_errors
 from eventfold.store.postgres._statements import (
     CHUNKED_ROWS,
     LATEST_SCHEMA_VERSION,
-    AsyncConnection,
-    AsyncConnectionPool,
-    ConnectionStalled,
-    PoolTimeout,
-    PoolUnreachable,
     PostgresStatements,
-    UniqueViolation,
     append_params,
-    connection_settings,
-    guard_stall,
     join_position,
-    schema_version_error,
     split_position,
     to_rows,
-    translate_errors,
 )
 
 __all__ = ["AsyncPostgresEventStore", "migrate"]
