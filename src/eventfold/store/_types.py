@@ -105,8 +105,9 @@ class DeadLetter(msgspec.Struct, frozen=True):
     """An event a projection could not handle (or decode) and skipped, with the error.
 
     ``schema_version``, ``data`` and ``metadata`` are the event as stored
-    (raw JSON bytes), None once the event itself was erased: what an
-    operator needs to see when the event could not even be decoded.
+    (raw JSON bytes), None once the event itself was erased (or where the
+    store cannot give them, as with ProcessCheckpoints): what an operator
+    needs to see when the event could not even be decoded.
     """
 
     position: int

@@ -1,9 +1,12 @@
 """Test helpers: given/when/then for deciders and the event store conformance suite.
 
 Run the conformance suite against any backend, including your own, by
-subclassing and providing one ``store`` fixture::
+subclassing and providing one ``store`` fixture (``CheckpointsSuite`` checks
+the seam projections use: a store that passes it runs projections)::
 
-    class TestMyStore(EventStoreSuite, EventStoreLifecycleSuite, EventStoreConcurrencySuite):
+    class TestMyStore(
+        EventStoreSuite, EventStoreLifecycleSuite, EventStoreConcurrencySuite, CheckpointsSuite
+    ):
         @pytest.fixture
         def store(self, tmp_path):
             with MyStore(tmp_path / "events.db") as store:
@@ -12,6 +15,8 @@ subclassing and providing one ``store`` fixture::
 This module imports pytest; import it from tests only.
 """
 
+from eventfold.testing._checkpoints import CheckpointsSuite
+from eventfold.testing._checkpoints_async import AsyncCheckpointsSuite
 from eventfold.testing._conformance import EventStoreSuite
 from eventfold.testing._conformance_async import AsyncEventStoreSuite
 from eventfold.testing._lifecycle import EventStoreLifecycleSuite
@@ -20,8 +25,10 @@ from eventfold.testing.concurrency import EventStoreConcurrencySuite, follow_log
 from eventfold.testing.scenario import DeciderSpec
 
 __all__ = [
+    "AsyncCheckpointsSuite",
     "AsyncEventStoreLifecycleSuite",
     "AsyncEventStoreSuite",
+    "CheckpointsSuite",
     "DeciderSpec",
     "EventStoreConcurrencySuite",
     "EventStoreLifecycleSuite",
