@@ -1,4 +1,4 @@
-"""Process managers (sagas); the in-process :class:`~eventfold.bus.EventBus`.
+"""Process managers (sagas): events in, idempotent commands out.
 
 A process manager reacts to recorded events by sending commands, possibly
 to other aggregates: a money transfer debits one account, then credits the
@@ -24,13 +24,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from eventfold.bus import EventBus
 from eventfold.commands import CommandHandler
 from eventfold.errors import EventfoldError, InvalidRequest
 from eventfold.events import RecordedEvent, caused_by
 from eventfold.projections import ErrorPolicy, Projection, ProjectionContext
 
-__all__ = ["Dispatch", "EventBus", "ProcessManager"]
+__all__ = ["Dispatch", "ProcessManager"]
 
 logger = logging.getLogger("eventfold.processes")
 

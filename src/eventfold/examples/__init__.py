@@ -1,5 +1,5 @@
 """Example models shipped with eventfold; ``eventfold demo`` runs the bank account.
 
-``eventfold.examples.bank`` is the file ``examples/bank/domain.py`` of the
-repository (one source): plain code to read and copy into your project.
+``eventfold.examples.bank`` is plain code to read and copy into your project;
+``examples/`` of the repository builds on it (a saga, orders, IoT).
 """
