@@ -75,3 +75,13 @@ class AsyncOffload:
     async def call(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Await ``fn(*args, **kwargs)`` run on a worker thread."""
         return await asyncio.to_thread(fn, *args, **kwargs)
+
+
+#: A poll for news backs off from FIRST_POLL to LAST_POLL seconds between tries.
+FIRST_POLL = 0.001
+LAST_POLL = 0.05
+
+
+def next_poll(pause: float, cap: float = LAST_POLL) -> float:
+    """The pause after ``pause`` in a backed-off poll: doubled, at most ``cap``."""
+    return min(pause * 2, cap)

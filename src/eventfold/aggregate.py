@@ -27,8 +27,9 @@ from collections.abc import Callable, Sequence
 from typing import Any, Self
 
 from eventfold.decider import Decider
+from eventfold.errors import InvalidRequest
 
-__all__ = ["Aggregate"]
+__all__ = ["Aggregate", "decider_of"]
 
 #: Attributes that are the handler's bookkeeping, not the aggregate's state:
 #: never snapshotted (the events recorded by a command not yet stored).
@@ -95,3 +96,16 @@ class _AggregateDecider(Decider[Any, Any, Any]):
 
     def after_decision(self, state: Any, events: Sequence[Any]) -> Any:
         return state
+
+
+def decider_of(model: object) -> Decider[Any, Any, Any]:
+    """The Decider of ``model``: a Decider itself, or an Aggregate subclass's.
+
+    The one place where a model given to a command handler or a test helper
+    is understood; anything else is an InvalidRequest.
+    """
+    if isinstance(model, Decider):
+        return model
+    if isinstance(model, type) and issubclass(model, Aggregate):
+        return model.decider()
+    raise InvalidRequest(f"model must be a Decider or an Aggregate subclass, not {model!r}")

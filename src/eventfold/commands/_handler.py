@@ -12,7 +12,7 @@ from typing import Any, Generic, TypeVar, cast, overload
 
 from eventfold._acompat import Clock
 from eventfold._checks import check_non_negative, check_seconds
-from eventfold.aggregate import Aggregate
+from eventfold.aggregate import Aggregate, decider_of
 from eventfold.bus import EventBus
 from eventfold.commands._types import (
     COMMAND_DIGEST,
@@ -90,12 +90,7 @@ class CommandHandler(Generic[S, C]):
         snapshots: SnapshotPolicy[Any] | None = None,
         bus: EventBus | None = None,
     ) -> None:
-        if isinstance(model, type) and issubclass(model, Aggregate):
-            self.decider: Decider[Any, Any, Any] = model.decider()
-        elif isinstance(model, Decider):
-            self.decider = model
-        else:
-            raise InvalidRequest("model must be a Decider or an Aggregate subclass")
+        self.decider: Decider[Any, Any, Any] = decider_of(model)
         check_non_negative("max_retries", max_retries)
         check_seconds("retry_delay", retry_delay, allow_zero=True)
         self.store = store

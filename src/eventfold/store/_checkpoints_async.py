@@ -33,7 +33,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import msgspec
 
-from eventfold._acompat import AsyncClock
+from eventfold._acompat import FIRST_POLL, AsyncClock, next_poll
 from eventfold._clock import now_us, us_to_datetime
 from eventfold.errors import CheckpointRegression, InvalidRequest, SerializationError
 from eventfold.events import RecordedEvent
@@ -325,13 +325,13 @@ class AsyncProcessCheckpoints:
 
     async def wait(self, after: int, timeout: float, stop: Stop) -> None:
         # Polls the newest position, backing off from 1 ms to 50 ms.
-        pause = [0.001]
+        pause = [FIRST_POLL]
 
         async def step(seconds: float) -> bool:
             if await self._store.last_position() > after:
                 return True
             await AsyncClock.sleep(min(pause[0], seconds))
-            pause[0] = min(pause[0] * 2, 0.05)
+            pause[0] = next_poll(pause[0])
             return False
 
         await async_wait_in_slices(stop, timeout, step)

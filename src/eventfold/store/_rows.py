@@ -11,12 +11,14 @@ from uuid import UUID
 
 import msgspec
 
+from eventfold._clock import us_to_datetime
 from eventfold.errors import (
     InvalidRequest,
     SerializationError,
 )
 from eventfold.events import NewEvent, RecordedEvent, uuid7_bytes, uuid_from_bytes
 from eventfold.serialization import EMPTY_METADATA, Serializer
+from eventfold.store._types import DeadLetter
 
 
 class EncodedEvent(msgspec.Struct, frozen=True, array_like=True):
@@ -225,3 +227,34 @@ def decode_rows_lenient(serializer: Serializer, rows: Sequence[Row]) -> list[Rec
                 )
             )
     return events
+
+
+def dead_letters_from_rows(rows: Sequence[Sequence[Any]]) -> list[DeadLetter]:
+    """DeadLetters from stored rows (position, event id, stream, version, type, error,
+    recorded µs, schema version, data, metadata), whatever types the driver gave."""
+    return [
+        DeadLetter(
+            int(position),
+            bytes(event_id),
+            stream,
+            version,
+            type_,
+            error,
+            us_to_datetime(at),
+            schema_version,
+            None if data is None else bytes(data),
+            None if metadata is None else bytes(metadata),
+        )
+        for (
+            position,
+            event_id,
+            stream,
+            version,
+            type_,
+            error,
+            at,
+            schema_version,
+            data,
+            metadata,
+        ) in rows
+    ]

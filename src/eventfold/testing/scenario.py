@@ -16,7 +16,7 @@ import re
 from collections.abc import Callable, Sequence
 from typing import Any, Generic, Self, TypeVar, cast
 
-from eventfold.aggregate import Aggregate
+from eventfold.aggregate import Aggregate, decider_of
 from eventfold.decider import Decider
 
 __all__ = ["DeciderSpec"]
@@ -36,10 +36,7 @@ class DeciderSpec(Generic[S, C, E]):
     """
 
     def __init__(self, model: Decider[S, C, E] | type[Aggregate]) -> None:
-        if isinstance(model, type) and issubclass(model, Aggregate):
-            self.decider: Decider[Any, Any, Any] = model.decider()
-        else:
-            self.decider = model
+        self.decider: Decider[Any, Any, Any] = decider_of(model)
         self._given: list[Any] = []
         self._command: object = _NOTHING
 

@@ -17,7 +17,7 @@ from eventfold._clock import us_to_datetime
 from eventfold.errors import CheckpointRegression, ConfigurationError, InvalidRequest
 from eventfold.events import RecordedEvent
 from eventfold.store._checkpoints_async import AsyncTransaction, Stop, async_wait_in_slices
-from eventfold.store._rows import decode_rows_lenient
+from eventfold.store._rows import dead_letters_from_rows, decode_rows_lenient
 from eventfold.store._types import Checkpoint, DeadLetter
 from eventfold.store.postgres._errors import translate_errors
 from eventfold.store.postgres._statements import split_position
@@ -123,32 +123,7 @@ class AsyncPostgresCheckpoints:
             async with self._store._connection() as conn:
                 cursor = await conn.execute(self._sql["dead_letter_list"], {"name": name})
                 rows = await cursor.fetchall()
-        return [
-            DeadLetter(
-                int(position),
-                bytes(event_id),
-                stream,
-                version,
-                type_,
-                error,
-                us_to_datetime(at),
-                schema_version,
-                None if data is None else bytes(data),
-                None if metadata is None else bytes(metadata),
-            )
-            for (
-                position,
-                event_id,
-                stream,
-                version,
-                type_,
-                error,
-                at,
-                schema_version,
-                data,
-                metadata,
-            ) in rows
-        ]
+        return dead_letters_from_rows(rows)
 
     async def backlog(self, after: int) -> tuple[int, datetime | None]:
         tx, seq = split_position(after)

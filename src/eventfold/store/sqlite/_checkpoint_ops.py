@@ -11,9 +11,11 @@ import time
 from datetime import datetime
 from typing import Any
 
+from eventfold._acompat import FIRST_POLL, next_poll
 from eventfold._clock import now_us, us_to_datetime
 from eventfold.errors import CheckpointRegression
 from eventfold.events import RecordedEvent
+from eventfold.store._rows import dead_letters_from_rows
 from eventfold.store._types import Checkpoint, DeadLetter
 from eventfold.store.sqlite._db import SQL, SqliteDatabase
 
@@ -96,32 +98,7 @@ def dead_letter(
 def dead_letters(db: SqliteDatabase, name: str) -> list[DeadLetter]:
     with db.reading() as conn:
         rows = conn.execute(SQL["dead_letter_list"], (name,)).fetchall()
-    return [
-        DeadLetter(
-            position,
-            event_id,
-            stream,
-            version,
-            type_,
-            error,
-            us_to_datetime(at),
-            schema_version,
-            data,
-            metadata,
-        )
-        for (
-            position,
-            event_id,
-            stream,
-            version,
-            type_,
-            error,
-            at,
-            schema_version,
-            data,
-            metadata,
-        ) in rows
-    ]
+    return dead_letters_from_rows(rows)
 
 
 def backlog(db: SqliteDatabase, after: int) -> tuple[int, datetime | None]:
@@ -135,7 +112,7 @@ def has_news(db: SqliteDatabase, after: int, seconds: float, start: list[int | N
     ``after``. ``start`` keeps the data_version seen first (one cheap statement a poll,
     backing off from 1 ms to 50 ms; each poll is one translated use of the connection)."""
     deadline = time.monotonic() + seconds
-    pause = 0.001
+    pause = FIRST_POLL
     while True:
         with db.reading() as conn:
             (version,) = conn.execute(SQL["data_version"]).fetchone()
@@ -151,7 +128,7 @@ def has_news(db: SqliteDatabase, after: int, seconds: float, start: list[int | N
         if remaining <= 0:
             return False
         time.sleep(min(pause, remaining))  # a poll interval, not synchronisation
-        pause = min(pause * 2, 0.05)
+        pause = next_poll(pause)
 
 
 def set_alias(db: SqliteDatabase, alias: str, target: str) -> None:
