@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from eventfold._checks import check_non_negative
 from eventfold.errors import InvalidRequest
 from eventfold.events import NewEvent, RecordedEvent
 from eventfold.store import NO_STREAM, AppendResult, EventStore
@@ -42,8 +43,7 @@ def migrate_stream(
     """
     if source == target and target_store is None:
         raise InvalidRequest("target must differ from source")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise InvalidRequest(f"batch_size must be an int >= 1, not {batch_size!r}")
+    check_non_negative("batch_size", batch_size, minimum=1)
     destination = target_store if target_store is not None else store
     version = 0
     position = 0

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 import msgspec
 
+from eventfold._checks import check_non_negative
 from eventfold.aggregate import TRANSIENT_ATTRIBUTES, Aggregate
 from eventfold.decider import Loaded
 from eventfold.errors import InvalidRequest
@@ -82,16 +83,9 @@ class SnapshotPolicy(Generic[S]):
     ) -> None:
         if (every is None) == (when is None):
             raise InvalidRequest("give exactly one of every= or when=")
-        if every is not None and (
-            isinstance(every, bool) or not isinstance(every, int) or every < 1
-        ):
-            raise InvalidRequest(f"every must be an int >= 1, not {every!r}")
-        if (
-            isinstance(schema_version, bool)
-            or not isinstance(schema_version, int)
-            or schema_version < 1
-        ):
-            raise InvalidRequest(f"schema_version must be an int >= 1, not {schema_version!r}")
+        if every is not None:
+            check_non_negative("every", every, minimum=1)
+        check_non_negative("schema_version", schema_version, minimum=1)
         self.every = every
         self.when = when
         self.schema_version = schema_version
