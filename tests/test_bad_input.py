@@ -159,6 +159,18 @@ def _read_calls() -> st.SearchStrategy[BadCall]:
                 "read backwards", lambda st_: st_.read("acc", backwards=f), "backwards"
             )
         ),
+        st.one_of(bad_version, st.just(0)).map(
+            lambda v: BadCall("read to", lambda st_: st_.read("acc", to_version=v), "to_version")
+        ),
+        bad_position.map(
+            lambda p: BadCall("read_all to", lambda st_: st_.read_all(to_position=p), "to_position")
+        ),
+        st.one_of(st.integers(), st.text(max_size=3), st.booleans(), st.floats()).map(
+            lambda e: BadCall("subscribe stop", lambda st_: st_.subscribe(stop=e), "stop")
+        ),
+        bad_stream.map(
+            lambda s: BadCall("list_snapshots", lambda st_: st_.list_snapshots(s), "stream")
+        ),
         bad_limit.map(
             lambda n: BadCall("read limit", lambda st_: st_.read("acc", limit=n), "limit")
         ),
@@ -372,7 +384,7 @@ def test_the_generated_calls_cover_every_public_method() -> None:
         "append", "read", "read_all", "subscribe", "find_event", "delete_stream",
         "truncate_stream", "set_stream_metadata", "save_snapshot", "load_snapshot",
         "delete_snapshots", "get_stream", "restore_stream", "add_append_hook",
-        "remove_append_hook",
+        "remove_append_hook", "list_snapshots",
     }  # fmt: skip
     public = {
         name

@@ -48,6 +48,7 @@ DOC_PHRASES = [
     ("await ", ""),
     ("async def ", "def "),
     ("pytest_asyncio.fixture", "pytest.fixture"),
+    ("an ``asyncio.Event``", "a ``threading.Event``, set from any thread"),
 ]
 ASYNC_NAME = re.compile(r"^Async([A-Z]\w*)$")
 ASYNC_FUNCTION = re.compile(r"^async_(\w+)$")

@@ -46,13 +46,14 @@ def migrate_stream(
     check_non_negative("batch_size", batch_size, minimum=1)
     destination = target_store if target_store is not None else store
     version = 0
-    position = 0
+    positions: list[int] = []
     batch: list[NewEvent] = []
 
     def flush() -> None:
-        nonlocal version, position
+        nonlocal version
         result = destination.append(target, batch, expected=version if version else NO_STREAM)
-        version, position = result.to_version, result.position
+        version = result.to_version
+        positions.extend(result.positions)
         batch.clear()
 
     for event in store.read(source):
@@ -68,4 +69,4 @@ def migrate_stream(
     if version == 0:
         # Nothing to copy: still check the target does not exist, as promised.
         destination.append(target, [], expected=NO_STREAM)
-    return AppendResult(target, 1, version, position)
+    return AppendResult(target, 1, version, positions[-1] if positions else 0, tuple(positions))

@@ -13,7 +13,7 @@ from types import TracebackType
 from typing import Any, Self
 from uuid import UUID
 
-from eventfold._acompat import Clock
+from eventfold._acompat import FIRST_POLL, Clock, next_poll
 from eventfold._checks import (
     MAX_VERSION,
     check_bool,
@@ -29,7 +29,9 @@ from eventfold.store._checkpoints import (
     Checkpoints,
     DirectTransaction,
     ProcessCheckpoints,
+    Stop,
     Transaction,
+    wait_in_slices,
 )
 from eventfold.store._hooks import AppendHook, HookTransaction
 from eventfold.store._rows import (
@@ -52,9 +54,9 @@ logger = logging.getLogger("eventfold.store")
 _LAST_VERSION = 2**62
 _ASYNC_HOOKS = "append hooks need a sync store: they run synchronously inside the append"
 
-#: ``wait(after, timeout)``: return once events after position ``after`` may
-#: exist, or after ``timeout`` seconds (a subscription's wait for news).
-Wait = Callable[[int, float], None]
+#: ``wait(after, timeout)``: return True once events after position ``after``
+#: may exist, False after ``timeout`` seconds (a subscription's wait for news).
+Wait = Callable[[int, float], bool]
 
 
 class StoreBase(abc.ABC):
@@ -164,13 +166,18 @@ class StoreBase(abc.ABC):
         stream: str,
         *,
         from_version: int | None = None,
+        to_version: int | None = None,
         backwards: bool = False,
         limit: int | None = None,
     ) -> Iterator[RecordedEvent]:
-        """Yield events of ``stream`` from ``from_version`` on (or back), in pages.
+        """Yield events of ``stream`` from ``from_version`` to ``to_version``, in pages.
 
-        A stream without events yields nothing. ``from_version`` defaults to
-        the first version (the last one when reading backwards).
+        Both bounds are inclusive and taken in the reading direction:
+        forwards ``from_version`` defaults to the first version and
+        ``to_version`` to the last; backwards ``from_version`` defaults to the
+        last version and ``to_version`` to 1 (``from_version=9,
+        to_version=5, backwards=True`` yields 9, 8, 7, 6, 5). A stream without
+        events yields nothing; ``limit`` caps the count.
         """
         self._check_open()
         check_stream_name(stream)
@@ -180,15 +187,27 @@ class StoreBase(abc.ABC):
         else:
             cursor = check_non_negative("from_version", from_version, minimum=1)
         remaining = _check_limit(limit)
+        bound = None
+        if to_version is not None:
+            bound = check_non_negative("to_version", to_version, minimum=1)
+            # Versions are consecutive: no more events lie between the bounds.
+            remaining = min(
+                remaining, max((cursor - bound if backwards else bound - cursor) + 1, 0)
+            )
         serializer = self.serializer
         while remaining:
             count = min(self.page_size, remaining)
             page = self._read_page(stream, cursor, backwards, count)
+            full = len(page) == count
+            if bound is not None and page and _beyond(page[-1][VERSION], bound, backwards):
+                # A truncated stream starts later than the cursor: cut at the bound.
+                page = [r for r in page if not _beyond(r[VERSION], bound, backwards)]
+                full = False
             events, error = decode_rows_partial(serializer, page)
             yield from events
             if error is not None:
                 raise error
-            if len(page) < count:
+            if not full:
                 return
             remaining -= len(page)
             cursor = page[-1][VERSION] - 1 if backwards else page[-1][VERSION] + 1
@@ -202,14 +221,16 @@ class StoreBase(abc.ABC):
         limit: int | None = None,
         since: datetime | None = None,
         until: datetime | None = None,
+        to_position: int | None = None,
     ) -> Iterator[RecordedEvent]:
         """Yield events of the global log with position greater than ``after``.
 
-        ``types`` keeps only events of those type names; ``stream_prefix``
-        only events of streams whose name starts with it; ``since`` and
-        ``until`` (aware datetimes) only events recorded in ``[since, until)``.
-        Events of deleted streams are left out. A time window is applied while
-        scanning from ``after``: give a recent ``after`` to bound the scan.
+        ``to_position`` (inclusive) ends the read there; ``types`` keeps only
+        events of those type names; ``stream_prefix`` only events of streams
+        whose name starts with it; ``since`` and ``until`` (aware datetimes)
+        only events recorded in ``[since, until)``. Events of deleted streams
+        are left out. A time window is applied while scanning from ``after``:
+        give a recent ``after`` to bound the scan.
         """
         self._check_open()
         check_position("after", after)
@@ -217,15 +238,22 @@ class StoreBase(abc.ABC):
         _check_prefix(stream_prefix)
         remaining = _check_limit(limit)
         window = _check_window(since, until)
+        last = (
+            self._max_position
+            if to_position is None
+            else check_position("to_position", to_position)
+        )
         serializer = self.serializer
-        if after > self._max_position:
-            return  # no event of this store comes after it
+        if after >= last:
+            return  # no event of this store lies in (after, last]
         while remaining:
             count = min(self.page_size, remaining)
             page = self._read_all_page(after, type_list, stream_prefix, count)
             if not page:
                 return
             after = page[-1][POSITION]
+            if after > last:  # the page passes the bound: it is the last one
+                page = [r for r in page if r[POSITION] <= last]
             rows = (
                 page
                 if window is None
@@ -236,7 +264,7 @@ class StoreBase(abc.ABC):
             if error is not None:
                 raise error
             remaining -= min(len(rows), remaining)
-            if len(page) < count:
+            if len(page) < count or after >= last:
                 return
 
     def subscribe(
@@ -246,6 +274,7 @@ class StoreBase(abc.ABC):
         types: Sequence[str] | None = None,
         stream_prefix: str | None = None,
         poll_interval: float = 5.0,
+        stop: Stop | None = None,
     ) -> Generator[RecordedEvent, None]:
         """Yield the events after position ``after``, then each new one as it commits.
 
@@ -255,7 +284,9 @@ class StoreBase(abc.ABC):
         checks its newest position with a short back-off (at most every 50 ms).
         A read happens at least every ``poll_interval`` seconds whatever the
         wait says. It runs until the consumer stops iterating (close it to
-        release what waiting holds). Delivery is at least once from your own
+        release what waiting holds) or until ``stop`` is set: with ``stop``
+        (a ``threading.Event``, set from any thread) the subscription ends within about 0.1 s if it
+        was waiting, or right after the event being handled. Delivery is at least once from your own
         checkpoint: keep the position of each handled event and pass it as
         ``after`` next time, or let a ``ProjectionRunner`` keep it for you.
 
@@ -272,8 +303,10 @@ class StoreBase(abc.ABC):
         type_list = self._type_filter(types)
         _check_prefix(stream_prefix)
         check_seconds("poll_interval", poll_interval)
+        if stop is not None and not callable(getattr(stop, "is_set", None)):
+            raise InvalidRequest(f"stop must be an event with is_set(), not {stop!r}")
         failures = 0
-        while True:
+        while stop is None or not stop.is_set():
             try:
                 with self._follow() as wait:
                     while True:
@@ -292,8 +325,19 @@ class StoreBase(abc.ABC):
                         ):
                             yield event
                             cursor = event.position
+                            if stop is not None and stop.is_set():
+                                return
                         cursor = max(cursor, head)
-                        wait(cursor, poll_interval)
+                        if stop is None:
+                            wait(cursor, poll_interval)
+                            continue
+
+                        def news(seconds: float, after: int = cursor) -> bool:
+                            return wait(after, seconds)
+
+                        wait_in_slices(stop, poll_interval, news)
+                        if stop.is_set():
+                            return
             except StoreError as exc:
                 if not exc.retryable:
                     raise
@@ -306,7 +350,10 @@ class StoreBase(abc.ABC):
                     exc,
                     pause,
                 )
-                Clock.sleep(pause)
+                if stop is None:
+                    Clock.sleep(pause)
+                else:
+                    wait_in_slices(stop, pause, _pause)
 
     def find_event(self, event_id: UUID) -> RecordedEvent | None:
         """The event with id ``event_id``, or None (also for events of deleted streams)."""
@@ -375,6 +422,12 @@ class StoreBase(abc.ABC):
             _LAST_VERSION if max_version is None else check_non_negative("max_version", max_version)
         )
         return self._load_snapshot(stream, limit)
+
+    def list_snapshots(self, stream: str) -> list[Snapshot]:
+        """Every stored snapshot of ``stream``, oldest first."""
+        self._check_open()
+        check_stream_name(stream)
+        return self._list_snapshots(stream)
 
     def delete_snapshots(
         self,
@@ -510,15 +563,16 @@ class StoreBase(abc.ABC):
         override it.
         """
 
-        def wait(after: int, timeout: float) -> None:
+        def wait(after: int, timeout: float) -> bool:
             deadline = time.monotonic() + timeout
-            pause = 0.001
+            pause = FIRST_POLL
             while self._last_position() <= after:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    return
+                    return False
                 Clock.sleep(min(pause, remaining))
-                pause = min(pause * 2, 0.05)
+                pause = next_poll(pause)
+            return True
 
         yield wait
 
@@ -565,10 +619,25 @@ class StoreBase(abc.ABC):
         """The snapshot of ``stream`` with the highest version <= ``max_version``."""
 
     @abc.abstractmethod
+    def _list_snapshots(self, stream: str) -> list[Snapshot]:
+        """Every snapshot of ``stream``, by version."""
+
+    @abc.abstractmethod
     def _delete_snapshots(
         self, stream: str | None, state_type: str | None, keep_schema_version: int | None
     ) -> int:
         """Delete matching snapshots; return how many."""
+
+
+def _pause(seconds: float) -> bool:
+    """A step of a stoppable pause: sleep, never done early."""
+    Clock.sleep(seconds)
+    return False
+
+
+def _beyond(version: int, bound: int, backwards: bool) -> bool:
+    """Whether ``version`` lies past ``bound`` in the reading direction."""
+    return version < bound if backwards else version > bound
 
 
 def _check_limit(limit: int | None) -> int:

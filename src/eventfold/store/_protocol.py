@@ -16,7 +16,7 @@ from uuid import UUID
 
 from eventfold.events import RecordedEvent
 from eventfold.serialization import Serializer
-from eventfold.store._checkpoints import Checkpoints, Transaction
+from eventfold.store._checkpoints import Checkpoints, Stop, Transaction
 from eventfold.store._hooks import AppendHook
 from eventfold.store._types import ANY, AppendResult, Expected, Snapshot, StreamInfo
 
@@ -43,10 +43,11 @@ class EventStore(Protocol):
         stream: str,
         *,
         from_version: int | None = None,
+        to_version: int | None = None,
         backwards: bool = False,
         limit: int | None = None,
     ) -> Iterator[RecordedEvent]:
-        """Yield a stream's events in version order (or reverse), fetched in pages."""
+        """Yield a stream's events from one version to another (inclusive), in pages."""
         ...
 
     def read_all(
@@ -58,8 +59,9 @@ class EventStore(Protocol):
         limit: int | None = None,
         since: datetime | None = None,
         until: datetime | None = None,
+        to_position: int | None = None,
     ) -> Iterator[RecordedEvent]:
-        """Yield events of the global log with position > ``after``, in log order."""
+        """Yield events of the global log with ``after < position <= to_position``."""
         ...
 
     def subscribe(
@@ -69,8 +71,9 @@ class EventStore(Protocol):
         types: Sequence[str] | None = None,
         stream_prefix: str | None = None,
         poll_interval: float = 5.0,
+        stop: Stop | None = None,
     ) -> Generator[RecordedEvent, None]:
-        """Yield events after ``after`` like ``read_all``, then new ones as they commit."""
+        """Yield events after ``after`` like ``read_all``, then new ones until ``stop`` is set."""
         ...
 
     def get_stream(self, stream: str) -> StreamInfo | None:
@@ -146,6 +149,10 @@ class EventStore(Protocol):
 
     def remove_append_hook(self, hook: AppendHook) -> None:
         """Stop running ``hook`` in appends."""
+        ...
+
+    def list_snapshots(self, stream: str) -> list[Snapshot]:
+        """Every stored snapshot of ``stream``, oldest first."""
         ...
 
     def delete_snapshots(

@@ -15,7 +15,7 @@ from uuid import UUID
 
 from eventfold.events import RecordedEvent
 from eventfold.serialization import Serializer
-from eventfold.store._checkpoints_async import AsyncCheckpoints, AsyncTransaction
+from eventfold.store._checkpoints_async import AsyncCheckpoints, AsyncTransaction, Stop
 from eventfold.store._hooks import AppendHook
 from eventfold.store._types import ANY, AppendResult, Expected, Snapshot, StreamInfo
 
@@ -42,10 +42,11 @@ class AsyncEventStore(Protocol):
         stream: str,
         *,
         from_version: int | None = None,
+        to_version: int | None = None,
         backwards: bool = False,
         limit: int | None = None,
     ) -> AsyncIterator[RecordedEvent]:
-        """Yield a stream's events in version order (or reverse), fetched in pages."""
+        """Yield a stream's events from one version to another (inclusive), in pages."""
         ...
 
     def read_all(
@@ -57,8 +58,9 @@ class AsyncEventStore(Protocol):
         limit: int | None = None,
         since: datetime | None = None,
         until: datetime | None = None,
+        to_position: int | None = None,
     ) -> AsyncIterator[RecordedEvent]:
-        """Yield events of the global log with position > ``after``, in log order."""
+        """Yield events of the global log with ``after < position <= to_position``."""
         ...
 
     def subscribe(
@@ -68,8 +70,9 @@ class AsyncEventStore(Protocol):
         types: Sequence[str] | None = None,
         stream_prefix: str | None = None,
         poll_interval: float = 5.0,
+        stop: Stop | None = None,
     ) -> AsyncGenerator[RecordedEvent, None]:
-        """Yield events after ``after`` like ``read_all``, then new ones as they commit."""
+        """Yield events after ``after`` like ``read_all``, then new ones until ``stop`` is set."""
         ...
 
     async def get_stream(self, stream: str) -> StreamInfo | None:
@@ -147,6 +150,10 @@ class AsyncEventStore(Protocol):
 
     def remove_append_hook(self, hook: AppendHook) -> None:
         """Stop running ``hook`` in appends."""
+        ...
+
+    async def list_snapshots(self, stream: str) -> list[Snapshot]:
+        """Every stored snapshot of ``stream``, oldest first."""
         ...
 
     async def delete_snapshots(

@@ -18,7 +18,7 @@ from eventfold.errors import (
 )
 from eventfold.events import NewEvent, RecordedEvent, uuid7_bytes, uuid_from_bytes
 from eventfold.serialization import EMPTY_METADATA, Serializer
-from eventfold.store._types import DeadLetter
+from eventfold.store._types import DeadLetter, Snapshot
 
 
 class EncodedEvent(msgspec.Struct, frozen=True, array_like=True):
@@ -50,6 +50,10 @@ SCHEMA_VERSION: Final = 5
 DATA: Final = 6
 METADATA: Final = 7
 RECORDED_AT: Final = 8
+
+#: A stored snapshot as backends select it (load_snapshot.sql, list_snapshots.sql):
+#: (version, state_type, schema_version, data, recorded_at_us).
+SnapshotRow: TypeAlias = tuple[int, str, int, bytes, int]
 
 
 def row_matches(row: Row, types: frozenset[str] | None, prefix: str | None) -> bool:
@@ -258,3 +262,11 @@ def dead_letters_from_rows(rows: Sequence[Sequence[Any]]) -> list[DeadLetter]:
             metadata,
         ) in rows
     ]
+
+
+def snapshot_from_row(stream: str, row: Sequence[Any]) -> Snapshot:
+    """The Snapshot of a selected snapshot row, whatever bytes type the driver gave."""
+    version, state_type, schema_version, data, recorded_at = row
+    return Snapshot(
+        stream, version, state_type, schema_version, bytes(data), us_to_datetime(recorded_at)
+    )

@@ -104,7 +104,7 @@ def idempotent_result(
     first = places[0][1]
     if [p[1] for p in places] != list(range(first, first + len(places))):
         raise InvalidRequest(f"append to {stream!r} repeats stored event ids in another order")
-    return AppendResult(stream, first, places[-1][1], places[-1][2])
+    return AppendResult(stream, first, places[-1][1], places[-1][2], tuple(p[2] for p in places))
 
 
 class _DeletionRecord(msgspec.Struct, frozen=True):

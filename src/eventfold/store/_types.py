@@ -40,17 +40,22 @@ Expected: TypeAlias = StreamState | int
 
 
 class AppendResult(msgspec.Struct, frozen=True):
-    """Where an append landed: the stream's versions and the last global position.
+    """Where an append landed: the stream's versions and the events' global positions.
 
     ``from_version``..``to_version`` are the versions of the appended events;
-    ``to_version`` is the stream's version afterwards. For an empty batch
-    ``from_version == to_version + 1`` and ``position`` is 0.
+    ``to_version`` is the stream's version afterwards. ``positions`` holds the
+    global position of each appended event, in version order, and
+    ``position`` the last of them. For an empty batch
+    ``from_version == to_version + 1``, ``position`` is 0 and ``positions``
+    is empty. A retried batch (its event ids already stored) returns the
+    original result.
     """
 
     stream: str
     from_version: int
     to_version: int
     position: int
+    positions: tuple[int, ...]
 
 
 class Deletion(msgspec.Struct, frozen=True):

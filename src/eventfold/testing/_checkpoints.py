@@ -11,7 +11,6 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from typing import Any, TypeVar
 
 import pytest
@@ -20,6 +19,7 @@ from eventfold.errors import CheckpointRegression, SerializationError
 from eventfold.serialization import Serializer, TypeRegistry
 from eventfold.store import EventStore, Undecodable
 from eventfold.testing._events import Deposited, Received, Withdrawn
+from eventfold.testing._support import collect
 
 __all__ = ["CheckpointsSuite"]
 
@@ -29,11 +29,6 @@ class Boom(Exception):
 
 
 T = TypeVar("T")
-
-
-def collect(items: Iterator[T]) -> list[T]:
-    """All items of an iterator, as a list."""
-    return list(items)
 
 
 def name() -> str:

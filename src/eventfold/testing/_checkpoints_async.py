@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio  # unasync: import threading
 import time
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any, TypeVar
 
 import pytest
@@ -19,6 +18,7 @@ from eventfold.errors import CheckpointRegression, SerializationError
 from eventfold.serialization import Serializer, TypeRegistry
 from eventfold.store import AsyncEventStore, Undecodable
 from eventfold.testing._events import Deposited, Received, Withdrawn
+from eventfold.testing._support import async_collect
 
 __all__ = ["AsyncCheckpointsSuite"]
 
@@ -28,11 +28,6 @@ class Boom(Exception):
 
 
 T = TypeVar("T")
-
-
-async def collect(items: AsyncIterator[T]) -> list[T]:
-    """All items of an iterator, as a list."""
-    return [item async for item in items]  # unasync: return list(items)
 
 
 def name() -> str:
@@ -103,7 +98,7 @@ class AsyncCheckpointsSuite:
         async with cps.transaction() as tx:
             result = await tx.append("out", [Withdrawn(amount=1)])
             assert await cps.advance(tx, n, trigger.position, "pm", 30)
-        assert [e.data for e in await collect(store.read("out"))] == [Withdrawn(amount=1)]
+        assert [e.data for e in await async_collect(store.read("out"))] == [Withdrawn(amount=1)]
         assert result.to_version == 1
         checkpoint = await cps.get(n)
         assert checkpoint is not None and checkpoint.position == trigger.position
@@ -126,7 +121,7 @@ class AsyncCheckpointsSuite:
     async def test_reset_is_fenced_and_clears_dead_letters(self, store: AsyncEventStore) -> None:
         cps, n = store.checkpoints(), name()
         result = await store.append("s", [Deposited(amount=1)])
-        (event,) = await collect(store.read("s"))
+        (event,) = await async_collect(store.read("s"))
         assert await cps.acquire(n, "a", 30)
         async with cps.transaction() as tx:
             await cps.advance(tx, n, result.position, "a", 30)
@@ -168,13 +163,13 @@ class AsyncCheckpointsSuite:
         await store.append("acc-1", [Deposited(amount=1), Withdrawn(amount=1)])
         await store.append("other", [Deposited(amount=2)])
         await store.append("acc-2", [Deposited(amount=3)])
-        every = await collect(store.read_all())
+        every = await async_collect(store.read_all())
         for read_ahead in (False, True):
-            pages = await collect(cps.pages(0, None, None, 2, read_ahead=read_ahead))
+            pages = await async_collect(cps.pages(0, None, None, 2, read_ahead=read_ahead))
             assert all(1 <= len(p) <= 2 for p in pages)
             assert [e for p in pages for e in p] == every
         deposits = ["eventfold.testing.Deposited"]
-        pages = await collect(cps.pages(every[0].position, deposits, "acc-", 10))
+        pages = await async_collect(cps.pages(every[0].position, deposits, "acc-", 10))
         assert [(e.stream, e.data) for p in pages for e in p] == [("acc-2", Deposited(amount=3))]
 
     async def test_pages_hand_over_undecodable_events(self, store: AsyncEventStore) -> None:
@@ -182,7 +177,7 @@ class AsyncCheckpointsSuite:
         registry = TypeRegistry()
         registry.register(Deposited, name="eventfold.testing.Deposited")
         store.serializer = Serializer(registry)  # Received is unknown to this release
-        pages = await collect(store.checkpoints().pages(0, None, None, 10))
+        pages = await async_collect(store.checkpoints().pages(0, None, None, 10))
         events = [e for p in pages for e in p]
         assert [type(e.data).__name__ for e in events] == ["Deposited", "Undecodable", "Deposited"]
         undecodable: Any = events[1].data

@@ -13,7 +13,7 @@ Subclass it and provide one fixture, ``store``, yielding a fresh, empty store::
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import threading
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 from uuid import UUID, uuid4
@@ -40,15 +40,11 @@ from eventfold.testing._events import (
     Unserialisable,
     Withdrawn,
 )
+from eventfold.testing._support import collect, within_seconds
 
 __all__ = ["EventStoreSuite"]
 
 T = TypeVar("T")
-
-
-def collect(events: Iterator[T]) -> list[T]:
-    """All items of an iterator, as a list."""
-    return list(events)
 
 
 def error_field(payload: Any) -> str:
@@ -444,6 +440,86 @@ class EventStoreSuite:
         assert versions(limit=0) == []
         assert versions(backwards=True, from_version=99, limit=2) == [10, 9]
 
+    def test_read_between_two_versions(self, store: EventStore) -> None:
+        store.page_size = 2
+        store.append("s", deposits(*range(1, 11)))
+        store.append("t", deposits(100))
+
+        def versions(**kwargs: Any) -> list[int]:
+            return [e.version for e in collect(store.read("s", **kwargs))]
+
+        assert versions(to_version=4) == [1, 2, 3, 4]
+        assert versions(from_version=3, to_version=7) == [3, 4, 5, 6, 7]
+        assert versions(from_version=3, to_version=7, limit=2) == [3, 4]
+        assert versions(from_version=5, to_version=5) == [5]
+        assert versions(from_version=7, to_version=3) == []
+        assert versions(to_version=99) == list(range(1, 11))
+        assert versions(backwards=True, to_version=8) == [10, 9, 8]
+        assert versions(backwards=True, from_version=9, to_version=5) == [9, 8, 7, 6, 5]
+        assert versions(backwards=True, from_version=3, to_version=7) == []
+        # After a truncation the stream starts later than a bound may say.
+        store.truncate_stream("s", 6)
+        assert versions(to_version=8) == [6, 7, 8]
+        assert versions(to_version=5) == []
+        assert versions(backwards=True, from_version=8, to_version=2) == [8, 7, 6]
+        with pytest.raises(InvalidRequest, match="to_version"):
+            versions(to_version=0)
+
+    def test_read_all_up_to_a_position(self, store: EventStore) -> None:
+        store.page_size = 2
+        for i in range(4):
+            store.append(f"acc-{i}", [Opened(owner=str(i)), Deposited(amount=i)])
+        every = collect(store.read_all())
+        positions = [e.position for e in every]
+        assert collect(store.read_all(to_position=positions[4])) == every[:5]
+        assert collect(store.read_all(after=positions[1], to_position=positions[4])) == every[2:5]
+        assert collect(store.read_all(to_position=positions[-1] + 10**6)) == every
+        assert collect(store.read_all(after=positions[4], to_position=positions[4])) == []
+        assert collect(store.read_all(to_position=0)) == []
+        filtered = store.read_all(types=["eventfold.testing.Deposited"], to_position=positions[4])
+        assert [e.data for e in collect(filtered)] == deposits(0, 1)
+        limited = store.read_all(to_position=positions[6], limit=3)
+        assert collect(limited) == every[:3]
+        with pytest.raises(InvalidRequest, match="to_position"):
+            collect(store.read_all(to_position=-1))
+
+    def test_append_returns_the_position_of_every_event(self, store: EventStore) -> None:
+        first = store.append("a", deposits(1, 2, 3))
+        store.append("b", deposits(4))
+        second = store.append("a", deposits(5, 6))
+        single = store.append("c", deposits(7))
+        logged = {(e.stream, e.version): e.position for e in collect(store.read_all())}
+        assert first.positions == (logged["a", 1], logged["a", 2], logged["a", 3])
+        assert second.positions == (logged["a", 4], logged["a", 5])
+        assert single.positions == (logged["c", 1],) == (store.last_position(),)
+        for result in (first, second, single):
+            assert result.position == result.positions[-1]
+            assert len(result.positions) == result.to_version - result.from_version + 1
+        empty = store.append("a", [])
+        assert (empty.positions, empty.position) == ((), 0)
+        # A retried batch answers with the positions it was stored at.
+        batch = [NewEvent(data=d) for d in deposits(8, 9)]
+        stored = store.append("d", batch)
+        store.append("d", deposits(10))
+        assert (store.append("d", batch)).positions == stored.positions
+
+    def test_snapshots_of_a_stream_are_listed(self, store: EventStore) -> None:
+        store.append("s", deposits(1, 2, 3))
+        assert store.list_snapshots("s") == []
+        store.save_snapshot("s", 3, "acc", 1, b"three")
+        store.save_snapshot("s", 1, "acc", 1, b"one")
+        store.save_snapshot("other", 1, "acc", 1, b"x")
+        listed = store.list_snapshots("s")
+        assert [(n.stream, n.version, n.data) for n in listed] == [
+            ("s", 1, b"one"),
+            ("s", 3, b"three"),
+        ]
+        assert listed[-1] == store.load_snapshot("s")
+        assert store.delete_snapshots("s") == 2
+        assert store.list_snapshots("s") == []
+        with pytest.raises(InvalidRequest):
+            store.list_snapshots("")
+
     def test_read_missing_stream_is_empty(self, store: EventStore) -> None:
         assert collect(store.read("nope")) == []
         assert store.get_stream("nope") is None
@@ -503,6 +579,31 @@ class EventStoreSuite:
         assert (again.__next__()).data == Deposited(amount=3)
         again.close()
 
+    def test_subscribe_ends_when_stop_is_set_while_it_waits(self, store: EventStore) -> None:
+        store.append("s", deposits(1, 2))
+        stop = threading.Event()
+        subscription = store.subscribe(poll_interval=60, stop=stop)
+        got = [subscription.__next__(), subscription.__next__()]
+        # Set from elsewhere while the subscription waits for news (or before
+        # it starts waiting: either way it must end, having lost nothing).
+        threading.Timer(0.05, stop.set).start()
+        rest = within_seconds(30, lambda: collect(subscription))
+        assert [e.data for e in got] == deposits(1, 2)
+        assert rest == []
+        # A store that was followed is still open and usable.
+        assert (store.append("s", deposits(3))).to_version == 3
+
+    def test_subscribe_stops_right_after_the_event_being_handled(self, store: EventStore) -> None:
+        store.append("s", deposits(1, 2, 3))
+        stop = threading.Event()
+        seen = []
+        for event in store.subscribe(stop=stop):
+            seen.append(event.data)
+            stop.set()
+        assert seen == deposits(1)
+        # Set before the subscription starts: it delivers nothing.
+        assert collect(store.subscribe(stop=stop)) == []
+
     def test_malformed_subscribe_arguments(self, store: EventStore) -> None:
         bad: list[dict[str, Any]] = [
             {"after": -1},
@@ -510,6 +611,8 @@ class EventStoreSuite:
             {"stream_prefix": ""},
             {"poll_interval": 0},
             {"poll_interval": "1"},
+            {"stop": True},
+            {"stop": "now"},
         ]
         for kwargs in bad:
             with pytest.raises(InvalidRequest):

@@ -12,8 +12,7 @@ Subclass it and provide one fixture, ``store``, yielding a fresh, empty store::
 
 from __future__ import annotations
 
-import asyncio  # unasync: remove
-from collections.abc import AsyncIterator
+import asyncio  # unasync: import threading
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 from uuid import UUID, uuid4
@@ -40,15 +39,11 @@ from eventfold.testing._events import (
     Unserialisable,
     Withdrawn,
 )
+from eventfold.testing._support import async_collect, async_within_seconds
 
 __all__ = ["AsyncEventStoreSuite"]
 
 T = TypeVar("T")
-
-
-async def collect(events: AsyncIterator[T]) -> list[T]:
-    """All items of an iterator, as a list."""
-    return [event async for event in events]  # unasync: return list(events)
 
 
 def error_field(payload: Any) -> str:
@@ -73,7 +68,7 @@ class AsyncEventStoreSuite:
     async def test_append_to_new_stream_then_read_back(self, store: AsyncEventStore) -> None:
         result = await store.append("acc-1", deposits(5, 7, 9), expected=NO_STREAM)
         assert (result.stream, result.from_version, result.to_version) == ("acc-1", 1, 3)
-        events = await collect(store.read("acc-1"))
+        events = await async_collect(store.read("acc-1"))
         assert [e.version for e in events] == [1, 2, 3]
         assert [e.data for e in events] == deposits(5, 7, 9)
         assert {e.stream for e in events} == {"acc-1"}
@@ -85,7 +80,7 @@ class AsyncEventStoreSuite:
         with pytest.raises(WrongExpectedVersion) as info:
             await store.append("s", deposits(3), expected=NO_STREAM)
         assert (info.value.stream, info.value.expected, info.value.actual) == ("s", NO_STREAM, 2)
-        assert len(await collect(store.read("s"))) == 2
+        assert len(await async_collect(store.read("s"))) == 2
 
     async def test_stream_exists(self, store: AsyncEventStore) -> None:
         with pytest.raises(WrongExpectedVersion) as info:
@@ -131,7 +126,7 @@ class AsyncEventStoreSuite:
         assert await store.last_position() == before
         with pytest.raises(WrongExpectedVersion):
             await store.append("other", deposits(1, 2, 3), expected=5)
-        assert [e.version for e in await collect(store.read("other"))] == [1]
+        assert [e.version for e in await async_collect(store.read("other"))] == [1]
 
     async def test_unencodable_metadata_is_rejected(self, store: AsyncEventStore) -> None:
         with pytest.raises(SerializationError):
@@ -143,7 +138,7 @@ class AsyncEventStoreSuite:
         with pytest.raises(InvalidRequest):
             await store.append(name, deposits(1))
         with pytest.raises(InvalidRequest):
-            await collect(store.read(name))
+            await async_collect(store.read(name))
         assert await store.last_position() == 0
 
     @pytest.mark.parametrize("expected", [-1, True, "1", 1.0, None])
@@ -157,7 +152,7 @@ class AsyncEventStoreSuite:
         bad_reads: list[dict[str, Any]] = [{"from_version": 0}, {"from_version": -3}, {"limit": -1}]
         for kwargs in bad_reads:
             with pytest.raises(InvalidRequest):
-                await collect(store.read("s", **kwargs))
+                await async_collect(store.read("s", **kwargs))
         bad_read_alls: list[dict[str, Any]] = [
             {"after": -1},
             {"limit": -2},
@@ -166,7 +161,7 @@ class AsyncEventStoreSuite:
         ]
         for kwargs in bad_read_alls:
             with pytest.raises(InvalidRequest):
-                await collect(store.read_all(**kwargs))
+                await async_collect(store.read_all(**kwargs))
 
     async def test_events_must_be_a_sequence(self, store: AsyncEventStore) -> None:
         with pytest.raises(InvalidRequest):
@@ -180,13 +175,13 @@ class AsyncEventStoreSuite:
     async def _refused(self, store: AsyncEventStore, events: list[Any], field: str) -> InvalidEvent:
         """Append ``events`` to a fresh stream; check the refusal and that nothing was written."""
         await store.append("kept", deposits(1))
-        before = await collect(store.read_all())
+        before = await async_collect(store.read_all())
         with pytest.raises(InvalidEvent) as info:
             await store.append("s", events)
         assert info.value.field == field
         assert field in str(info.value)
         assert await store.get_stream("s") is None
-        assert await collect(store.read_all()) == before
+        assert await async_collect(store.read_all()) == before
         return info.value
 
     async def test_field_of_another_type_is_refused(self, store: AsyncEventStore) -> None:
@@ -242,7 +237,7 @@ class AsyncEventStoreSuite:
         ]
         meta = {"correlation_id": "c", "nested": {"n": [1, 2.0]}}
         await store.append("s", [*fine, NewEvent(data=Deposited(amount=1), metadata=meta)])
-        events = await collect(store.read("s"))
+        events = await async_collect(store.read("s"))
         assert [e.data for e in events[:3]] == fine
         assert dict(events[3].metadata) == meta
 
@@ -271,7 +266,7 @@ class AsyncEventStoreSuite:
 
     async def test_recorded_events_are_not_event_data(self, store: AsyncEventStore) -> None:
         await store.append("a", deposits(1))
-        (recorded,) = await collect(store.read("a"))
+        (recorded,) = await async_collect(store.read("a"))
         with pytest.raises(InvalidRequest) as info:
             await store.append("b", [recorded])
         assert "NewEvent(data=event.data" in str(info.value)
@@ -288,18 +283,18 @@ class AsyncEventStoreSuite:
             await store.delete_stream("s", hard=flag)
         assert "hard" in str(info.value)
         with pytest.raises(InvalidRequest) as info:
-            await collect(store.read("s", backwards=flag))
+            await async_collect(store.read("s", backwards=flag))
         assert "backwards" in str(info.value)
         info_after = await store.get_stream("s")
         assert info_after is not None and info_after.deleted is None
-        assert len(await collect(store.read("s"))) == 2
+        assert len(await async_collect(store.read("s"))) == 2
 
     async def test_versions_beyond_64_bits_are_invalid(self, store: AsyncEventStore) -> None:
         await store.append("s", deposits(1))
         await store.save_snapshot("s", 1, "T", 1, b"{}")
         huge = 2**63
         calls: list[tuple[str, Any]] = [
-            ("from_version", lambda: collect(store.read("s", from_version=huge))),
+            ("from_version", lambda: async_collect(store.read("s", from_version=huge))),
             ("max_version", lambda: store.load_snapshot("s", max_version=huge)),
             ("version", lambda: store.save_snapshot("s", huge, "T", 1, b"{}")),
             ("schema_version", lambda: store.save_snapshot("s", 1, "T", huge, b"{}")),
@@ -309,15 +304,17 @@ class AsyncEventStoreSuite:
             with pytest.raises(InvalidRequest) as info:
                 await call()
             assert name in str(info.value)
-        assert [e.version for e in await collect(store.read("s", from_version=huge - 1))] == []
+        assert [
+            e.version for e in await async_collect(store.read("s", from_version=huge - 1))
+        ] == []
         snapshot = await store.load_snapshot("s", max_version=huge - 1)
         assert snapshot is not None and snapshot.version == 1
 
     async def test_positions_beyond_the_log_read_nothing(self, store: AsyncEventStore) -> None:
         await store.append("s", deposits(1))
-        assert await collect(store.read_all(after=2**200)) == []
-        assert await collect(store.read_all(after=2**63)) is not None  # no error
-        assert len(await collect(store.read_all(limit=2**70))) == 1
+        assert await async_collect(store.read_all(after=2**200)) == []
+        assert await async_collect(store.read_all(after=2**63)) is not None  # no error
+        assert len(await async_collect(store.read_all(limit=2**70))) == 1
 
     # -- reading what cannot be decoded ----------------------------------------------------
 
@@ -334,7 +331,7 @@ class AsyncEventStoreSuite:
         store.serializer = Serializer(other)
         for reader in (store.read("acc-7"), store.read_all()):
             with pytest.raises(SerializationError) as info:
-                await collect(reader)
+                await async_collect(reader)
             error = info.value
             assert (error.stream, error.version, error.position) == ("acc-7", 1, result.position)
             assert f"position {result.position}" in str(error)
@@ -358,7 +355,7 @@ class AsyncEventStoreSuite:
 
         store.serializer = Serializer(other)
         with pytest.raises(SerializationError) as info:
-            await collect(store.read("acc-8"))
+            await async_collect(store.read("acc-8"))
         error = info.value
         assert isinstance(error.__cause__, KeyError)
         assert error.position == result.position
@@ -369,12 +366,12 @@ class AsyncEventStoreSuite:
         await store.append("acc-9", deposits(1))
         store.serializer = Serializer(TypeRegistry())
         with pytest.raises(UnknownEventType) as info:
-            await collect(store.read("acc-9"))
+            await async_collect(store.read("acc-9"))
         assert info.value.type_name == "eventfold.testing.Deposited"
         assert info.value.stream == "acc-9"
         raw = Serializer(TypeRegistry(), on_unknown="raw")
         store.serializer = raw
-        assert [e.data for e in await collect(store.read("acc-9"))] == [{"amount": 1}]
+        assert [e.data for e in await async_collect(store.read("acc-9"))] == [{"amount": 1}]
 
     async def test_closed_store_raises(self, store: AsyncEventStore) -> None:
         await store.append("s", deposits(1))
@@ -382,9 +379,9 @@ class AsyncEventStoreSuite:
         with pytest.raises(StoreClosed):
             await store.append("s", deposits(2))
         with pytest.raises(StoreClosed):
-            await collect(store.read("s"))
+            await async_collect(store.read("s"))
         with pytest.raises(StoreClosed):
-            await collect(store.read_all())
+            await async_collect(store.read_all())
         await store.close()
 
     # -- idempotency ----------------------------------------------------------------------
@@ -397,9 +394,11 @@ class AsyncEventStoreSuite:
         assert again == first
         again_any = await store.append("s", batch)
         assert again_any == first
-        assert [e.id for e in await collect(store.read("s", limit=2))] == [e.id for e in batch]
+        assert [e.id for e in await async_collect(store.read("s", limit=2))] == [
+            e.id for e in batch
+        ]
         assert (await store.get_stream("s")) is not None
-        assert len(await collect(store.read("s"))) == 3
+        assert len(await async_collect(store.read("s"))) == 3
 
     async def test_reused_event_id_is_rejected(self, store: AsyncEventStore) -> None:
         event = NewEvent(data=Deposited(amount=1))
@@ -421,7 +420,7 @@ class AsyncEventStoreSuite:
         before = datetime.now(UTC) - timedelta(seconds=5)
         await store.append("s", [NewEvent(data=Opened(owner="ann"), id=event_id, metadata=meta)])
         await store.append("s", deposits(1))
-        first, second = await collect(store.read("s"))
+        first, second = await async_collect(store.read("s"))
         assert first.id == event_id
         assert dict(first.metadata) == meta
         assert dict(second.metadata) == {}
@@ -441,7 +440,7 @@ class AsyncEventStoreSuite:
         await store.append("t", deposits(100))
 
         async def versions(**kwargs: Any) -> list[int]:
-            return [e.version for e in await collect(store.read("s", **kwargs))]
+            return [e.version for e in await async_collect(store.read("s", **kwargs))]
 
         assert await versions() == list(range(1, 11))
         assert await versions(from_version=4) == list(range(4, 11))
@@ -452,8 +451,93 @@ class AsyncEventStoreSuite:
         assert await versions(limit=0) == []
         assert await versions(backwards=True, from_version=99, limit=2) == [10, 9]
 
+    async def test_read_between_two_versions(self, store: AsyncEventStore) -> None:
+        store.page_size = 2
+        await store.append("s", deposits(*range(1, 11)))
+        await store.append("t", deposits(100))
+
+        async def versions(**kwargs: Any) -> list[int]:
+            return [e.version for e in await async_collect(store.read("s", **kwargs))]
+
+        assert await versions(to_version=4) == [1, 2, 3, 4]
+        assert await versions(from_version=3, to_version=7) == [3, 4, 5, 6, 7]
+        assert await versions(from_version=3, to_version=7, limit=2) == [3, 4]
+        assert await versions(from_version=5, to_version=5) == [5]
+        assert await versions(from_version=7, to_version=3) == []
+        assert await versions(to_version=99) == list(range(1, 11))
+        assert await versions(backwards=True, to_version=8) == [10, 9, 8]
+        assert await versions(backwards=True, from_version=9, to_version=5) == [9, 8, 7, 6, 5]
+        assert await versions(backwards=True, from_version=3, to_version=7) == []
+        # After a truncation the stream starts later than a bound may say.
+        await store.truncate_stream("s", 6)
+        assert await versions(to_version=8) == [6, 7, 8]
+        assert await versions(to_version=5) == []
+        assert await versions(backwards=True, from_version=8, to_version=2) == [8, 7, 6]
+        with pytest.raises(InvalidRequest, match="to_version"):
+            await versions(to_version=0)
+
+    async def test_read_all_up_to_a_position(self, store: AsyncEventStore) -> None:
+        store.page_size = 2
+        for i in range(4):
+            await store.append(f"acc-{i}", [Opened(owner=str(i)), Deposited(amount=i)])
+        every = await async_collect(store.read_all())
+        positions = [e.position for e in every]
+        assert await async_collect(store.read_all(to_position=positions[4])) == every[:5]
+        assert (
+            await async_collect(store.read_all(after=positions[1], to_position=positions[4]))
+            == every[2:5]
+        )
+        assert await async_collect(store.read_all(to_position=positions[-1] + 10**6)) == every
+        assert (
+            await async_collect(store.read_all(after=positions[4], to_position=positions[4])) == []
+        )
+        assert await async_collect(store.read_all(to_position=0)) == []
+        filtered = store.read_all(types=["eventfold.testing.Deposited"], to_position=positions[4])
+        assert [e.data for e in await async_collect(filtered)] == deposits(0, 1)
+        limited = store.read_all(to_position=positions[6], limit=3)
+        assert await async_collect(limited) == every[:3]
+        with pytest.raises(InvalidRequest, match="to_position"):
+            await async_collect(store.read_all(to_position=-1))
+
+    async def test_append_returns_the_position_of_every_event(self, store: AsyncEventStore) -> None:
+        first = await store.append("a", deposits(1, 2, 3))
+        await store.append("b", deposits(4))
+        second = await store.append("a", deposits(5, 6))
+        single = await store.append("c", deposits(7))
+        logged = {(e.stream, e.version): e.position for e in await async_collect(store.read_all())}
+        assert first.positions == (logged["a", 1], logged["a", 2], logged["a", 3])
+        assert second.positions == (logged["a", 4], logged["a", 5])
+        assert single.positions == (logged["c", 1],) == (await store.last_position(),)
+        for result in (first, second, single):
+            assert result.position == result.positions[-1]
+            assert len(result.positions) == result.to_version - result.from_version + 1
+        empty = await store.append("a", [])
+        assert (empty.positions, empty.position) == ((), 0)
+        # A retried batch answers with the positions it was stored at.
+        batch = [NewEvent(data=d) for d in deposits(8, 9)]
+        stored = await store.append("d", batch)
+        await store.append("d", deposits(10))
+        assert (await store.append("d", batch)).positions == stored.positions
+
+    async def test_snapshots_of_a_stream_are_listed(self, store: AsyncEventStore) -> None:
+        await store.append("s", deposits(1, 2, 3))
+        assert await store.list_snapshots("s") == []
+        await store.save_snapshot("s", 3, "acc", 1, b"three")
+        await store.save_snapshot("s", 1, "acc", 1, b"one")
+        await store.save_snapshot("other", 1, "acc", 1, b"x")
+        listed = await store.list_snapshots("s")
+        assert [(n.stream, n.version, n.data) for n in listed] == [
+            ("s", 1, b"one"),
+            ("s", 3, b"three"),
+        ]
+        assert listed[-1] == await store.load_snapshot("s")
+        assert await store.delete_snapshots("s") == 2
+        assert await store.list_snapshots("s") == []
+        with pytest.raises(InvalidRequest):
+            await store.list_snapshots("")
+
     async def test_read_missing_stream_is_empty(self, store: AsyncEventStore) -> None:
-        assert await collect(store.read("nope")) == []
+        assert await async_collect(store.read("nope")) == []
         assert await store.get_stream("nope") is None
 
     async def test_read_all_order_paging_and_filters(self, store: AsyncEventStore) -> None:
@@ -466,24 +550,24 @@ class AsyncEventStoreSuite:
                 events.append(Withdrawn(amount=1))
             await store.append(stream, events)
             expected_streams += [stream] * len(events)
-        every = await collect(store.read_all())
+        every = await async_collect(store.read_all())
         positions = [e.position for e in every]
         assert positions == sorted(set(positions))
         assert [e.stream for e in every] == expected_streams
         assert await store.last_position() == positions[-1]
         after = positions[3]
-        assert await collect(store.read_all(after=after)) == every[4:]
-        assert await collect(store.read_all(after=after, limit=5)) == every[4:9]
-        deposits_only = await collect(store.read_all(types=["eventfold.testing.Deposited"]))
+        assert await async_collect(store.read_all(after=after)) == every[4:]
+        assert await async_collect(store.read_all(after=after, limit=5)) == every[4:9]
+        deposits_only = await async_collect(store.read_all(types=["eventfold.testing.Deposited"]))
         assert [e.data.amount for e in deposits_only] == list(range(6))
-        acc = await collect(store.read_all(stream_prefix="acc-"))
+        acc = await async_collect(store.read_all(stream_prefix="acc-"))
         assert acc == [e for e in every if e.stream.startswith("acc-")]
-        both = await collect(
+        both = await async_collect(
             store.read_all(types=["eventfold.testing.Withdrawn"], stream_prefix="acc-", limit=9)
         )
         assert [e.stream for e in both] == ["acc-3"]
-        assert await collect(store.read_all(types=[])) == []
-        assert await collect(store.read_all(after=positions[-1])) == []
+        assert await async_collect(store.read_all(types=[])) == []
+        assert await async_collect(store.read_all(after=positions[-1])) == []
 
     async def test_subscribe_catches_up_then_delivers_new_events(
         self, store: AsyncEventStore
@@ -513,6 +597,36 @@ class AsyncEventStoreSuite:
         assert (await again.__anext__()).data == Deposited(amount=3)
         await again.aclose()
 
+    async def test_subscribe_ends_when_stop_is_set_while_it_waits(
+        self, store: AsyncEventStore
+    ) -> None:
+        await store.append("s", deposits(1, 2))
+        stop = asyncio.Event()  # unasync: stop = threading.Event()
+        subscription = store.subscribe(poll_interval=60, stop=stop)
+        got = [await subscription.__anext__(), await subscription.__anext__()]
+        # Set from elsewhere while the subscription waits for news (or before
+        # it starts waiting: either way it must end, having lost nothing).
+        later = asyncio.get_running_loop().call_later  # unasync: remove
+        later(0.05, stop.set)  # unasync: threading.Timer(0.05, stop.set).start()
+        rest = await async_within_seconds(30, lambda: async_collect(subscription))
+        assert [e.data for e in got] == deposits(1, 2)
+        assert rest == []
+        # A store that was followed is still open and usable.
+        assert (await store.append("s", deposits(3))).to_version == 3
+
+    async def test_subscribe_stops_right_after_the_event_being_handled(
+        self, store: AsyncEventStore
+    ) -> None:
+        await store.append("s", deposits(1, 2, 3))
+        stop = asyncio.Event()  # unasync: stop = threading.Event()
+        seen = []
+        async for event in store.subscribe(stop=stop):
+            seen.append(event.data)
+            stop.set()
+        assert seen == deposits(1)
+        # Set before the subscription starts: it delivers nothing.
+        assert await async_collect(store.subscribe(stop=stop)) == []
+
     async def test_malformed_subscribe_arguments(self, store: AsyncEventStore) -> None:
         bad: list[dict[str, Any]] = [
             {"after": -1},
@@ -520,6 +634,8 @@ class AsyncEventStoreSuite:
             {"stream_prefix": ""},
             {"poll_interval": 0},
             {"poll_interval": "1"},
+            {"stop": True},
+            {"stop": "now"},
         ]
         for kwargs in bad:
             with pytest.raises(InvalidRequest):
@@ -547,7 +663,7 @@ class AsyncEventStoreSuite:
             conflicts = 0
             for _ in range(10):
                 while True:
-                    events = await collect(store.read("hot", backwards=True, limit=1))
+                    events = await async_collect(store.read("hot", backwards=True, limit=1))
                     try:
                         await store.append("hot", deposits(n), expected=events[0].version)
                         break
@@ -558,14 +674,14 @@ class AsyncEventStoreSuite:
         writers = [writer(n) for n in range(1, 5)]  # unasync: remove
         await asyncio.gather(*writers)  # unasync: for n in range(1, 5): writer(n)
 
-        events = await collect(store.read("hot"))
+        events = await async_collect(store.read("hot"))
         assert [e.version for e in events] == list(range(1, 42))
         assert sorted(e.data.amount for e in events[1:]) == sorted(list(range(1, 5)) * 10)
         assert len({e.id for e in events}) == 41
 
     async def test_recorded_events_are_immutable(self, store: AsyncEventStore) -> None:
         await store.append("s", deposits(1))
-        (event,) = await collect(store.read("s"))
+        (event,) = await async_collect(store.read("s"))
         assert isinstance(event, RecordedEvent)
         with pytest.raises(AttributeError):
             event.version = 9  # type: ignore[misc]

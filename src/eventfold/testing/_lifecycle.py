@@ -6,7 +6,6 @@ Subclass it next to the main suite with the same ``store`` fixture.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import timedelta
 from typing import TypeVar
 
@@ -16,15 +15,11 @@ from eventfold.errors import InvalidRequest, StreamDeleted, StreamNotFound
 from eventfold.events import NewEvent, uuid7
 from eventfold.store import EventStore
 from eventfold.testing._events import Deposited, Withdrawn
+from eventfold.testing._support import collect
 
 __all__ = ["EventStoreLifecycleSuite"]
 
 T = TypeVar("T")
-
-
-def collect(events: Iterator[T]) -> list[T]:
-    """All items of an iterator, as a list."""
-    return list(events)
 
 
 class EventStoreLifecycleSuite:

@@ -5,7 +5,6 @@ Subclass it next to the main suite with the same ``store`` fixture.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import TypeVar
 
@@ -15,15 +14,11 @@ from eventfold.errors import InvalidRequest, StreamDeleted, StreamNotFound
 from eventfold.events import NewEvent, uuid7
 from eventfold.store import AsyncEventStore
 from eventfold.testing._events import Deposited, Withdrawn
+from eventfold.testing._support import async_collect
 
 __all__ = ["AsyncEventStoreLifecycleSuite"]
 
 T = TypeVar("T")
-
-
-async def collect(events: AsyncIterator[T]) -> list[T]:
-    """All items of an iterator, as a list."""
-    return [event async for event in events]  # unasync: return list(events)
 
 
 class AsyncEventStoreLifecycleSuite:
@@ -46,12 +41,12 @@ class AsyncEventStoreLifecycleSuite:
         await store.append("keep", [Deposited(amount=1)])
         await store.append("gone", [Deposited(amount=2), Withdrawn(amount=1)])
         await store.append("keep", [Deposited(amount=3)])
-        every = await collect(store.read_all())
+        every = await async_collect(store.read_all())
         gone_ids = [e.id for e in every if e.stream == "gone"]
         await store.delete_stream("gone", by="ops@example.com", reason="duplicate account")
 
-        assert await collect(store.read("gone")) == []
-        assert [e.stream for e in await collect(store.read_all())] == ["keep", "keep"]
+        assert await async_collect(store.read("gone")) == []
+        assert [e.stream for e in await async_collect(store.read_all())] == ["keep", "keep"]
         assert await store.find_event(gone_ids[0]) is None
         info = await store.get_stream("gone")
         assert info is not None and info.deleted is not None
@@ -65,8 +60,8 @@ class AsyncEventStoreLifecycleSuite:
             await store.append("gone", [Deposited(amount=9)])
 
         await store.restore_stream("gone")
-        assert [e.id for e in await collect(store.read("gone"))] == gone_ids
-        assert await collect(store.read_all()) == every
+        assert [e.id for e in await async_collect(store.read("gone"))] == gone_ids
+        assert await async_collect(store.read_all()) == every
         restored = await store.get_stream("gone")
         assert restored is not None and restored.deleted is None
         assert (await store.append("gone", [Deposited(amount=9)], expected=2)).to_version == 3
@@ -79,16 +74,16 @@ class AsyncEventStoreLifecycleSuite:
         info = await store.get_stream("pii")
         assert info is not None and info.deleted is not None and info.deleted.hard
         assert info.version == 2
-        assert await collect(store.read("pii")) == []
+        assert await async_collect(store.read("pii")) == []
         with pytest.raises(StreamDeleted):
             await store.restore_stream("pii")
         with pytest.raises(StreamDeleted):
             await store.append("pii", [Deposited(amount=9)])
         # Followers: the log goes on; positions of other events did not move.
-        (other,) = await collect(store.read_all())
+        (other,) = await async_collect(store.read_all())
         assert other.position == last
         await store.append("other", [Deposited(amount=4)])
-        assert (await collect(store.read_all(after=last)))[0].data == Deposited(amount=4)
+        assert (await async_collect(store.read_all(after=last)))[0].data == Deposited(amount=4)
 
     async def test_delete_and_restore_errors(self, store: AsyncEventStore) -> None:
         with pytest.raises(StreamNotFound):
@@ -109,24 +104,26 @@ class AsyncEventStoreLifecycleSuite:
         await store.append("t", [Deposited(amount=i) for i in range(1, 11)])
         erased = await store.truncate_stream("t", 7, by="retention", reason="older than 7 years")
         assert erased == 6
-        assert [e.version for e in await collect(store.read("t"))] == [7, 8, 9, 10]
+        assert [e.version for e in await async_collect(store.read("t"))] == [7, 8, 9, 10]
         store.page_size = 2
-        assert [e.version for e in await collect(store.read("t", backwards=True))] == [
+        assert [e.version for e in await async_collect(store.read("t", backwards=True))] == [
             10,
             9,
             8,
             7,
         ]
-        assert [e.version for e in await collect(store.read("t", from_version=3, limit=2))] == [
+        assert [
+            e.version for e in await async_collect(store.read("t", from_version=3, limit=2))
+        ] == [
             7,
             8,
         ]
         info = await store.get_stream("t")
         assert info is not None and info.truncated is not None
         assert (info.version, info.first_version, info.truncated.by) == (10, 7, "retention")
-        assert [e.version for e in await collect(store.read_all())] == [7, 8, 9, 10]
+        assert [e.version for e in await async_collect(store.read_all())] == [7, 8, 9, 10]
         assert await store.truncate_stream("t", 100) == 3  # the newest always stays
-        assert [e.version for e in await collect(store.read("t"))] == [10]
+        assert [e.version for e in await async_collect(store.read("t"))] == [10]
         assert (await store.append("t", [Deposited(amount=11)], expected=10)).to_version == 11
         with pytest.raises(StreamNotFound):
             await store.truncate_stream("nope", 2)
@@ -136,20 +133,20 @@ class AsyncEventStoreLifecycleSuite:
     async def test_read_all_time_window(self, store: AsyncEventStore) -> None:
         for i in range(6):
             await store.append(f"s-{i}", [Deposited(amount=i)])
-        every = await collect(store.read_all())
+        every = await async_collect(store.read_all())
         middle = every[2].recorded_at
-        since = await collect(store.read_all(since=middle))
+        since = await async_collect(store.read_all(since=middle))
         assert since == [e for e in every if e.recorded_at >= middle]
-        until = await collect(store.read_all(until=middle))
+        until = await async_collect(store.read_all(until=middle))
         assert until == [e for e in every if e.recorded_at < middle]
-        window = await collect(
+        window = await async_collect(
             store.read_all(since=middle, until=every[-1].recorded_at + timedelta(microseconds=1))
         )
         assert window == since
-        limited = await collect(store.read_all(since=middle, limit=2))
+        limited = await async_collect(store.read_all(since=middle, limit=2))
         assert limited == since[:2]
         with pytest.raises(InvalidRequest):
-            await collect(store.read_all(since=middle.replace(tzinfo=None)))
+            await async_collect(store.read_all(since=middle.replace(tzinfo=None)))
 
     async def test_snapshots_round_trip(self, store: AsyncEventStore) -> None:
         assert await store.load_snapshot("s") is None

@@ -12,6 +12,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
+from eventfold._acompat import Offload
 from eventfold._clock import now_us, us_to_datetime
 from eventfold.errors import StreamDeleted
 from eventfold.serialization import Serializer
@@ -80,7 +81,7 @@ class MemoryEventStore(StoreBase):
             actual = rows[-1][VERSION] if rows else 0
             ensure_expected(stream, expected, actual)
             if not batch:
-                return AppendResult(stream, actual + 1, actual, 0)
+                return AppendResult(stream, actual + 1, actual, 0, ())
             if rows is None:
                 rows = self._streams[stream] = []
             recorded_at = now_us()
@@ -107,7 +108,8 @@ class MemoryEventStore(StoreBase):
                 ids[row[ID]] = (stream, row[VERSION], row[POSITION])
             version, position = new_rows[-1][VERSION], new_rows[-1][POSITION]
             self._appended.notify_all()
-            return AppendResult(stream, actual + 1, version, position)
+            positions = tuple(row[POSITION] for row in new_rows)
+            return AppendResult(stream, actual + 1, version, position, positions)
 
     def _read_page(self, stream: str, cursor: int, backwards: bool, count: int) -> Sequence[Row]:
         with self._lock:
@@ -166,11 +168,10 @@ class MemoryEventStore(StoreBase):
 
     @contextmanager
     def _follow(self) -> Iterator[Wait]:
-        def wait(after: int, timeout: float) -> None:
+        def wait(after: int, timeout: float) -> bool:
             # The async flavour waits on a worker thread: the condition is a
             # threading one, notified by appends from any thread or loop.
-            block = self._wait_for_append
-            block(after, timeout)
+            return Offload.call(self._wait_for_append, after, timeout)
 
         yield wait
 
@@ -245,6 +246,11 @@ class MemoryEventStore(StoreBase):
         with self._lock:
             versions = [v for v in self._snapshots.get(stream, {}) if v <= max_version]
             return self._snapshots[stream][max(versions)] if versions else None
+
+    def _list_snapshots(self, stream: str) -> list[Snapshot]:
+        with self._lock:
+            by_version = self._snapshots.get(stream, {})
+            return [by_version[v] for v in sorted(by_version)]
 
     def _delete_snapshots(
         self, stream: str | None, state_type: str | None, keep_schema_version: int | None

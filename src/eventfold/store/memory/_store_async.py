@@ -7,11 +7,11 @@ PostgreSQL (a payload that cannot be serialised fails here too).
 
 from __future__ import annotations
 
-import asyncio  # unasync: remove
 import threading
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager  # unasync: from contextlib import contextmanager
 
+from eventfold._acompat import AsyncOffload
 from eventfold._clock import now_us, us_to_datetime
 from eventfold.errors import StreamDeleted
 from eventfold.serialization import Serializer
@@ -82,7 +82,7 @@ class AsyncMemoryEventStore(AsyncStoreBase):
             actual = rows[-1][VERSION] if rows else 0
             ensure_expected(stream, expected, actual)
             if not batch:
-                return AppendResult(stream, actual + 1, actual, 0)
+                return AppendResult(stream, actual + 1, actual, 0, ())
             if rows is None:
                 rows = self._streams[stream] = []
             recorded_at = now_us()
@@ -109,7 +109,8 @@ class AsyncMemoryEventStore(AsyncStoreBase):
                 ids[row[ID]] = (stream, row[VERSION], row[POSITION])
             version, position = new_rows[-1][VERSION], new_rows[-1][POSITION]
             self._appended.notify_all()
-            return AppendResult(stream, actual + 1, version, position)
+            positions = tuple(row[POSITION] for row in new_rows)
+            return AppendResult(stream, actual + 1, version, position, positions)
 
     async def _read_page(
         self, stream: str, cursor: int, backwards: bool, count: int
@@ -170,11 +171,10 @@ class AsyncMemoryEventStore(AsyncStoreBase):
 
     @asynccontextmanager  # unasync: @contextmanager
     async def _follow(self) -> AsyncIterator[Wait]:
-        async def wait(after: int, timeout: float) -> None:
+        async def wait(after: int, timeout: float) -> bool:
             # The async flavour waits on a worker thread: the condition is a
             # threading one, notified by appends from any thread or loop.
-            block = self._wait_for_append
-            await asyncio.to_thread(block, after, timeout)  # unasync: block(after, timeout)
+            return await AsyncOffload.call(self._wait_for_append, after, timeout)
 
         yield wait
 
@@ -249,6 +249,11 @@ class AsyncMemoryEventStore(AsyncStoreBase):
         with self._lock:
             versions = [v for v in self._snapshots.get(stream, {}) if v <= max_version]
             return self._snapshots[stream][max(versions)] if versions else None
+
+    async def _list_snapshots(self, stream: str) -> list[Snapshot]:
+        with self._lock:
+            by_version = self._snapshots.get(stream, {})
+            return [by_version[v] for v in sorted(by_version)]
 
     async def _delete_snapshots(
         self, stream: str | None, state_type: str | None, keep_schema_version: int | None

@@ -26,7 +26,6 @@ from typing import Any, TypeAlias, TypeVar
 from uuid import UUID
 
 from eventfold._checks import MAX_POSITION, check_bool, check_non_negative
-from eventfold._clock import us_to_datetime
 from eventfold.errors import (
     ConfigurationError,
     StoreError,
@@ -38,7 +37,7 @@ from eventfold.serialization import Serializer
 from eventfold.store._base import StoreBase, Wait
 from eventfold.store._checkpoints import Checkpoints, Transaction
 from eventfold.store._hooks import HookTransaction
-from eventfold.store._rows import POSITION, EncodedEvent, Row, row_matches
+from eventfold.store._rows import POSITION, EncodedEvent, Row, row_matches, snapshot_from_row
 from eventfold.store._rules import (
     decode_deletion,
     deletion_version,
@@ -473,14 +472,20 @@ class PostgresEventStore(StoreBase):
         errors.sent = False
         if row is None:
             raise StoreError("PostgreSQL returned no row for the append")
-        actual, deleted, inserted, last_seq, tx, _ = row
+        actual, deleted, inserted, seqs, tx, _ = row
         if deleted or not expectation_met(expected, actual):
             return actual, deleted
         if inserted != len(batch):  # cannot happen: the statement has no ON CONFLICT
             raise StoreError(f"PostgreSQL stored {inserted} of {len(batch)} events")
         if not batch:
-            return AppendResult(stream, actual + 1, actual, 0)
-        return AppendResult(stream, actual + 1, actual + len(batch), join_position(tx, last_seq))
+            return AppendResult(stream, actual + 1, actual, 0, ())
+        # append_one returns the row's seq, append the array of them (version order).
+        positions = (
+            (join_position(tx, seqs),)
+            if len(batch) == 1
+            else tuple(join_position(tx, seq) for seq in seqs)
+        )
+        return AppendResult(stream, actual + 1, actual + len(batch), positions[-1], positions)
 
     def _append_inline(self, conn: Connection[Any], stream: str, before: int, count: int) -> None:
         # This transaction sees its own rows: read them back with their positions.
@@ -694,12 +699,14 @@ class PostgresEventStore(StoreBase):
             with self._connection() as conn:
                 cursor = conn.execute(self._sql["load_snapshot"], params)
                 row = cursor.fetchone()
-        if row is None:
-            return None
-        version, state_type, schema_version, data, recorded_at = row
-        return Snapshot(
-            stream, version, state_type, schema_version, bytes(data), us_to_datetime(recorded_at)
-        )
+        return None if row is None else snapshot_from_row(stream, row)
+
+    def _list_snapshots(self, stream: str) -> list[Snapshot]:
+        with self._errors:
+            with self._connection() as conn:
+                cursor = conn.execute(self._sql["list_snapshots"], {"stream": stream})
+                rows = cursor.fetchall()
+        return [snapshot_from_row(stream, row) for row in rows]
 
     def _delete_snapshots(
         self, stream: str | None, state_type: str | None, keep_schema_version: int | None
@@ -733,10 +740,12 @@ class PostgresEventStore(StoreBase):
             # timeout: a quiet channel is not a stalled connection.
             listener.stall_timeout = None
 
-            def wait(after: int, timeout: float) -> None:
+            def wait(after: int, timeout: float) -> bool:
+                heard = False
                 with self._errors:
                     for _ in listener.notifies(timeout=timeout, stop_after=1):
-                        pass
+                        heard = True
+                return heard
 
             yield wait
         finally:

@@ -58,7 +58,7 @@ from eventfold.errors import (
     StreamDeleted,
     WrongExpectedVersion,
 )
-from eventfold.store._rows import EncodedEvent, InlineHook, Row
+from eventfold.store._rows import EncodedEvent, InlineHook, Row, SnapshotRow
 from eventfold.store._rules import (
     decode_deletion,
     deletion_version,
@@ -869,7 +869,7 @@ class SqliteDatabase:
                 return retried
             raise WrongExpectedVersion(stream, expected, actual)
         if not batch:
-            return AppendResult(stream, actual + 1, actual, 0)
+            return AppendResult(stream, actual + 1, actual, 0, ())
         recorded_at = now_us()
         # Insert parameters; with the position in front they are also the
         # rows that inline projections receive.
@@ -890,11 +890,12 @@ class SqliteDatabase:
             if retried is not None:
                 return retried
             raise
+        # Positions are consecutive: this transaction holds the write lock.
+        first = position - len(values) + 1
         if inline is not None:
-            # Positions are consecutive: this transaction holds the write lock.
-            first = position - len(values) + 1
             inline(conn, [(first + i, *value) for i, value in enumerate(values)])
-        return AppendResult(stream, actual + 1, actual + len(batch), position)
+        positions = (position,) if first == position else tuple(range(first, position + 1))
+        return AppendResult(stream, actual + 1, actual + len(batch), position, positions)
 
     def _find_batch(
         self, conn: sqlite3.Connection, stream: str, batch: list[EncodedEvent]
@@ -982,15 +983,19 @@ class SqliteDatabase:
         with self._write("save_snapshot") as conn:
             conn.execute(SQL["save_snapshot"], params)
 
-    def load_snapshot(
-        self, stream: str, max_version: int
-    ) -> tuple[int, str, int, bytes, int] | None:
+    def load_snapshot(self, stream: str, max_version: int) -> SnapshotRow | None:
         """(version, state_type, schema_version, data, recorded_at) of the newest match."""
         with self._handle() as conn:
-            row: tuple[int, str, int, bytes, int] | None = conn.execute(
+            row: SnapshotRow | None = conn.execute(
                 SQL["load_snapshot"], (stream, max_version)
             ).fetchone()
             return row
+
+    def list_snapshots(self, stream: str) -> list[SnapshotRow]:
+        """The rows of every snapshot of ``stream``, oldest first."""
+        with self._handle() as conn:
+            rows: list[SnapshotRow] = conn.execute(SQL["list_snapshots"], (stream,)).fetchall()
+            return rows
 
     def delete_snapshots(
         self, stream: str | None, state_type: str | None, keep_schema_version: int | None

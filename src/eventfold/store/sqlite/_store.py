@@ -24,13 +24,12 @@ from contextlib import contextmanager
 from typing import Any, ParamSpec, TypeVar
 
 from eventfold._acompat import Runner
-from eventfold._clock import us_to_datetime
 from eventfold.errors import InvalidRequest
 from eventfold.serialization import Serializer
 from eventfold.store._base import StoreBase
 from eventfold.store._checkpoints import Checkpoints, Transaction
 from eventfold.store._hooks import HookTransaction
-from eventfold.store._rows import EncodedEvent, Row
+from eventfold.store._rows import EncodedEvent, Row, snapshot_from_row
 from eventfold.store._rules import stream_info_from
 from eventfold.store._types import ANY, AppendResult, Expected, Snapshot, StreamInfo
 from eventfold.store.sqlite._checkpoints import SqliteCheckpoints
@@ -171,12 +170,11 @@ class SqliteEventStore(StoreBase):
 
     def _load_snapshot(self, stream: str, max_version: int) -> Snapshot | None:
         row = self._run(self._db.load_snapshot, stream, max_version)
-        if row is None:
-            return None
-        version, state_type, schema_version, data, recorded_at = row
-        return Snapshot(
-            stream, version, state_type, schema_version, data, us_to_datetime(recorded_at)
-        )
+        return None if row is None else snapshot_from_row(stream, row)
+
+    def _list_snapshots(self, stream: str) -> list[Snapshot]:
+        rows = self._run(self._db.list_snapshots, stream)
+        return [snapshot_from_row(stream, row) for row in rows]
 
     def _delete_snapshots(
         self, stream: str | None, state_type: str | None, keep_schema_version: int | None

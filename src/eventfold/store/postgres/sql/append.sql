@@ -12,6 +12,9 @@
 -- already stored, raises a unique violation that undoes the whole statement,
 -- so a batch is never stored in part. The caller tells a failed expectation
 -- (nothing inserted; the probed version and flag say why) from success.
+-- `seqs` are the inserted rows' sequence numbers in version order (they need
+-- not be consecutive: concurrent appends draw from the same sequence), from
+-- which the caller makes each event's position.
 -- {notify} is pg_notify(channel, '') or NULL (store created with
 -- notify=False); it is called once, and only when rows were inserted. NOTIFY
 -- is transactional: listeners hear of the batch when it commits.
@@ -31,7 +34,8 @@ WITH state AS MATERIALIZED (
     ORDER BY e.ord
     RETURNING seq, tx
 ), summary AS (
-    SELECT count(*) AS n, max(seq) AS last_seq, max(tx::text::bigint) AS tx FROM inserted
+    SELECT count(*) AS n, array_agg(seq ORDER BY seq) AS seqs,
+           max(tx::text::bigint) AS tx FROM inserted
 )
-SELECT s.version, s.deleted, m.n, m.last_seq, m.tx, CASE WHEN m.n > 0 THEN {notify} END
+SELECT s.version, s.deleted, m.n, m.seqs, m.tx, CASE WHEN m.n > 0 THEN {notify} END
 FROM state AS s, summary AS m
