@@ -130,6 +130,12 @@ def decode_deletion(data: bytes | None) -> tuple[Deletion, int] | None:
     ), record.version
 
 
+def is_hard_deletion(data: bytes | None) -> bool:
+    """Whether a stored deletion record (None: not deleted) erased the events."""
+    deletion = decode_deletion(data)
+    return deletion is not None and deletion[0].hard
+
+
 def check_who_why(by: object, reason: object) -> None:
     """Validate the audit fields of deletions and truncations."""
     if not isinstance(by, str) or not isinstance(reason, str):

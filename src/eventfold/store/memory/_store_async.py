@@ -33,6 +33,7 @@ from eventfold.store._rules import (
     encode_deletion,
     ensure_expected,
     idempotent_result,
+    is_hard_deletion,
     restore_needed,
     truncation_point,
 )
@@ -272,8 +273,7 @@ class AsyncMemoryEventStore(AsyncStoreBase):
             return deleted
 
     def _is_hard_deleted(self, stream: str) -> bool:
-        deletion = decode_deletion(self._deleted.get(stream))
-        return deletion is not None and deletion[0].hard
+        return is_hard_deletion(self._deleted.get(stream))
 
     def _erase(self, rows: list[Row]) -> None:
         for row in rows:

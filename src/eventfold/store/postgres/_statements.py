@@ -34,6 +34,7 @@ from eventfold.store.postgres._driver import (
 )
 
 __all__ = [
+    "BIGINT_MAX",
     "CHUNKED_ROWS",
     "LATEST_SCHEMA_VERSION",
     "PostgresStatements",
@@ -51,7 +52,8 @@ _SEQ_BITS: Final = 64
 #: psycopg[binary] bundles one): streamed reads need it.
 CHUNKED_ROWS: Final = psycopg.pq.version() >= 170000
 _SEQ_MASK: Final = (1 << _SEQ_BITS) - 1
-_BIGINT_MAX: Final = 2**63 - 1
+#: The largest PostgreSQL bigint: versions and seqs are clamped to it in parameters.
+BIGINT_MAX: Final = 2**63 - 1
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,47}")
 _TEXT = load_statements("postgres")
 
@@ -166,12 +168,12 @@ def append_params(
     :func:`~eventfold.store._rules.expectation_met` agree.
     """
     if expected is ANY:
-        low, high = 0, _BIGINT_MAX
+        low, high = 0, BIGINT_MAX
     elif expected is NO_STREAM:
         low, high = 0, 0
     elif expected is STREAM_EXISTS:
-        low, high = 1, _BIGINT_MAX
-    elif isinstance(expected, int) and expected <= _BIGINT_MAX:
+        low, high = 1, BIGINT_MAX
+    elif isinstance(expected, int) and expected <= BIGINT_MAX:
         low = high = expected
     else:
         low, high = 1, 0  # beyond any version a stream can reach: never met

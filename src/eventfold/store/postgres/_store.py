@@ -39,11 +39,11 @@ from eventfold.store._checkpoints import Checkpoints, Transaction
 from eventfold.store._hooks import HookTransaction
 from eventfold.store._rows import POSITION, EncodedEvent, Row, row_matches, snapshot_from_row
 from eventfold.store._rules import (
-    decode_deletion,
     deletion_version,
     encode_deletion,
     expectation_met,
     idempotent_result,
+    is_hard_deletion,
     restore_needed,
     stream_info_from,
     truncation_point,
@@ -64,6 +64,7 @@ from eventfold.store.postgres._driver import (
 )
 from eventfold.store.postgres._errors import schema_version_error, translate_errors
 from eventfold.store.postgres._statements import (
+    BIGINT_MAX,
     CHUNKED_ROWS,
     LATEST_SCHEMA_VERSION,
     PostgresStatements,
@@ -85,7 +86,6 @@ RV = TypeVar("RV")
 # to the stream succeeded, so this bound is only a guard against a livelock.
 _APPEND_ATTEMPTS = 64
 _XID8_MAX = 2**64 - 1
-_BIGINT_MAX = 2**63 - 1
 # A streamed statement ends after this many pages or seconds, whichever comes
 # first: it holds a snapshot, and a slow handler keeps it open.
 _STREAM_PAGES = 200
@@ -97,7 +97,7 @@ def _read_all_params(after: int, limit: int) -> dict[str, Any] | None:
     tx, seq = split_position(after)
     if tx > _XID8_MAX:
         return None  # no transaction PostgreSQL can issue comes after it
-    return {"tx": str(tx), "seq": min(seq, _BIGINT_MAX), "limit": limit}
+    return {"tx": str(tx), "seq": min(seq, BIGINT_MAX), "limit": limit}
 
 
 def _matching(rows: Sequence[Row], wanted: frozenset[str] | None, prefix: str | None) -> list[Row]:
@@ -635,8 +635,7 @@ class PostgresEventStore(StoreBase):
 
     def _hard_deleted(self, conn: Connection[Any], stream: str) -> bool:
         row = _one(conn, self._sql["stream_info"], {"stream": stream})
-        deletion = decode_deletion(row[3])
-        return deletion is not None and deletion[0].hard
+        return is_hard_deletion(row[3])
 
     def _find_event(self, event_id: bytes) -> Row | None:
         rows = self._rows(self._sql["find_event"], {"id": UUID(bytes=event_id)})
@@ -694,7 +693,7 @@ class PostgresEventStore(StoreBase):
                 conn.execute(self._sql["save_snapshot"], params)
 
     def _load_snapshot(self, stream: str, max_version: int) -> Snapshot | None:
-        params = {"stream": stream, "max_version": min(max_version, _BIGINT_MAX)}
+        params = {"stream": stream, "max_version": min(max_version, BIGINT_MAX)}
         with self._errors:
             with self._connection() as conn:
                 cursor = conn.execute(self._sql["load_snapshot"], params)

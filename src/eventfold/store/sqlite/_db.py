@@ -1,7 +1,10 @@
-"""SQLite transaction bodies, shared by the sync and async SQLite stores.
+"""SQLite connections and transactions, shared by the sync and async SQLite stores.
 
-sqlite3 has no asyncio API, so the I/O is written once here as plain
-functions: the sync store calls them directly, the async store runs them on
+sqlite3 has no asyncio API, so the I/O is written once, as plain blocking
+code: this module opens, checks and migrates the file and hands out
+connections and write transactions; the operations on events
+(:mod:`._event_ops`) and checkpoints (:mod:`._checkpoint_ops`) are functions
+over it. The sync store calls them directly, the async store runs them on
 worker threads. Every sqlite3 exception (and the driver's UnicodeDecodeError)
 is translated at one boundary, :mod:`eventfold.store.sqlite._errors`.
 
@@ -35,7 +38,6 @@ a write transaction to end, up to ``busy_timeout``).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sqlite3
@@ -44,38 +46,25 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Literal
 from urllib.parse import quote
 
 from eventfold._checks import check_seconds
-from eventfold._clock import now_us
 from eventfold.errors import (
     ConfigurationError,
     InvalidRequest,
     StoreError,
     StoreTimeout,
-    StreamDeleted,
-    WrongExpectedVersion,
-)
-from eventfold.store._rows import EncodedEvent, InlineHook, Row, SnapshotRow
-from eventfold.store._rules import (
-    decode_deletion,
-    deletion_version,
-    encode_deletion,
-    expectation_met,
-    idempotent_result,
-    restore_needed,
-    truncation_point,
 )
 from eventfold.store._sql import load_statements
-from eventfold.store._types import AppendResult, Expected
 from eventfold.store.sqlite._conn import (
     APPLICATION_ID,
     SQLITE_HEADER,
     FileFacts,
+    Handle,
     OwnedLock,
     inspect_file,
+    is_busy,
     read_facts,
 )
 from eventfold.store.sqlite._errors import (
@@ -88,7 +77,7 @@ from eventfold.store.sqlite._errors import (
     write_obstacle,
 )
 
-__all__ = ["APPLICATION_ID", "Durability", "SqliteDatabase"]
+__all__ = ["APPLICATION_ID", "SQL", "Durability", "Handle", "SqliteDatabase"]
 
 SQL = load_statements("sqlite")
 SCHEMA_VERSION = 4
@@ -122,148 +111,6 @@ _TURN_MAX = 0.01
 _CONTENDED_FOR = 1.0
 
 
-def _is_busy(exc: sqlite3.Error) -> bool:
-    """Whether SQLite said SQLITE_BUSY: another connection holds the lock."""
-    code = getattr(exc, "sqlite_errorcode", None)
-    return isinstance(code, int) and code & 0xFF == sqlite3.SQLITE_BUSY
-
-
-class _Handle:
-    """One sqlite3 connection and the lock held by each use of it.
-
-    ``enter()``/``leave()`` (or ``with handle as conn``, which also
-    translates errors) bracket every use. ``pins``: threads that took the
-    bare connection (:meth:`SqliteDatabase.connection`) and may use it
-    without the lock; only they close it.
-    """
-
-    __slots__ = (
-        "_db",
-        "closed",
-        "conn",
-        "contended_until",
-        "data_version",
-        "depth",
-        "guard",
-        "held",
-        "lock",
-        "pins",
-        "released_at",
-        "sqlite_busy_ms",
-        "thread",
-        "write_began",
-        "writing",
-    )
-
-    def __init__(
-        self, db: SqliteDatabase, conn: sqlite3.Connection, thread: threading.Thread | None
-    ) -> None:
-        self._db = db
-        self.conn = conn
-        self.thread = thread  # None: shared by every thread (":memory:")
-        self.lock = threading.RLock()
-        self.depth = 0  # how deep the holder of `lock` is inside uses
-        self.held: tuple[threading.Thread, float] | None = None  # shared: who, since when
-        self.guard = threading.Lock()  # orders close() against interrupt()
-        self.closed = False
-        self.writing = False
-        self.pins: set[threading.Thread] = set()
-        # SQLite's busy timeout on `conn` now: reads keep busy_timeout (SQLite's
-        # handler covers their rare SQLITE_BUSY, e.g. during another process's
-        # recovery); BEGIN IMMEDIATE sets 0 and waits in eventfold's own loop.
-        self.sqlite_busy_ms = db.busy_ms
-        self.write_began = 0.0  # monotonic: when the write lock was taken
-        self.released_at = 0.0  # monotonic: when a long write transaction released it
-        self.data_version = 0  # PRAGMA data_version when it released it
-        self.contended_until = 0.0  # monotonic: other connections wrote lately
-
-    def take(self, timeout: float | None) -> bool:
-        """Take the lock within ``timeout`` seconds (0: if free, None: wait)."""
-        lock = self.lock
-        if not lock.acquire(False):
-            if timeout is None:
-                lock.acquire()
-            elif timeout <= 0 or not lock.acquire(True, timeout):
-                return False
-        self.depth += 1
-        if self.depth == 1 and self.thread is None:
-            self.held = (threading.current_thread(), time.monotonic())
-        return True
-
-    def holder_text(self) -> str:
-        """Who uses the connection now, for messages."""
-        held = self.held
-        if held is not None:
-            return f"thread {held[0].name!r} has used it for {time.monotonic() - held[1]:.1f} s"
-        if self.thread is not None:
-            return f"thread {self.thread.name!r} is using it"
-        return "no thread uses it any more"
-
-    def enter(self, *, reading: bool = True) -> sqlite3.Connection:
-        """Begin a use (``reading``: SQLite's busy timeout is busy_timeout)."""
-        db = self._db
-        # A thread's own connection is contended only by close(), which holds
-        # its lock for a moment; the shared one by every thread of the store.
-        if not self.take(db.busy_timeout if self.thread is None else None):
-            raise db.connection_timeout(self)
-        if self.closed or (db.closed and self.depth == 1):
-            self.leave()
-            raise closed_error(db.path)
-        if reading and self.sqlite_busy_ms != db.busy_ms:
-            try:
-                self.set_sqlite_busy(db.busy_ms)
-            except BaseException:
-                self.leave()
-                raise
-        return self.conn
-
-    def set_sqlite_busy(self, ms: int) -> None:
-        """Set SQLite's busy timeout of the connection (between uses of it: rarely)."""
-        try:
-            self.conn.execute(f"PRAGMA busy_timeout={ms}")
-        except sqlite3.Error as exc:
-            self._db.translate.raise_for(exc)
-            raise
-        self.sqlite_busy_ms = ms
-
-    def leave(self) -> None:
-        """End a use; the last use after close() closes the connection."""
-        if self.depth == 1:
-            self.held = None
-            if self._db.closed:
-                self.close_if_safe()
-        self.depth -= 1
-        self.lock.release()
-
-    def __enter__(self) -> sqlite3.Connection:
-        return self.enter()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.leave()
-        if exc is not None:
-            self._db.translate.raise_for(exc)
-
-    def close_if_safe(self) -> None:
-        """Close the connection unless a live thread other than this one pinned it."""
-        me = threading.current_thread()
-        if all(t is me or not t.is_alive() for t in self.pins):
-            with self.guard:
-                if not self.closed:
-                    self.closed = True
-                    self.conn.close()
-
-    def interrupt(self) -> None:
-        """Make the running statement fail (SQLITE_INTERRUPT) soon; safe from any thread."""
-        with self.guard:
-            if not self.closed:
-                self.conn.interrupt()
-
-
 class SqliteDatabase:
     """Connections to one SQLite file and the store's transactions on it."""
 
@@ -294,9 +141,9 @@ class SqliteDatabase:
         self.read_only = read_only
         self._local = threading.local()
         # Every connection opened (file: one per thread; memory: one shared).
-        self._handles: list[_Handle] = []
+        self._handles: list[Handle] = []
         self._handles_lock = threading.Lock()
-        self._shared: _Handle | None = None
+        self._shared: Handle | None = None
         self._write_lock = OwnedLock()
         self._closed = False
         self.translate = Translate(
@@ -421,11 +268,11 @@ class SqliteDatabase:
         if facts.user_version == SCHEMA_VERSION:
             if facts.application_id != APPLICATION_ID:
                 # Made by an eventfold that did not mark its files yet.
-                with self._write("marking the file as eventfold's") as conn:
+                with self.write("marking the file as eventfold's") as conn:
                     conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
             return
         for target in range(facts.user_version + 1, SCHEMA_VERSION + 1):
-            with self._write("a migration") as conn:
+            with self.write("a migration") as conn:
                 # Re-check under the write lock: another process may have migrated.
                 (current,) = conn.execute("PRAGMA user_version").fetchone()
                 if current >= target:
@@ -453,9 +300,9 @@ class SqliteDatabase:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute(f"PRAGMA synchronous={_SYNCHRONOUS[self.durability]}")
 
-    def _register(self, conn: sqlite3.Connection) -> _Handle:
+    def _register(self, conn: sqlite3.Connection) -> Handle:
         shared = self.memory
-        handle = _Handle(self, conn, None if shared else threading.current_thread())
+        handle = Handle(self, conn, None if shared else threading.current_thread())
         with self._handles_lock:
             if self._closed:
                 conn.close()
@@ -473,7 +320,7 @@ class SqliteDatabase:
             self._local.handle = handle
         return handle
 
-    def _handle(self) -> _Handle:
+    def handle(self) -> Handle:
         """This thread's connection (opened on first use), or the shared one."""
         handle = self._shared
         if handle is not None:
@@ -500,7 +347,7 @@ class SqliteDatabase:
         A connection taken here is closed by the thread that took it, at its
         next use through the store after ``close()`` (or when it ends).
         """
-        handle = self._handle()
+        handle = self.handle()
         if handle.closed or self._closed:
             if handle.take(0):
                 handle.leave()  # closes it, if this thread is the last to use it
@@ -511,7 +358,7 @@ class SqliteDatabase:
         handle.pins.add(threading.current_thread())
         return handle.conn
 
-    def connection_timeout(self, handle: _Handle) -> StoreTimeout:
+    def connection_timeout(self, handle: Handle) -> StoreTimeout:
         """The error of a wait for a connection held by another thread (``:memory:``)."""
         message = (
             f"SQLite database {self.path!r}: waited {self.busy_timeout:g} s (busy_timeout) "
@@ -569,7 +416,7 @@ class SqliteDatabase:
     @contextmanager
     def reading(self) -> Iterator[sqlite3.Connection]:
         """This thread's connection for reads outside a transaction (errors translated)."""
-        handle = self._handle()
+        handle = self.handle()
         conn = handle.enter()
         try:
             yield conn
@@ -585,34 +432,26 @@ class SqliteDatabase:
         For read models kept in the same file as the events: what is written
         through the connection commits or rolls back together.
         """
-        return self._write("a write transaction", body_is_ours=False)
+        return self.write("a write transaction", body_is_ours=False)
 
     @contextmanager
-    def _write(self, operation: str, *, body_is_ours: bool = True) -> Iterator[sqlite3.Connection]:
+    def write(self, operation: str, *, body_is_ours: bool = True) -> Iterator[sqlite3.Connection]:
         """BEGIN IMMEDIATE ... COMMIT, rolled back on any exception."""
-        handle = self._begin_write(operation)
+        handle = self.begin_write(operation)
         try:
             yield handle.conn
         except BaseException as exc:
-            self._end_write(handle, commit=False)
+            self.end_write(handle, commit=False)
             # The driver's UnicodeDecodeError is translated; the caller's own is not.
             if body_is_ours or not isinstance(exc, UnicodeDecodeError):
                 self.translate.raise_for(exc)
             raise
-        self._end_write(handle, commit=True)
+        self.end_write(handle, commit=True)
 
     # A transaction a caller drives step by step (store.transaction()): begun,
     # used and ended on one thread (the async store's transaction thread).
 
-    def begin_write(self, operation: str = "a transaction") -> _Handle:
-        """BEGIN IMMEDIATE on this thread's connection, under the write lock."""
-        return self._begin_write(operation)
-
-    def end_write(self, handle: _Handle, commit: bool) -> None:
-        """COMMIT (or ROLLBACK) what :meth:`begin_write` began, releasing the lock."""
-        self._end_write(handle, commit=commit)
-
-    def execute_in(self, handle: _Handle, sql: str, params: Sequence[Any]) -> sqlite3.Cursor:
+    def execute_in(self, handle: Handle, sql: str, params: Sequence[Any]) -> sqlite3.Cursor:
         """Run ``sql`` in the transaction of ``handle`` (errors translated)."""
         try:
             return handle.conn.execute(sql, params)
@@ -620,29 +459,14 @@ class SqliteDatabase:
             self.translate.raise_for(exc)
             raise
 
-    def append_in(
-        self,
-        handle: _Handle,
-        stream: str,
-        batch: list[EncodedEvent],
-        expected: Expected,
-        inline: InlineHook | None = None,
-    ) -> AppendResult:
-        """Append in the transaction of ``handle`` (visible once it commits)."""
-        try:
-            return self._append_in_transaction(handle.conn, stream, batch, expected, inline)
-        except (sqlite3.Error, UnicodeDecodeError) as exc:
-            self.translate.raise_for(exc)
-            raise
-
-    def _begin_write(self, operation: str) -> _Handle:
+    def begin_write(self, operation: str = "a transaction") -> Handle:
         """Take this thread's connection and the write lock, and BEGIN IMMEDIATE."""
         if self.read_only:
             raise InvalidRequest(
                 f"SQLite store {self.path!r} was opened with read_only=True: "
                 f"{operation} is refused (nothing was written)"
             )
-        handle = self._handle()
+        handle = self.handle()
         polite_until = self._give_turn(handle) if handle.released_at else 0.0
         handle.enter(reading=False)
         try:
@@ -660,7 +484,7 @@ class SqliteDatabase:
         handle.write_began = time.monotonic()
         return handle
 
-    def _give_turn(self, handle: _Handle) -> float:
+    def _give_turn(self, handle: Handle) -> float:
         """After a long write transaction of this connection: let waiting writers in.
 
         Its next write starts a turn after the long one ended at the earliest
@@ -691,7 +515,7 @@ class SqliteDatabase:
                 return last
             ends = min(max(ends, now) + _TURN, last)
 
-    def _data_version(self, handle: _Handle) -> int:
+    def _data_version(self, handle: Handle) -> int:
         """SQLite's count of other connections' commits, as this connection sees it."""
         conn = handle.enter(reading=False)
         try:
@@ -701,7 +525,7 @@ class SqliteDatabase:
             handle.leave()
         return int(version)
 
-    def _end_write(self, handle: _Handle, *, commit: bool) -> None:
+    def end_write(self, handle: Handle, commit: bool) -> None:
         """COMMIT (or ROLLBACK), then release the write lock and the connection."""
         conn = handle.conn
         try:
@@ -717,7 +541,7 @@ class SqliteDatabase:
         finally:
             self._release_write(handle)
 
-    def _release_write(self, handle: _Handle) -> None:
+    def _release_write(self, handle: Handle) -> None:
         began, handle.write_began = handle.write_began, 0.0
         if began and handle.thread is not None:
             now = time.monotonic()
@@ -757,7 +581,7 @@ class SqliteDatabase:
         logger.warning("%s", message)
         raise StoreTimeout(message)
 
-    def _begin(self, handle: _Handle, waited: float, polite_until: float = 0.0) -> None:
+    def _begin(self, handle: Handle, waited: float, polite_until: float = 0.0) -> None:
         """BEGIN IMMEDIATE, waiting for other connections' write lock in short steps.
 
         SQLite's busy handler would sleep up to 100 ms between tries: against a
@@ -777,13 +601,13 @@ class SqliteDatabase:
             conn.execute("BEGIN IMMEDIATE")
             return
         except sqlite3.OperationalError as exc:
-            if not _is_busy(exc):
+            if not is_busy(exc):
                 raise
             busy = exc
         self._wait_to_begin(handle, waited, polite_until, busy)
 
     def _wait_to_begin(
-        self, handle: _Handle, waited: float, polite_until: float, busy: sqlite3.Error
+        self, handle: Handle, waited: float, polite_until: float, busy: sqlite3.Error
     ) -> None:
         """After BEGIN IMMEDIATE found the lock taken (``busy``): try again in short
         steps until it succeeds, or raise SQLite's busy error after busy_timeout."""
@@ -813,7 +637,7 @@ class SqliteDatabase:
                 conn.execute("BEGIN IMMEDIATE")
                 return
             except sqlite3.OperationalError as exc:
-                if not _is_busy(exc):
+                if not is_busy(exc):
                     raise
                 busy = exc
 
@@ -824,195 +648,3 @@ class SqliteDatabase:
         except sqlite3.Error as exc:
             # Closed or interrupted: SQLite has rolled the transaction back itself.
             logger.debug("rollback on %r failed: %s", self.path, exc)
-
-    def append(
-        self,
-        stream: str,
-        batch: list[EncodedEvent],
-        expected: Expected,
-        inline: InlineHook | None = None,
-    ) -> AppendResult:
-        """Check, then insert ``batch`` in one write transaction.
-
-        ``inline`` is called in that transaction with the connection and the
-        rows written; if it raises, the append is rolled back.
-        """
-        # Written out rather than with _write: this is the hot path.
-        handle = self._begin_write("append")
-        try:
-            result = self._append_in_transaction(handle.conn, stream, batch, expected, inline)
-        except BaseException as exc:
-            self._end_write(handle, commit=False)
-            self.translate.raise_for(exc)
-            raise
-        self._end_write(handle, commit=True)
-        return result
-
-    def _append_in_transaction(
-        self,
-        conn: sqlite3.Connection,
-        stream: str,
-        batch: list[EncodedEvent],
-        expected: Expected,
-        inline: InlineHook | None,
-    ) -> AppendResult:
-        actual, deleted = conn.execute(SQL["stream_state"], (stream,)).fetchone()
-        if deleted:
-            retried = self._find_batch(conn, stream, batch)
-            if retried is not None:
-                return retried
-            raise StreamDeleted(stream, self._is_hard_deleted(conn, stream))
-        if not expectation_met(expected, actual):
-            # A retry of a batch already stored moved the stream on: not a conflict.
-            retried = self._find_batch(conn, stream, batch)
-            if retried is not None:
-                return retried
-            raise WrongExpectedVersion(stream, expected, actual)
-        if not batch:
-            return AppendResult(stream, actual + 1, actual, 0, ())
-        recorded_at = now_us()
-        # Insert parameters; with the position in front they are also the
-        # rows that inline projections receive.
-        values = [
-            (stream, actual + i, e.id, e.type, e.schema_version, e.data, e.metadata, recorded_at)
-            for i, e in enumerate(batch, 1)
-        ]
-        try:
-            if len(values) == 1:
-                position = conn.execute(SQL["append"], values[0]).lastrowid or 0
-            else:
-                conn.executemany(SQL["append"], values)
-                (position,) = conn.execute("SELECT last_insert_rowid()").fetchone()
-        except sqlite3.IntegrityError:
-            # The version was checked under the write lock, so this is an event id
-            # that is already stored: either a retried batch or a reused id.
-            retried = self._find_batch(conn, stream, batch)
-            if retried is not None:
-                return retried
-            raise
-        # Positions are consecutive: this transaction holds the write lock.
-        first = position - len(values) + 1
-        if inline is not None:
-            inline(conn, [(first + i, *value) for i, value in enumerate(values)])
-        positions = (position,) if first == position else tuple(range(first, position + 1))
-        return AppendResult(stream, actual + 1, actual + len(batch), position, positions)
-
-    def _find_batch(
-        self, conn: sqlite3.Connection, stream: str, batch: list[EncodedEvent]
-    ) -> AppendResult | None:
-        found: dict[bytes, tuple[str, int, int]] = {}
-        for e in batch:
-            row = conn.execute(SQL["find_event_ids"], (e.id,)).fetchone()
-            if row is not None:
-                found[e.id] = row
-        return idempotent_result(stream, batch, found)
-
-    def read_page(self, stream: str, cursor: int, backwards: bool, count: int) -> list[Row]:
-        """Up to ``count`` rows of ``stream`` starting at version ``cursor``."""
-        sql = SQL["read_backward"] if backwards else SQL["read_forward"]
-        with self._handle() as conn:
-            return conn.execute(sql, (stream, cursor, count)).fetchall()
-
-    def read_all_page(
-        self, after: int, types: list[str] | None, prefix: str | None, count: int
-    ) -> list[Row]:
-        """Up to ``count`` rows of the global log after ``after``."""
-        with self._handle() as conn:
-            if types is None and prefix is None:
-                return conn.execute(SQL["read_all"], (after, count)).fetchall()
-            types_json = json.dumps(types) if types is not None else None
-            return conn.execute(
-                SQL["read_all_filtered"], (after, types_json, prefix, count)
-            ).fetchall()
-
-    def stream_info(
-        self, stream: str
-    ) -> tuple[int, int | None, bytes | None, bytes | None, bytes | None]:
-        """(version, first stored version, metadata, deletion, truncation) of ``stream``."""
-        with self._handle() as conn:
-            row: tuple[int, int | None, bytes | None, bytes | None, bytes | None]
-            row = conn.execute(SQL["stream_info"], (stream,)).fetchone()
-            return row
-
-    def find_event(self, event_id: bytes) -> Row | None:
-        """The row of the event ``event_id`` unless its stream is deleted."""
-        with self._handle() as conn:
-            row: Row | None = conn.execute(SQL["find_event"], (event_id,)).fetchone()
-            return row
-
-    def _is_hard_deleted(self, conn: sqlite3.Connection, stream: str) -> bool:
-        info = conn.execute(SQL["stream_info"], (stream,)).fetchone()
-        deletion = decode_deletion(info[3])
-        return deletion is not None and deletion[0].hard
-
-    def _state(self, conn: sqlite3.Connection, stream: str) -> tuple[int, bytes | None]:
-        version, _, _, deletion, _ = conn.execute(SQL["stream_info"], (stream,)).fetchone()
-        return version, deletion
-
-    def delete_stream(self, stream: str, hard: bool, by: str, reason: str) -> None:
-        """Mark ``stream`` deleted; erase its events too when ``hard``."""
-        with self._write("delete_stream") as conn:
-            version = deletion_version(stream, *self._state(conn, stream), hard)
-            if version is None:
-                return
-            conn.execute(SQL["mark_deleted"], (stream, encode_deletion(by, reason, hard, version)))
-            if hard:
-                conn.execute(SQL["erase_stream"], (stream,))
-
-    def restore_stream(self, stream: str) -> None:
-        """Clear a soft delete."""
-        with self._write("restore_stream") as conn:
-            if restore_needed(stream, *self._state(conn, stream)):
-                conn.execute(SQL["restore_stream"], (stream,))
-
-    def truncate_stream(self, stream: str, before: int, by: str, reason: str) -> int:
-        """Erase events older than ``before`` (never the newest); return the count."""
-        with self._write("truncate_stream") as conn:
-            keep_from = truncation_point(stream, *self._state(conn, stream), before)
-            erased: int = conn.execute(SQL["erase_before"], (stream, keep_from)).rowcount
-            if erased:
-                record = encode_deletion(by, reason, True, keep_from)
-                conn.execute(SQL["mark_truncated"], (stream, keep_from, record))
-            return erased
-
-    def save_snapshot(
-        self, stream: str, version: int, state_type: str, schema_version: int, data: bytes
-    ) -> None:
-        """Insert or replace the snapshot of (stream, version)."""
-        params = (stream, version, state_type, schema_version, data, now_us())
-        with self._write("save_snapshot") as conn:
-            conn.execute(SQL["save_snapshot"], params)
-
-    def load_snapshot(self, stream: str, max_version: int) -> SnapshotRow | None:
-        """(version, state_type, schema_version, data, recorded_at) of the newest match."""
-        with self._handle() as conn:
-            row: SnapshotRow | None = conn.execute(
-                SQL["load_snapshot"], (stream, max_version)
-            ).fetchone()
-            return row
-
-    def list_snapshots(self, stream: str) -> list[SnapshotRow]:
-        """The rows of every snapshot of ``stream``, oldest first."""
-        with self._handle() as conn:
-            rows: list[SnapshotRow] = conn.execute(SQL["list_snapshots"], (stream,)).fetchall()
-            return rows
-
-    def delete_snapshots(
-        self, stream: str | None, state_type: str | None, keep_schema_version: int | None
-    ) -> int:
-        """Delete matching snapshots; return how many."""
-        params = (stream, state_type, keep_schema_version)
-        with self._write("delete_snapshots") as conn:
-            deleted: int = conn.execute(SQL["delete_snapshots"], params).rowcount
-            return deleted
-
-    def set_stream_metadata(self, stream: str, metadata: bytes | None) -> None:
-        """Store the stream's metadata."""
-        with self._write("set_stream_metadata") as conn:
-            conn.execute(SQL["set_stream_metadata"], (stream, metadata))
-
-    def last_position(self) -> int:
-        """Highest committed position."""
-        with self._handle() as conn:
-            (position,) = conn.execute(SQL["last_position"]).fetchone()
-            return int(position)

@@ -32,6 +32,7 @@ from eventfold.store._hooks import HookTransaction
 from eventfold.store._rows import EncodedEvent, Row, snapshot_from_row
 from eventfold.store._rules import stream_info_from
 from eventfold.store._types import ANY, AppendResult, Expected, Snapshot, StreamInfo
+from eventfold.store.sqlite import _event_ops as ops
 from eventfold.store.sqlite._checkpoints import SqliteCheckpoints
 from eventfold.store.sqlite._db import Durability, SqliteDatabase
 from eventfold.store.sqlite._errors import closed_error
@@ -124,25 +125,25 @@ class SqliteEventStore(StoreBase):
 
     def _append(self, stream: str, batch: list[EncodedEvent], expected: Expected) -> AppendResult:
         inline = self._call_inline if self._inline else None
-        return self._run(self._db.append, stream, batch, expected, inline)
+        return self._run(ops.append, self._db, stream, batch, expected, inline)
 
     def _read_page(self, stream: str, cursor: int, backwards: bool, count: int) -> Sequence[Row]:
-        return self._run(self._db.read_page, stream, cursor, backwards, count)
+        return self._run(ops.read_page, self._db, stream, cursor, backwards, count)
 
     def _read_all_page(
         self, after: int, types: list[str] | None, prefix: str | None, count: int
     ) -> Sequence[Row]:
-        return self._run(self._db.read_all_page, after, types, prefix, count)
+        return self._run(ops.read_all_page, self._db, after, types, prefix, count)
 
     def _get_stream(self, stream: str) -> StreamInfo | None:
-        info = self._run(self._db.stream_info, stream)
+        info = self._run(ops.stream_info, self._db, stream)
         return stream_info_from(self.serializer, stream, *info)
 
     def _set_stream_metadata(self, stream: str, metadata: bytes | None) -> None:
-        self._run(self._db.set_stream_metadata, stream, metadata)
+        self._run(ops.set_stream_metadata, self._db, stream, metadata)
 
     def _last_position(self) -> int:
-        return self._run(self._db.last_position)
+        return self._run(ops.last_position, self._db)
 
     def _close(self) -> None:
         # The database first: running reads are interrupted and end with
@@ -152,34 +153,34 @@ class SqliteEventStore(StoreBase):
         self._tx_runner.close()
 
     def _find_event(self, event_id: bytes) -> Row | None:
-        return self._run(self._db.find_event, event_id)
+        return self._run(ops.find_event, self._db, event_id)
 
     def _delete_stream(self, stream: str, hard: bool, by: str, reason: str) -> None:
-        self._run(self._db.delete_stream, stream, hard, by, reason)
+        self._run(ops.delete_stream, self._db, stream, hard, by, reason)
 
     def _restore_stream(self, stream: str) -> None:
-        self._run(self._db.restore_stream, stream)
+        self._run(ops.restore_stream, self._db, stream)
 
     def _truncate_stream(self, stream: str, before: int, by: str, reason: str) -> int:
-        return self._run(self._db.truncate_stream, stream, before, by, reason)
+        return self._run(ops.truncate_stream, self._db, stream, before, by, reason)
 
     def _save_snapshot(
         self, stream: str, version: int, state_type: str, schema_version: int, data: bytes
     ) -> None:
-        self._run(self._db.save_snapshot, stream, version, state_type, schema_version, data)
+        self._run(ops.save_snapshot, self._db, stream, version, state_type, schema_version, data)
 
     def _load_snapshot(self, stream: str, max_version: int) -> Snapshot | None:
-        row = self._run(self._db.load_snapshot, stream, max_version)
+        row = self._run(ops.load_snapshot, self._db, stream, max_version)
         return None if row is None else snapshot_from_row(stream, row)
 
     def _list_snapshots(self, stream: str) -> list[Snapshot]:
-        rows = self._run(self._db.list_snapshots, stream)
+        rows = self._run(ops.list_snapshots, self._db, stream)
         return [snapshot_from_row(stream, row) for row in rows]
 
     def _delete_snapshots(
         self, stream: str | None, state_type: str | None, keep_schema_version: int | None
     ) -> int:
-        return self._run(self._db.delete_snapshots, stream, state_type, keep_schema_version)
+        return self._run(ops.delete_snapshots, self._db, stream, state_type, keep_schema_version)
 
 
 class SqliteTransaction:
@@ -208,7 +209,7 @@ class SqliteTransaction:
         stream, batch, expected = store._checked_append(stream, events, expected)
         inline = store._call_inline if store._inline else None
         return store._tx_runner.run(
-            store._db.append_in, self._handle, stream, batch, expected, inline
+            ops.append_in, store._db, self._handle, stream, batch, expected, inline
         )
 
 

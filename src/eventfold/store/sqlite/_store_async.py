@@ -32,6 +32,7 @@ from eventfold.store._hooks import HookTransaction
 from eventfold.store._rows import EncodedEvent, Row, snapshot_from_row
 from eventfold.store._rules import stream_info_from
 from eventfold.store._types import ANY, AppendResult, Expected, Snapshot, StreamInfo
+from eventfold.store.sqlite import _event_ops as ops
 from eventfold.store.sqlite._checkpoints_async import AsyncSqliteCheckpoints
 from eventfold.store.sqlite._db import Durability, SqliteDatabase
 from eventfold.store.sqlite._errors import closed_error
@@ -126,27 +127,27 @@ class AsyncSqliteEventStore(AsyncStoreBase):
         self, stream: str, batch: list[EncodedEvent], expected: Expected
     ) -> AppendResult:
         inline = self._call_inline if self._inline else None
-        return await self._run(self._db.append, stream, batch, expected, inline)
+        return await self._run(ops.append, self._db, stream, batch, expected, inline)
 
     async def _read_page(
         self, stream: str, cursor: int, backwards: bool, count: int
     ) -> Sequence[Row]:
-        return await self._run(self._db.read_page, stream, cursor, backwards, count)
+        return await self._run(ops.read_page, self._db, stream, cursor, backwards, count)
 
     async def _read_all_page(
         self, after: int, types: list[str] | None, prefix: str | None, count: int
     ) -> Sequence[Row]:
-        return await self._run(self._db.read_all_page, after, types, prefix, count)
+        return await self._run(ops.read_all_page, self._db, after, types, prefix, count)
 
     async def _get_stream(self, stream: str) -> StreamInfo | None:
-        info = await self._run(self._db.stream_info, stream)
+        info = await self._run(ops.stream_info, self._db, stream)
         return stream_info_from(self.serializer, stream, *info)
 
     async def _set_stream_metadata(self, stream: str, metadata: bytes | None) -> None:
-        await self._run(self._db.set_stream_metadata, stream, metadata)
+        await self._run(ops.set_stream_metadata, self._db, stream, metadata)
 
     async def _last_position(self) -> int:
-        return await self._run(self._db.last_position)
+        return await self._run(ops.last_position, self._db)
 
     async def _close(self) -> None:
         # The database first: running reads are interrupted and end with
@@ -156,34 +157,38 @@ class AsyncSqliteEventStore(AsyncStoreBase):
         self._tx_runner.close()
 
     async def _find_event(self, event_id: bytes) -> Row | None:
-        return await self._run(self._db.find_event, event_id)
+        return await self._run(ops.find_event, self._db, event_id)
 
     async def _delete_stream(self, stream: str, hard: bool, by: str, reason: str) -> None:
-        await self._run(self._db.delete_stream, stream, hard, by, reason)
+        await self._run(ops.delete_stream, self._db, stream, hard, by, reason)
 
     async def _restore_stream(self, stream: str) -> None:
-        await self._run(self._db.restore_stream, stream)
+        await self._run(ops.restore_stream, self._db, stream)
 
     async def _truncate_stream(self, stream: str, before: int, by: str, reason: str) -> int:
-        return await self._run(self._db.truncate_stream, stream, before, by, reason)
+        return await self._run(ops.truncate_stream, self._db, stream, before, by, reason)
 
     async def _save_snapshot(
         self, stream: str, version: int, state_type: str, schema_version: int, data: bytes
     ) -> None:
-        await self._run(self._db.save_snapshot, stream, version, state_type, schema_version, data)
+        await self._run(
+            ops.save_snapshot, self._db, stream, version, state_type, schema_version, data
+        )
 
     async def _load_snapshot(self, stream: str, max_version: int) -> Snapshot | None:
-        row = await self._run(self._db.load_snapshot, stream, max_version)
+        row = await self._run(ops.load_snapshot, self._db, stream, max_version)
         return None if row is None else snapshot_from_row(stream, row)
 
     async def _list_snapshots(self, stream: str) -> list[Snapshot]:
-        rows = await self._run(self._db.list_snapshots, stream)
+        rows = await self._run(ops.list_snapshots, self._db, stream)
         return [snapshot_from_row(stream, row) for row in rows]
 
     async def _delete_snapshots(
         self, stream: str | None, state_type: str | None, keep_schema_version: int | None
     ) -> int:
-        return await self._run(self._db.delete_snapshots, stream, state_type, keep_schema_version)
+        return await self._run(
+            ops.delete_snapshots, self._db, stream, state_type, keep_schema_version
+        )
 
 
 class AsyncSqliteTransaction:
@@ -214,7 +219,7 @@ class AsyncSqliteTransaction:
         stream, batch, expected = store._checked_append(stream, events, expected)
         inline = store._call_inline if store._inline else None
         return await store._tx_runner.run(
-            store._db.append_in, self._handle, stream, batch, expected, inline
+            ops.append_in, store._db, self._handle, stream, batch, expected, inline
         )
 
 
