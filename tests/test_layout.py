@@ -161,7 +161,7 @@ def test_no_module_uses_private_names_of_another_package() -> None:
 
 # A statement is looked up as SQL["name"] / self._sql["a" if x else "b"], or named
 # to a helper that looks it up: self._one("name", ...).
-LOOKUP = re.compile(r"""\b(?:SQL|_sql|statements)\[([^\]]+)\]|\b_one\(\s*(["']\w+["'])""")
+LOOKUP = re.compile(r"""\b(?:SQL|_sql|_TEXT|statements)\[([^\]]+)\]|\b_one\(\s*(["']\w+["'])""")
 QUOTED = re.compile(r"""["'](\w+)["']""")
 
 
@@ -197,7 +197,7 @@ def test_statements_of_the_same_operation_have_the_same_name() -> None:
         "checkpoint_release", "checkpoint_reset", "dead_letter_add", "dead_letter_list",
         "dead_letter_clear", "alias_get", "alias_set", "mark_deleted", "restore_stream",
         "erase_stream", "erase_before", "mark_truncated", "save_snapshot", "load_snapshot",
-        "delete_snapshots", "set_stream_metadata",
+        "delete_snapshots", "set_stream_metadata", "list_snapshots", "join_transaction",
     }  # fmt: skip
     assert shared <= sqlite and shared <= postgres
 

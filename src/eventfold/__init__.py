@@ -65,6 +65,7 @@ from eventfold.store import (
     Deletion,
     EventStore,
     Expected,
+    Holdup,
     Snapshot,
     StreamInfo,
 )
@@ -95,6 +96,7 @@ __all__ = [
     "EventfoldError",
     "Expected",
     "HistoryEntry",
+    "Holdup",
     "IdempotencyKeyReused",
     "InvalidEvent",
     "InvalidRequest",

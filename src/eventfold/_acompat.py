@@ -29,6 +29,22 @@ class Runner:
         """Nothing to release."""
 
 
+class AsyncInlineRunner:
+    """Runs a blocking function in the calling thread, also for the async flavour.
+
+    For a sqlite3 connection the application made: it belongs to the
+    application's thread, so its statements run there.
+    """
+
+    async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Call ``fn(*args, **kwargs)``, blocking the caller."""
+        return fn(*args, **kwargs)
+
+
+#: The sync twin of AsyncInlineRunner: the sync Runner runs in the calling thread already.
+InlineRunner = Runner
+
+
 class AsyncRunner:
     """Runs blocking functions on a small private thread pool."""
 

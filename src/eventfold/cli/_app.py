@@ -233,6 +233,25 @@ def projections_status(
             "yes" if status.running else "no",
         )
     console.print(table)
+    held = {h.xid: h for status in statuses for h in status.held_back_by}
+    for holdup in held.values():
+        console.print(f"readers of the log are held back by {escape(holdup.describe())}")
+
+
+@app.command("holdups")
+def holdups(db: Db = None, postgres: Postgres = None, schema: Schema = "eventfold") -> None:
+    """The transactions that hold readers of the log back (PostgreSQL), oldest first."""
+    store = _open(db, postgres, schema, read_only=True)
+    try:
+        with store:
+            found = store.checkpoints().holdups()
+    except EventfoldError as exc:
+        _fail(str(exc))
+    console = Console(highlight=False)
+    if not found:
+        console.print("nothing holds readers of the log back")
+    for holdup in found:
+        console.print(escape(holdup.describe()))
 
 
 @projections_app.command("run")

@@ -28,7 +28,7 @@ from eventfold.decider import Decider
 from eventfold.errors import EventfoldError, InvalidRequest, WrongExpectedVersion
 from eventfold.events import NewEvent, uuid7
 from eventfold.snapshots import SnapshotPolicy
-from eventfold.store import AppendResult, EventStore
+from eventfold.store import AppendResult, EventStore, Transaction
 
 __all__ = ["CommandHandler"]
 
@@ -159,6 +159,7 @@ class CommandHandler(Generic[S, C]):
         idempotency_key: str | None = None,
         command_digest: str | None = None,
         metadata: Mapping[str, Any] | None = None,
+        transaction: Transaction | None = None,
     ) -> CommandResult[S]:
         """Decide ``command`` against the current state of ``stream`` and append the result.
 
@@ -181,6 +182,13 @@ class CommandHandler(Generic[S, C]):
         different command raises IdempotencyKeyReused. Callables have no
         digest: pass ``command_digest`` (any stable fingerprint, e.g. of the
         request body) to have them checked too.
+
+        ``transaction`` (from ``store.transaction()``, also on your own
+        connection): the events are appended in it, so they commit or roll
+        back with your other writes there. The state is loaded from what is
+        committed, so handle at most one command per stream in one
+        transaction. As the handler cannot know whether the transaction will
+        commit, it then writes no snapshot and publishes nothing on its bus.
         """
         if expected_version is not None:
             check_non_negative("expected_version", expected_version)
@@ -207,7 +215,10 @@ class CommandHandler(Generic[S, C]):
                 return CommandResult(state, (), version)
             batch = _batch(stream, events, idempotency_key, event_metadata)
             try:
-                result = self.store.append(stream, batch, expected=version)
+                if transaction is None:
+                    result = self.store.append(stream, batch, expected=version)
+                else:
+                    result = transaction.append(stream, batch, expected=version)
             except WrongExpectedVersion:
                 if expected_version is not None:
                     if idempotency_key is None:
@@ -224,7 +235,8 @@ class CommandHandler(Generic[S, C]):
             if idempotency_key is not None and digest is not None:
                 self._check_stored_digest(stream, idempotency_key, digest, batch[0])
             state = decider.after_decision(state, events)
-            self._after_commit(stream, state, result, len(events))
+            if transaction is None:
+                self._after_commit(stream, state, result, len(events))
             return CommandResult(state, tuple(events), result.to_version, result.position)
 
     def _after_commit(self, stream: str, state: Any, result: AppendResult, count: int) -> None:

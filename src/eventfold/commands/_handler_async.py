@@ -27,7 +27,7 @@ from eventfold.decider import Decider
 from eventfold.errors import EventfoldError, InvalidRequest, WrongExpectedVersion
 from eventfold.events import NewEvent, uuid7
 from eventfold.snapshots import SnapshotPolicy
-from eventfold.store import AppendResult, AsyncEventStore
+from eventfold.store import AppendResult, AsyncEventStore, AsyncTransaction
 
 __all__ = ["AsyncCommandHandler"]
 
@@ -158,6 +158,7 @@ class AsyncCommandHandler(Generic[S, C]):
         idempotency_key: str | None = None,
         command_digest: str | None = None,
         metadata: Mapping[str, Any] | None = None,
+        transaction: AsyncTransaction | None = None,
     ) -> CommandResult[S]:
         """Decide ``command`` against the current state of ``stream`` and append the result.
 
@@ -180,6 +181,13 @@ class AsyncCommandHandler(Generic[S, C]):
         different command raises IdempotencyKeyReused. Callables have no
         digest: pass ``command_digest`` (any stable fingerprint, e.g. of the
         request body) to have them checked too.
+
+        ``transaction`` (from ``store.transaction()``, also on your own
+        connection): the events are appended in it, so they commit or roll
+        back with your other writes there. The state is loaded from what is
+        committed, so handle at most one command per stream in one
+        transaction. As the handler cannot know whether the transaction will
+        commit, it then writes no snapshot and publishes nothing on its bus.
         """
         if expected_version is not None:
             check_non_negative("expected_version", expected_version)
@@ -206,7 +214,10 @@ class AsyncCommandHandler(Generic[S, C]):
                 return CommandResult(state, (), version)
             batch = _batch(stream, events, idempotency_key, event_metadata)
             try:
-                result = await self.store.append(stream, batch, expected=version)
+                if transaction is None:
+                    result = await self.store.append(stream, batch, expected=version)
+                else:
+                    result = await transaction.append(stream, batch, expected=version)
             except WrongExpectedVersion:
                 if expected_version is not None:
                     if idempotency_key is None:
@@ -223,7 +234,8 @@ class AsyncCommandHandler(Generic[S, C]):
             if idempotency_key is not None and digest is not None:
                 await self._check_stored_digest(stream, idempotency_key, digest, batch[0])
             state = decider.after_decision(state, events)
-            await self._after_commit(stream, state, result, len(events))
+            if transaction is None:
+                await self._after_commit(stream, state, result, len(events))
             return CommandResult(state, tuple(events), result.to_version, result.position)
 
     async def _after_commit(

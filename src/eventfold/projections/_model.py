@@ -9,7 +9,7 @@ from typing import Any, Literal
 from eventfold._checks import check_bool, check_non_negative, check_seconds
 from eventfold.errors import InvalidRequest
 from eventfold.events import RecordedEvent
-from eventfold.store import Transaction
+from eventfold.store import Holdup, Transaction
 
 __all__ = [
     "SKIP",
@@ -142,7 +142,8 @@ class Projection:
 class ProjectionStatus:
     """Where a projection stands.
 
-    ``lag_events`` counts events in the log after its position (all types);
+    ``lag_events`` counts events in the log after its position (all types,
+    also those readers cannot see yet: ``held_back_by`` then names why);
     ``lag_seconds`` is the age of the oldest of them (0 when caught up).
     ``busy_seconds`` grows while a handler is stuck in a batch (a hung HTTP
     call, a lock wait); a batch taking more than half the lease is also logged.
@@ -162,6 +163,9 @@ class ProjectionStatus:
     busy_seconds: float = 0.0
     #: How often ``run_forever`` restarted the runner after it failed.
     restarts: int = 0
+    #: While it lags: the transactions that hold readers of the log back
+    #: (PostgreSQL; see ``PostgresEventStore.holdups``), oldest first.
+    held_back_by: tuple[Holdup, ...] = ()
 
 
 @dataclass(frozen=True)

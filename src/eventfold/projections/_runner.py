@@ -65,6 +65,7 @@ def status_of(checkpoints: Checkpoints, name: str, position: int, **known: Any) 
         lag,
         max(age, 0.0),
         dead_letters=len(checkpoints.dead_letters(name)),
+        held_back_by=tuple(checkpoints.holdups()) if lag else (),
         **known,
     )
 

@@ -46,6 +46,7 @@ from eventfold.store._types import (
     DeadLetter,
     Deletion,
     Expected,
+    Holdup,
     Snapshot,
     StreamInfo,
     StreamState,
@@ -53,8 +54,6 @@ from eventfold.store._types import (
 
 __all__ = [
     "ANY",
-    "NO_STREAM",
-    "STREAM_EXISTS",
     "AppendHook",
     "AppendResult",
     "AsyncCheckpoints",
@@ -69,8 +68,11 @@ __all__ = [
     "DirectTransaction",
     "EventStore",
     "Expected",
+    "Holdup",
     "HookTransaction",
+    "NO_STREAM",
     "ProcessCheckpoints",
+    "STREAM_EXISTS",
     "Snapshot",
     "StreamInfo",
     "StreamState",

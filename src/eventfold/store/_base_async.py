@@ -116,18 +116,29 @@ class AsyncStoreBase(abc.ABC):
             self._checkpoints = self._make_checkpoints()
         return self._checkpoints
 
-    def transaction(self) -> AbstractAsyncContextManager[AsyncTransaction]:
+    def transaction(self, connection: Any = None) -> AbstractAsyncContextManager[AsyncTransaction]:
         """A transaction of the store's database: ``async with store.transaction() as tx``.
 
         What is written through it (``tx.execute``, ``tx.append``, a
         checkpoint advanced in it) commits together when the block ends, or
         rolls back if it raises. Keep it short: on SQLite it holds the write
-        lock, on PostgreSQL readers of the log wait for it to end. A store
-        without transactions (the memory store) yields one whose appends are
-        immediate and that has no SQL.
+        lock, on PostgreSQL readers of the log wait for it to end once it has
+        written. A store without transactions (the memory store) yields one
+        whose appends are immediate and that has no SQL.
+
+        ``connection``: your own connection to the store's database (a
+        psycopg connection for PostgreSQL, a sqlite3 connection to the
+        store's file), so that your writes on it and the events commit or
+        roll back together. Open the store's transaction before your first
+        write in it. If the connection is idle, the transaction begins here
+        and commits when the block ends; inside a transaction you opened, it
+        joins it and your commit decides (on PostgreSQL a savepoint undoes
+        the block if it raises).
         """
         self._check_open()
-        return self._transaction()
+        if connection is None:
+            return self._transaction()
+        return self._transaction_on(connection)
 
     def add_append_hook(self, hook: AppendHook) -> None:
         """Run ``hook(transaction, events)`` inside the transaction of every append.
@@ -155,6 +166,12 @@ class AsyncStoreBase(abc.ABC):
     async def _transaction(self) -> AsyncIterator[AsyncTransaction]:
         """The backend's transactions: by default none (appends are immediate)."""
         yield AsyncDirectTransaction(self)
+
+    def _transaction_on(self, connection: Any) -> AbstractAsyncContextManager[AsyncTransaction]:
+        """The backend's transactions on the application's connection: by default none."""
+        raise InvalidRequest(
+            f"{type(self).__name__} has no database connections: call transaction() without one"
+        )
 
     def _hook_transaction(self, conn: Any) -> HookTransaction:
         """The append's transaction as hooks see it (backends set the placeholder style)."""

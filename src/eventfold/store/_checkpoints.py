@@ -39,7 +39,7 @@ from eventfold.errors import CheckpointRegression, InvalidRequest, Serialization
 from eventfold.events import RecordedEvent
 from eventfold.serialization import EMPTY_METADATA
 from eventfold.store._rows import Undecodable
-from eventfold.store._types import ANY, AppendResult, Checkpoint, DeadLetter, Expected
+from eventfold.store._types import ANY, AppendResult, Checkpoint, DeadLetter, Expected, Holdup
 
 __all__ = [
     "STOP_CHECK",
@@ -128,7 +128,15 @@ class Checkpoints(Protocol):
         ...
 
     def backlog(self, after: int) -> tuple[int, datetime | None]:
-        """Events of the log after ``after`` and when the oldest of them was recorded."""
+        """Events of the log after ``after`` and when the oldest of them was recorded.
+
+        Every committed event counts, also those readers cannot see yet
+        (held back by a transaction that may still append before them).
+        """
+        ...
+
+    def holdups(self) -> list[Holdup]:
+        """The transactions that hold readers of the log back now (empty: none)."""
         ...
 
     def wait(self, after: int, timeout: float, stop: Stop) -> None:
@@ -306,6 +314,9 @@ class ProcessCheckpoints:
     def _stored(self, letter: DeadLetter) -> dict[str, Any]:
         """The event as stored beside a dead letter (empty once erased, or unknown)."""
         return {}
+
+    def holdups(self) -> list[Holdup]:
+        return []  # a store's public API cannot say; its reads are not held back
 
     def backlog(self, after: int) -> tuple[int, datetime | None]:
         count, oldest = 0, None

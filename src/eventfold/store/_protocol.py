@@ -139,8 +139,12 @@ class EventStore(Protocol):
         """The store's checkpoints, leases and dead letters (what projection runners use)."""
         ...
 
-    def transaction(self) -> AbstractContextManager[Transaction]:
-        """A transaction of the store's database (appends and SQL that commit together)."""
+    def transaction(self, connection: Any = None) -> AbstractContextManager[Transaction]:
+        """A transaction of the store's database (appends and SQL that commit together).
+
+        ``connection``: the application's own connection to that database, whose
+        transaction the appends then join.
+        """
         ...
 
     def add_append_hook(self, hook: AppendHook) -> None:

@@ -125,3 +125,40 @@ class DeadLetter(msgspec.Struct, frozen=True):
     schema_version: int | None = None
     data: bytes | None = None
     metadata: bytes | None = None
+
+
+class Holdup(msgspec.Struct, frozen=True):
+    """A transaction that holds readers of the global log back (PostgreSQL).
+
+    A write transaction of the store's database, which may still add events
+    to the store, so readers of ``read_all``,
+    subscriptions and projection runners see no event committed after it
+    until it ends. ``pid`` is None for a prepared transaction (``gid`` names
+    it); ``state`` is pg_stat_activity's (``idle in transaction``,
+    ``active``, ...), ``prepared``, or ``ended`` for one that ended while it
+    was looked at.
+    """
+
+    xid: int
+    pid: int | None
+    database: str | None
+    application_name: str
+    state: str
+    started_at: datetime | None
+    query_started_at: datetime | None
+    gid: str | None = None
+
+    def describe(self, now: datetime | None = None) -> str:
+        """One line for logs and the CLI: who, since when, doing what."""
+        who = f"prepared transaction {self.gid!r}" if self.gid is not None else f"pid {self.pid}"
+        parts = [f"transaction {self.xid}", self.state]
+        if self.started_at is not None:
+            age = ((now or datetime.now(self.started_at.tzinfo)) - self.started_at).total_seconds()
+            parts.append(f"open {max(age, 0.0):.1f} s")
+        if self.database is not None:
+            parts.append(f"database {self.database!r}")
+        if self.application_name:
+            parts.append(f"application {self.application_name!r}")
+        if self.query_started_at is not None:
+            parts.append(f"last query at {self.query_started_at.isoformat(timespec='seconds')}")
+        return f"{who} ({', '.join(parts)})"

@@ -18,7 +18,7 @@ from eventfold.errors import CheckpointRegression, ConfigurationError, InvalidRe
 from eventfold.events import RecordedEvent
 from eventfold.store._checkpoints_async import AsyncTransaction, Stop, async_wait_in_slices
 from eventfold.store._rows import dead_letters_from_rows, decode_rows_lenient
-from eventfold.store._types import Checkpoint, DeadLetter
+from eventfold.store._types import Checkpoint, DeadLetter, Holdup
 from eventfold.store.postgres._errors import translate_errors
 from eventfold.store.postgres._statements import split_position
 
@@ -131,6 +131,9 @@ class AsyncPostgresCheckpoints:
         if row is None:
             return 0, None
         return int(row[0]), (us_to_datetime(row[1]) if row[1] is not None else None)
+
+    async def holdups(self) -> list[Holdup]:
+        return await self._store.holdups()
 
     async def wait(self, after: int, timeout: float, stop: Stop) -> None:
         with self._errors:

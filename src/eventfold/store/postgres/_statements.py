@@ -94,6 +94,12 @@ class PostgresStatements:
             "channel_name": sql.Identifier(self.channel),
             "notify": notify_call if notify else sql.SQL("NULL"),
         }
+        # Fragments of the statements that read the log (comments dropped: a
+        # fragment goes in the middle of a line).
+        fragments = (("writers", _TEXT["log_writers"]), ("horizon", _TEXT["log_horizon"]))
+        for fragment, text in fragments:
+            code = "\n".join(line for line in text.splitlines() if not line.startswith("--"))
+            values[fragment] = sql.SQL(code).format(**values)
         self._rendered: dict[str, bytes] = {
             name: sql.SQL(text).format(**values).as_bytes(None) for name, text in _TEXT.items()
         }

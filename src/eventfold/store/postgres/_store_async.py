@@ -3,15 +3,16 @@
 Global order without a global lock. Appends run concurrently (only two
 appends to the same stream contend, on its unique (stream, version) index).
 Each row records its transaction id (``tx``, from ``pg_current_xact_id()``)
-and a sequence number (``seq``). A reader of ``read_all`` exposes only rows
-whose transaction is older than its snapshot's xmin, the oldest transaction
-still running anywhere in the cluster: all those transactions have ended, so
-no row can later appear before them, and every transaction still to commit
-has a larger id. Rows are read in (tx, seq) order and the public position is
-``(tx << 64) | seq``. The trade-off: a long-running transaction (of any
-application on the server) holds back every reader until it ends; readers are
-delayed, never wrong. The other choice, a table lock or single counter row
-that makes commit order the position order, serialises every writer.
+and a sequence number (``seq``); rows are read in (tx, seq) order and the
+public position is ``(tx << 64) | seq``. A reader of ``read_all`` exposes
+only rows below the log horizon (``sql/log_horizon.sql``): the oldest
+transaction still running that may add events to this store. Every
+transaction that could still add a row below it has ended, and every
+transaction still to commit has a larger id, so readers never skip an event.
+Transactions of other databases never hold readers back; a write
+transaction of the store's database does, until it ends. The other choice,
+a table lock or single counter row that makes commit order the position
+order, serialises every writer.
 """
 
 from __future__ import annotations
@@ -25,9 +26,11 @@ from contextlib import asynccontextmanager  # unasync: from contextlib import co
 from typing import Any, TypeAlias, TypeVar
 from uuid import UUID
 
-from eventfold._checks import MAX_POSITION, check_bool, check_non_negative
+from eventfold._checks import MAX_POSITION, check_bool, check_non_negative, check_seconds
+from eventfold._clock import us_to_datetime
 from eventfold.errors import (
     ConfigurationError,
+    InvalidRequest,
     StoreError,
     StoreTimeout,
     StreamDeleted,
@@ -48,7 +51,7 @@ from eventfold.store._rules import (
     stream_info_from,
     truncation_point,
 )
-from eventfold.store._types import ANY, AppendResult, Expected, Snapshot, StreamInfo
+from eventfold.store._types import ANY, AppendResult, Expected, Holdup, Snapshot, StreamInfo
 from eventfold.store.postgres._checkpoints_async import AsyncPostgresCheckpoints
 from eventfold.store.postgres._connections import (
     ConnectionStalled,
@@ -90,6 +93,9 @@ _XID8_MAX = 2**64 - 1
 # first: it holds a snapshot, and a slow handler keeps it open.
 _STREAM_PAGES = 200
 _STREAM_SECONDS = 1.0
+# Readers at the end of the log check at most this often whether the log
+# horizon holds them back (one cheap query; the lock table only when behind).
+_HORIZON_CHECK = 1.0
 
 
 def _read_all_params(after: int, limit: int) -> dict[str, Any] | None:
@@ -238,6 +244,10 @@ class AsyncPostgresEventStore(AsyncStoreBase):
         notifying transactions within a database, so with many concurrent
         writers ``notify=False`` gives more appends per second; subscribers
         then see new events within their ``poll_interval``.
+    :param holdup_warning: seconds readers of the log may be held back by
+        one transaction that may still append (see :meth:`holdups`) before a
+        warning on logger ``eventfold.store`` names it, then again every
+        ``holdup_warning`` seconds while it lasts.
     """
 
     #: Positions are (tx << 64) | seq with a 64-bit transaction id.
@@ -255,10 +265,20 @@ class AsyncPostgresEventStore(AsyncStoreBase):
         statement_timeout: float | None = None,
         stall_timeout: float | None = None,
         notify: bool = True,
+        holdup_warning: float = 10.0,
         serializer: Serializer | None = None,
         page_size: int = 500,
     ) -> None:
         super().__init__(serializer=serializer, page_size=page_size)
+        self._holdup_warning = check_seconds(
+            "holdup_warning", holdup_warning, error=ConfigurationError
+        )
+        # The log horizon as readers at the end of the log last found it
+        # (checked at most every _HORIZON_CHECK seconds; see _watch_horizon).
+        self._horizon_checked = 0.0
+        self._held: tuple[int, float] | None = None  # (horizon, since) while held back
+        self._holdup_warned = 0.0
+        self._server: tuple[str, Any] | None = None  # (database, server start)
         if (conninfo is None) == (pool is None):
             raise ConfigurationError("pass either a conninfo string or pool=, not both")
         check_non_negative("min_size", min_size, minimum=1, error=ConfigurationError)
@@ -383,6 +403,57 @@ class AsyncPostgresEventStore(AsyncStoreBase):
                         yield AsyncPostgresTransaction(self, conn)
                 else:
                     yield AsyncPostgresTransaction(self, conn)
+
+    @asynccontextmanager
+    async def _transaction_on(self, connection: Any) -> AsyncIterator[AsyncTransaction]:
+        # The application's connection, in its own transaction or in one begun
+        # here. Checked first: the same database and server as the store's pool
+        # (a connection elsewhere would append to another log), the schema,
+        # and no transaction id yet, so that the events table is locked before
+        # the transaction has one (the rule of log_horizon.sql).
+        if not isinstance(connection, AsyncConnection):
+            kind = AsyncConnection.__name__
+            raise InvalidRequest(
+                f"transaction() takes a psycopg {kind} to the store's database, "
+                f"not {type(connection).__name__}"
+            )
+        if connection.closed:
+            raise InvalidRequest("the connection given to transaction() is closed")
+        identity = await self._identity()
+        # Errors of the store's own statements are translated; the block's own
+        # (the application's statements on its connection) pass unchanged.
+        errors = translate_errors(self.schema)
+        block = connection.transaction()
+        with errors:
+            await block.__aenter__()
+        try:
+            with errors:
+                cursor = await connection.execute(self._sql["join_transaction"])
+                row = await cursor.fetchone()
+            if row is None or (row[0], row[1]) != identity or not row[2]:
+                raise InvalidRequest(
+                    f"the connection given to transaction() is to database "
+                    f"{row[0] if row else None!r} of another server or without schema "
+                    f"{self.schema!r}, not to the store's database {identity[0]!r}"
+                )
+            yield AsyncPostgresTransaction(self, connection)
+        except BaseException as exc:
+            await block.__aexit__(type(exc), exc, exc.__traceback__)
+            raise
+        with errors:
+            await block.__aexit__(None, None, None)
+
+    async def _identity(self) -> tuple[str, Any]:
+        """The store's database and its server's start time (asked once)."""
+        if self._server is None:
+            with self._errors:
+                async with self._connection() as conn:
+                    cursor = await conn.execute(self._sql["join_transaction"])
+                    row = await cursor.fetchone()
+            if row is None:
+                raise StoreError("PostgreSQL returned no row for the store's identity")
+            self._server = (row[0], row[1])
+        return self._server
 
     def _hook_transaction(self, conn: Any) -> HookTransaction:
         return HookTransaction(conn, "%s")
@@ -535,7 +606,10 @@ class AsyncPostgresEventStore(AsyncStoreBase):
         if params is None:
             return []
         if types is None and prefix is None:
-            return await self._rows(self._sql["read_all"], params)
+            rows = await self._rows(self._sql["read_all"], params)
+            if len(rows) < count:
+                await self._watch_horizon()
+            return rows
         # Filters are applied here, on pages read in (tx, seq) order. With the
         # filter in SQL the planner, misjudging how many rows match (always so
         # before the table is first analysed), sorts every row after the cursor
@@ -546,6 +620,7 @@ class AsyncPostgresEventStore(AsyncStoreBase):
             page = await self._rows(self._sql["read_all"], params)
             matched += _matching(page, wanted, prefix)
             if len(page) < count:
+                await self._watch_horizon()
                 break
             tx, seq = split_position(page[-1][POSITION])
             params.update(tx=str(tx), seq=seq)
@@ -593,6 +668,7 @@ class AsyncPostgresEventStore(AsyncStoreBase):
                         break  # statements stay short: the next one starts at `after`
                 else:
                     if read < limit:
+                        await self._watch_horizon()
                         return  # the end of the log as this statement saw it
             except StoreTimeout:
                 # statement_timeout ended the statement while the caller handled a
@@ -618,6 +694,70 @@ class AsyncPostgresEventStore(AsyncStoreBase):
                         records = []
                 if records:
                     yield records
+
+    async def holdups(self) -> list[Holdup]:
+        """The transactions that hold readers of the log back now, oldest first.
+
+        Each is a write transaction of the store's database (it may still
+        append events) older than an event already committed: until it ends,
+        ``read_all``, subscriptions and projection runners see nothing
+        committed after it (``backlog`` and a projection's ``lag_events`` do
+        count those events). Transactions of other databases and read-only
+        ones are never among them.
+        """
+        self._check_open()
+        with self._errors:
+            async with self._connection() as conn:
+                cursor = await conn.execute(self._sql["holdups"])
+                rows = await cursor.fetchall()
+        return [
+            Holdup(
+                xid,
+                pid,
+                database,
+                application,
+                state,
+                None if started is None else us_to_datetime(started),
+                None if queried is None else us_to_datetime(queried),
+                gid,
+            )
+            for xid, pid, database, application, state, started, queried, gid in rows
+        ]
+
+    async def _watch_horizon(self) -> None:
+        """A reader reached the end of the log: warn if one horizon holds readers back long.
+
+        At most every _HORIZON_CHECK seconds per store. The horizon is kept
+        with the time it was first seen holding events back; a warning names
+        the holdups once it has lasted ``holdup_warning`` seconds, then again
+        every ``holdup_warning`` seconds.
+        """
+        now = time.monotonic()
+        if now - self._horizon_checked < _HORIZON_CHECK:
+            return
+        self._horizon_checked = now
+        with self._errors:
+            async with self._connection() as conn:
+                cursor = await conn.execute(self._sql["held_back"])
+                row = await cursor.fetchone()
+        if row is None or not row[1]:
+            self._held = None
+            return
+        if self._held is None or self._held[0] != row[0]:
+            self._held = (row[0], now)
+            return
+        held_for = now - self._held[1]
+        if held_for < self._holdup_warning or now - self._holdup_warned < self._holdup_warning:
+            return
+        self._holdup_warned = now
+        holdups = await self.holdups()
+        logger.warning(
+            "readers of the log of schema %r have been held back for %.0f s by %s; "
+            "events committed since wait until it ends",
+            self.schema,
+            held_for,
+            "; ".join(h.describe() for h in holdups) or "a transaction that has just ended",
+        )
 
     async def _get_stream(self, stream: str) -> StreamInfo | None:
         with self._errors:

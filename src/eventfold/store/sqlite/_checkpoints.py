@@ -17,7 +17,7 @@ from eventfold.events import RecordedEvent
 from eventfold.store._base import StoreBase
 from eventfold.store._checkpoints import Stop, Transaction, wait_in_slices
 from eventfold.store._rows import POSITION, decode_rows_lenient
-from eventfold.store._types import Checkpoint, DeadLetter
+from eventfold.store._types import Checkpoint, DeadLetter, Holdup
 from eventfold.store.sqlite import _checkpoint_ops as ops
 
 if TYPE_CHECKING:
@@ -73,6 +73,9 @@ class SqliteCheckpoints:
 
     def backlog(self, after: int) -> tuple[int, datetime | None]:
         return self._run(ops.backlog, self._db, after)
+
+    def holdups(self) -> list[Holdup]:
+        return []  # WAL readers see every commit at once: nothing holds them back
 
     def wait(self, after: int, timeout: float, stop: Stop) -> None:
         start: list[int | None] = [None]

@@ -16,7 +16,7 @@ from eventfold.events import RecordedEvent
 from eventfold.store._base_async import AsyncStoreBase
 from eventfold.store._checkpoints_async import AsyncTransaction, Stop, async_wait_in_slices
 from eventfold.store._rows import POSITION, decode_rows_lenient
-from eventfold.store._types import Checkpoint, DeadLetter
+from eventfold.store._types import Checkpoint, DeadLetter, Holdup
 from eventfold.store.sqlite import _checkpoint_ops as ops
 
 if TYPE_CHECKING:
@@ -76,6 +76,9 @@ class AsyncSqliteCheckpoints:
 
     async def backlog(self, after: int) -> tuple[int, datetime | None]:
         return await self._run(ops.backlog, self._db, after)
+
+    async def holdups(self) -> list[Holdup]:
+        return []  # WAL readers see every commit at once: nothing holds them back
 
     async def wait(self, after: int, timeout: float, stop: Stop) -> None:
         start: list[int | None] = [None]

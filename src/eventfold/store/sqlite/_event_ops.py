@@ -10,10 +10,11 @@ connection for a read, or a write transaction, from the database; the rules
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 
 from eventfold._clock import now_us
-from eventfold.errors import StreamDeleted, WrongExpectedVersion
+from eventfold.errors import InvalidRequest, StreamDeleted, WrongExpectedVersion
 from eventfold.store._rows import EncodedEvent, InlineHook, Row, SnapshotRow
 from eventfold.store._rules import (
     deletion_version,
@@ -33,7 +34,9 @@ __all__ = [
     "delete_snapshots",
     "delete_stream",
     "find_event",
+    "join",
     "last_position",
+    "leave",
     "list_snapshots",
     "load_snapshot",
     "read_all_page",
@@ -268,3 +271,53 @@ def append_in(
     except (sqlite3.Error, UnicodeDecodeError) as exc:
         db.translate.raise_for(exc)
         raise
+
+
+def join(db: SqliteDatabase, conn: sqlite3.Connection) -> bool:
+    """Check the application's connection, and begin a write transaction on it if none is open.
+
+    Returns whether it began one (then :func:`leave` ends it). The connection
+    must be to the store's own file; a transaction it has open is joined.
+    """
+    try:
+        row = conn.execute(SQL["join_transaction"]).fetchone()
+    except sqlite3.ProgrammingError as exc:
+        raise InvalidRequest(
+            f"the connection given to transaction() cannot be used here: {exc}"
+        ) from exc
+    except sqlite3.Error as exc:
+        db.translate.raise_for(exc)
+        raise
+    file = row[0] if row else ""
+    if db.memory or not file or not _same_file(file, db.path):
+        raise InvalidRequest(
+            f"the connection given to transaction() is to {file or 'an in-memory database'!r}, "
+            f"not to the store's file {db.path!r}"
+        )
+    if conn.in_transaction:
+        return False
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+    except sqlite3.Error as exc:
+        db.translate.raise_for(exc)
+        raise
+    return True
+
+
+def leave(db: SqliteDatabase, conn: sqlite3.Connection, *, commit: bool) -> None:
+    """End the transaction :func:`join` began: COMMIT, or ROLLBACK."""
+    try:
+        if commit:
+            conn.commit()
+        else:
+            conn.rollback()
+    except sqlite3.Error as exc:
+        db.translate.raise_for(exc)
+        raise
+
+
+def _same_file(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False

@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import asyncio  # unasync: remove
 import os
+import sqlite3
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, ParamSpec, TypeVar
 
-from eventfold._acompat import AsyncRunner
+from eventfold._acompat import AsyncInlineRunner, AsyncRunner
 from eventfold.errors import InvalidRequest
 from eventfold.serialization import Serializer
 from eventfold.store._base_async import AsyncStoreBase
@@ -41,6 +42,10 @@ __all__ = ["AsyncSqliteEventStore"]
 
 P = ParamSpec("P")
 T = TypeVar("T")
+
+
+# Runs the statements of a transaction on the application's own connection.
+_INLINE = AsyncInlineRunner()
 
 
 class AsyncSqliteEventStore(AsyncStoreBase):
@@ -115,13 +120,34 @@ class AsyncSqliteEventStore(AsyncStoreBase):
             raise
         await self._tx_runner.run(self._db.end_write, handle, True)
 
+    @asynccontextmanager
+    async def _transaction_on(self, connection: Any) -> AsyncIterator[AsyncTransaction]:
+        # The application's own sqlite3 connection to the store's file: its
+        # statements run in the calling thread (a sqlite3 connection belongs
+        # to the thread that made it), in its transaction or in one begun here.
+        if not isinstance(connection, sqlite3.Connection):
+            raise InvalidRequest(
+                "transaction() takes a sqlite3.Connection to the store's file, "
+                f"not {type(connection).__name__}"
+            )
+        began = ops.join(self._db, connection)
+        tx = AsyncSqliteTransaction(self, _HookHandle(connection), runner=_INLINE)
+        try:
+            yield tx
+        except BaseException:
+            if began:
+                ops.leave(self._db, connection, commit=False)
+            raise
+        if began:
+            ops.leave(self._db, connection, commit=True)
+
     async def _in_transaction(self, tx: AsyncTransaction, fn: Any, *args: Any) -> Any:
         """``fn(db, handle, *args)`` in the open transaction ``tx``, on its thread."""
         if not isinstance(tx, (AsyncSqliteTransaction, HookTransaction)):
             raise InvalidRequest("a transaction of another store was given to this one")
         if isinstance(tx, HookTransaction):  # inside an append: on its thread already
             return fn(self._db, _HookHandle(tx.connection), *args)
-        return await self._tx_runner.run(fn, self._db, tx._handle, *args)
+        return await tx._runner.run(fn, self._db, tx._handle, *args)
 
     async def _append(
         self, stream: str, batch: list[EncodedEvent], expected: Expected
@@ -200,16 +226,15 @@ class AsyncSqliteTransaction:
     on one thread).
     """
 
-    def __init__(self, store: AsyncSqliteEventStore, handle: Any) -> None:
+    def __init__(self, store: AsyncSqliteEventStore, handle: Any, *, runner: Any = None) -> None:
         self._store = store
         self._handle = handle
         self.connection = handle.conn
+        self._runner = store._tx_runner if runner is None else runner
 
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
         """Run ``sql`` (``?`` placeholders) in the transaction."""
-        return await self._store._tx_runner.run(
-            self._store._db.execute_in, self._handle, sql, params
-        )
+        return await self._runner.run(self._store._db.execute_in, self._handle, sql, params)
 
     async def append(
         self, stream: str, events: Sequence[object], *, expected: Expected = ANY
@@ -218,7 +243,7 @@ class AsyncSqliteTransaction:
         store = self._store
         stream, batch, expected = store._checked_append(stream, events, expected)
         inline = store._call_inline if store._inline else None
-        return await store._tx_runner.run(
+        return await self._runner.run(
             ops.append_in, store._db, self._handle, stream, batch, expected, inline
         )
 

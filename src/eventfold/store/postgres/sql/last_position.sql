@@ -1,6 +1,6 @@
 -- params: none. The newest row readers of read_all can see (same visibility).
 SELECT tx_id, seq
 FROM {schema}.events AS e
-WHERE tx < pg_snapshot_xmin(pg_current_snapshot())
+WHERE (e.tx < {horizon}) IS TRUE
 ORDER BY e.tx DESC, e.seq DESC
 LIMIT 1
