@@ -66,6 +66,7 @@ from eventfold.store import (
     EventStore,
     Expected,
     Snapshot,
+    StreamAppend,
     StreamInfo,
 )
 from eventfold.store.memory import AsyncMemoryEventStore, MemoryEventStore
@@ -115,6 +116,7 @@ __all__ = [
     "StoreError",
     "StoreTimeout",
     "StoreUnavailable",
+    "StreamAppend",
     "StreamDeleted",
     "StreamInfo",
     "StreamNotFound",
