@@ -27,6 +27,7 @@ from eventfold import (
     MemoryEventStore,
     NewEvent,
     SqliteEventStore,
+    StreamAppend,
 )
 from eventfold.store.postgres import AsyncPostgresEventStore, PostgresEventStore, migrate
 from eventfold.testing._events import Deposited, Measured, Received, Unserialisable
@@ -139,6 +140,62 @@ def _append_calls() -> st.SearchStrategy[BadCall]:
         st.one_of(negative, st.floats(), st.booleans(), st.text(max_size=3), st.none()).map(
             lambda x: BadCall(
                 "append expected", lambda st_: st_.append("new", ok, expected=x), "expected"
+            )
+        ),
+    )
+
+
+def _many(part: Any) -> Callable[[Any], Any]:
+    """append_many with a valid part first, then ``part``: nothing of either may be written."""
+    return lambda st_: st_.append_many([StreamAppend("new", [Deposited(amount=1)]), part])
+
+
+def _append_many_calls() -> st.SearchStrategy[BadCall]:
+    ok = [Deposited(amount=1)]
+    return st.one_of(
+        st.one_of(
+            st.just(StreamAppend("new", ok)), st.text(max_size=3), st.none(), st.integers()
+        ).map(lambda a: BadCall("append_many appends", lambda st_: st_.append_many(a), "appends")),
+        st.one_of(
+            st.tuples(st.just("new2"), st.just(ok)),
+            st.none(),
+            st.dictionaries(st.text(), st.text()),
+        ).map(lambda p: BadCall("append_many part", _many(p), "StreamAppend")),
+        bad_stream.map(
+            lambda s: BadCall("append_many stream", _many(StreamAppend(s, ok)), "stream")
+        ),
+        st.one_of(negative, st.floats(), st.booleans(), st.text(max_size=3), st.none()).map(
+            lambda x: BadCall(
+                "append_many expected", _many(StreamAppend("new2", ok, expected=x)), "expected"
+            )
+        ),
+        st.one_of(st.just(Deposited(amount=1)), st.text(max_size=3), st.none(), st.integers()).map(
+            lambda evs: BadCall("append_many events", _many(StreamAppend("new2", evs)), "events")
+        ),
+        _bad_event().map(
+            lambda pair: BadCall(
+                "append_many event", _many(StreamAppend("new2", [*ok, pair[0]])), pair[1]
+            )
+        ),
+        st.sampled_from(["new", "acc"]).map(
+            lambda name: BadCall(
+                "append_many twice",
+                lambda st_: st_.append_many(
+                    [StreamAppend(name, ok), StreamAppend("other", ok), StreamAppend(name, ok)]
+                ),
+                "twice",
+            )
+        ),
+        st.uuids().map(
+            lambda i: BadCall(
+                "append_many shared id",
+                lambda st_: st_.append_many(
+                    [
+                        StreamAppend("new", [NewEvent(data=Deposited(amount=1), id=i)]),
+                        StreamAppend("new2", [NewEvent(data=Deposited(amount=2), id=i)]),
+                    ]
+                ),
+                "event id",
             )
         ),
     )
@@ -275,7 +332,9 @@ def _hook_calls() -> st.SearchStrategy[BadCall]:
     )
 
 
-bad_calls = st.one_of(_append_calls(), _read_calls(), _lifecycle_calls(), _hook_calls())
+bad_calls = st.one_of(
+    _append_calls(), _append_many_calls(), _read_calls(), _lifecycle_calls(), _hook_calls()
+)
 
 
 # -- running a call on a sync or an async store ----------------------------------------------
@@ -381,7 +440,7 @@ def test_bad_input_gets_a_typed_error_and_changes_nothing(target: Target, bad: B
 def test_the_generated_calls_cover_every_public_method() -> None:
     """The strategies above name every store method that takes arguments."""
     covered = {
-        "append", "read", "read_all", "subscribe", "find_event", "delete_stream",
+        "append", "append_many", "read", "read_all", "subscribe", "find_event", "delete_stream",
         "truncate_stream", "set_stream_metadata", "save_snapshot", "load_snapshot",
         "delete_snapshots", "get_stream", "restore_stream", "add_append_hook",
         "remove_append_hook", "list_snapshots",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import subprocess
 import sys
@@ -32,6 +33,7 @@ from eventfold import (
     StoreError,
     StoreTimeout,
     StoreUnavailable,
+    StreamAppend,
     WrongExpectedVersion,
     uuid7,
 )
@@ -734,6 +736,128 @@ def test_version_race_between_two_connections(
         assert isinstance(error, WrongExpectedVersion)
         assert (error.expected, error.actual) == (expected, 1)
         assert versions == [(1, 1)]
+
+
+@pytest.mark.parametrize("pool", ["own", "yours"])
+@pytest.mark.parametrize("expected", [0, ANY])
+def test_append_many_loses_a_version_race_whole_and_tries_again(
+    pg_database: str, schema: str, pool: str, expected: Expected
+) -> None:
+    """A rival holds version 1 of "b" uncommitted: the multi-append waits, finds the
+    version taken, rolls back "a" too, and (expectations still met) appends again."""
+    statements = PostgresStatements(schema)
+    rival = encode_batch(Serializer(), [Deposited(amount=1)])
+    outcome: dict[str, object] = {}
+    # "yours": a pool without autocommit, whose connections start implicit transactions.
+    with contextlib.ExitStack() as stack:
+        if pool == "own":
+            store = stack.enter_context(PostgresEventStore(pg_database, schema=schema))
+        else:
+            yours = stack.enter_context(
+                ConnectionPool(pg_database, min_size=1, max_size=2, open=True)
+            )
+            store = stack.enter_context(PostgresEventStore(pool=yours, schema=schema))
+
+        def append_many() -> None:
+            try:
+                outcome["results"] = store.append_many(
+                    [
+                        StreamAppend("a", [Deposited(amount=2)], expected=NO_STREAM),
+                        StreamAppend("b", [Deposited(amount=3)], expected=expected),
+                    ]
+                )
+            except Exception as exc:  # checked below
+                outcome["error"] = exc
+
+        store.last_position()  # open the pool before the rival transaction starts
+        with psycopg.connect(pg_database) as other:
+            other.execute(*append_sql(statements, "b", NO_STREAM, rival))
+            thread = threading.Thread(target=append_many)
+            thread.start()
+            _wait_until_blocked_by(pg_database, other.info.backend_pid)
+            other.commit()
+            thread.join(30)
+        assert not thread.is_alive()
+        # What another connection sees: committed rows only.
+        counts = (_count_rows(pg_database, schema, "a"), _count_rows(pg_database, schema, "b"))
+        if expected is ANY:
+            results = outcome["results"]
+            assert isinstance(results, list)
+            assert [(r.stream, r.from_version) for r in results] == [("a", 1), ("b", 2)]
+            assert counts == (1, 2)
+            assert [e.data.amount for e in store.read("b")] == [1, 3]
+        else:
+            error = outcome["error"]
+            assert isinstance(error, WrongExpectedVersion)
+            assert (error.stream, error.expected, error.actual) == ("b", 0, 1)
+            assert counts == (0, 1)
+
+
+def test_append_many_keeps_each_streams_versions_in_log_order(
+    pg_store: PostgresEventStore,
+) -> None:
+    """A newer transaction appends to "b" and commits while the multi-append, which has
+    its transaction id already, is between its statements: the multi-append's events
+    come before that append's in the log, so it must not number its events after it."""
+    rival_done = threading.Event()
+    hooked: list[str] = []
+
+    def rival() -> None:
+        pg_store.append("b", [Deposited(amount=1)])
+        rival_done.set()
+
+    def hook(tx: Any, events: list[RecordedEvent]) -> None:
+        hooked.append(events[0].stream)
+        if events[0].stream == "a" and not rival_done.is_set():
+            thread = threading.Thread(target=rival)  # between the statements of "a" and "b"
+            thread.start()
+            thread.join(30)
+
+    pg_store.add_append_hook(hook)
+    _, b = pg_store.append_many(
+        [StreamAppend("a", [Deposited(amount=2)]), StreamAppend("b", [Deposited(amount=2)])]
+    )
+
+    assert rival_done.is_set()
+    assert b.from_version == 2  # tried again, after the rival's version 1
+    by_position = sorted(pg_store.read("b"), key=lambda e: e.position)
+    assert [(e.version, e.data.amount) for e in by_position] == [(1, 1), (2, 2)]
+    assert hooked.count("a") == 2  # the first attempt was rolled back
+
+
+def test_append_many_in_opposite_orders_does_not_deadlock(
+    pg_database: str, pg_store: PostgresEventStore
+) -> None:
+    """Two calls on the same streams, given in opposite orders, both hold versions while
+    the other waits: the statements run in one order, so one waits for the other."""
+    statements = PostgresStatements(pg_store.schema)
+    rival = encode_batch(pg_store.serializer, [Deposited(amount=1)])
+    outcome: dict[str, object] = {}
+
+    def append_many() -> None:
+        try:
+            outcome["results"] = pg_store.append_many(
+                [StreamAppend("b", [Deposited(amount=2)]), StreamAppend("a", [Deposited(amount=2)])]
+            )
+        except Exception as exc:  # checked below
+            outcome["error"] = exc
+
+    pg_store.last_position()
+    with psycopg.connect(pg_database) as other:
+        # The rival writes "a" then "b" (name order) and holds both uncommitted; the
+        # store's call, given "b" first, must wait at "a" without holding "b".
+        other.execute(*append_sql(statements, "a", ANY, rival))
+        thread = threading.Thread(target=append_many)
+        thread.start()
+        _wait_until_blocked_by(pg_database, other.info.backend_pid)
+        second = encode_batch(pg_store.serializer, [Deposited(amount=1)])
+        other.execute(*append_sql(statements, "b", ANY, second))  # would deadlock otherwise
+        other.commit()
+        thread.join(30)
+    assert "error" not in outcome, outcome
+    results = outcome["results"]
+    assert isinstance(results, list)
+    assert [(r.stream, r.from_version) for r in results] == [("b", 2), ("a", 2)]
 
 
 def test_failed_expectation_writes_and_announces_nothing(pg_database: str, schema: str) -> None:

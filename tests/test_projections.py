@@ -32,7 +32,7 @@ from eventfold.projections import (
     attach_inline,
     switch_projection,
 )
-from eventfold.store import EventStore
+from eventfold.store import EventStore, StreamAppend
 from eventfold.testing import run_threads
 from eventfold.testing._events import Deposited, Opened, Withdrawn
 from tests.support.calls import count_calls
@@ -463,6 +463,39 @@ def test_inline_projection_reads_its_writes_and_can_veto(store: EventStore) -> N
         return  # a dict cannot roll back the batch's first event (documented)
     assert model.read(store) == {"acc-1": 7}  # the read model's writes rolled back too
     store.append("acc-2", [Deposited(amount=5)])
+    assert model.read(store) == expected_balances(store) == {"acc-1": 7, "acc-2": 5}
+
+
+def test_inline_projection_sees_each_stream_of_append_many(store: EventStore) -> None:
+    model = Balances()
+    attach_inline(store, model.projection())
+    batches: list[list[tuple[str, int]]] = []
+    store.add_append_hook(
+        lambda tx, events: batches.append([(e.stream, e.version) for e in events])
+    )
+    store.append_many(
+        [
+            StreamAppend("acc-1", [Deposited(amount=10), Withdrawn(amount=3)]),
+            StreamAppend("acc-2", [Deposited(amount=5)]),
+            StreamAppend("acc-3", []),
+        ]
+    )
+    # Once per stream's batch (an empty one has no events: no call), in one transaction.
+    assert batches == [[("acc-1", 1), ("acc-1", 2)], [("acc-2", 1)]]
+    assert model.read(store) == {"acc-1": 7, "acc-2": 5}
+    model.fail_on = {99}
+    before = store.last_position()
+    with pytest.raises(ValueError, match="amount 99"):
+        store.append_many(
+            [
+                StreamAppend("acc-1", [Deposited(amount=1)]),
+                StreamAppend("acc-2", [Deposited(amount=99)]),
+            ]
+        )
+    assert store.last_position() == before  # the failing projection undid both streams
+    assert [e.version for e in store.read("acc-1")] == [1, 2]
+    if isinstance(store, MemoryEventStore):
+        return  # a dict cannot roll back the first stream's batch (documented)
     assert model.read(store) == expected_balances(store) == {"acc-1": 7, "acc-2": 5}
 
 

@@ -1,7 +1,8 @@
 """The bank account of the article, run through eventfold's stores and command handler.
 
 Every behavioural test runs for both styles (decider and class-style aggregate)
-on both the in-memory and the SQLite store.
+on both the in-memory and the SQLite store; the atomic transfer runs on SQLite
+and PostgreSQL (and the memory store).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from eventfold import (
     Expected,
     MemoryEventStore,
     SqliteEventStore,
+    StreamAppend,
     WrongExpectedVersion,
 )
 from eventfold.examples.bank import (
@@ -39,12 +41,16 @@ from eventfold.examples.bank import (
     MoneyWithdrawn,
     NotADeposit,
     OpenAccount,
+    SameAccount,
     WithdrawMoney,
     account,
     decide,
     evolve,
     reverse_deposit,
+    transfer,
 )
+from eventfold.store.postgres import PostgresEventStore, migrate
+from tests.support.pg import new_schema_name, pg_database  # noqa: F401 - a fixture, used by name
 
 ALICE = "account-alice"
 BOB = "account-bob"
@@ -384,3 +390,147 @@ def test_class_style_reversal(store: Any) -> None:
     assert result.state.balance == 0
     with pytest.raises(InsufficientFunds):
         handler.handle(ALICE, lambda a: a.reverse_deposit(1, "nothing left"))
+
+
+# -- an atomic transfer: both accounts in one append_many ------------------------------
+
+
+@pytest.fixture(params=["sqlite", "postgres", "memory"])
+def bank_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
+    """A fresh store holding both accounts."""
+    if request.param == "memory":
+        yield MemoryEventStore()
+    elif request.param == "sqlite":
+        with SqliteEventStore(tmp_path / "bank.db") as sqlite:
+            yield sqlite
+    else:
+        url = request.getfixturevalue("pg_database")
+        schema = new_schema_name()
+        migrate(url, schema=schema)
+        with PostgresEventStore(url, schema=schema, max_size=2) as postgres:
+            yield postgres
+
+
+def open_both(store: Any, alice: int = 10_000, bob: int = 0) -> CommandHandler[Any, Any]:
+    handler = CommandHandler(store, account)
+    handler.handle(ALICE, OpenAccount("Alice", alice))
+    handler.handle(BOB, OpenAccount("Bob", bob))
+    return handler
+
+
+def balances(store: Any) -> tuple[int, int]:
+    handler = CommandHandler(store, account)
+    return handler.load(ALICE).state.balance, handler.load(BOB).state.balance
+
+
+class OtherWriterBeforeEachTransfer:
+    """A store through which another writer commits before each of the first ``times``
+    multi-stream appends: the transfer's loaded versions are stale by then."""
+
+    def __init__(self, store: Any, other_write: Callable[[], object], times: int) -> None:
+        self._store = store
+        self._other_write = other_write
+        self._times = times
+        self.calls = 0
+        self.conflicts: list[WrongExpectedVersion] = []
+
+    def append_many(self, appends: Sequence[StreamAppend]) -> list[AppendResult]:
+        self.calls += 1
+        if self.calls <= self._times:
+            self._other_write()
+        try:
+            return self._store.append_many(appends)  # type: ignore[no-any-return]
+        except WrongExpectedVersion as exc:
+            self.conflicts.append(exc)
+            raise
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+
+def test_transfer_moves_money_between_two_accounts_atomically(bank_store: Any) -> None:
+    handler = open_both(bank_store)
+    before = bank_store.last_position()
+
+    out, into = transfer(handler, ALICE, BOB, 2_500)
+
+    assert balances(bank_store) == (7_500, 2_500)
+    assert (out.stream, out.from_version, into.stream, into.from_version) == (ALICE, 3, BOB, 2)
+    written = list(bank_store.read_all(after=before))
+    assert [(e.stream, e.data) for e in sorted(written, key=lambda e: e.stream)] == [
+        (ALICE, MoneyWithdrawn(amount=2_500)),
+        (BOB, MoneyDeposited(amount=2_500)),
+    ]
+    assert sorted([*out.positions, *into.positions]) == [e.position for e in written]
+
+
+def test_refused_transfer_writes_nothing(bank_store: Any) -> None:
+    handler = open_both(bank_store, alice=1_000)
+    position = bank_store.last_position()
+    with pytest.raises(InsufficientFunds) as short:
+        transfer(handler, ALICE, BOB, 1_001)
+    assert (short.value.balance, short.value.amount) == (1_000, 1_001)
+    with pytest.raises(AccountNotOpen):
+        transfer(handler, ALICE, "account-nobody", 100)
+    with pytest.raises(InvalidAmount):
+        transfer(handler, ALICE, BOB, 0)
+    with pytest.raises(SameAccount):
+        transfer(handler, ALICE, ALICE, 100)
+    assert bank_store.last_position() == position
+    assert bank_store.get_stream("account-nobody") is None
+    assert balances(bank_store) == (1_000, 0)
+
+
+def test_transfer_reloads_and_decides_again_after_a_conflict(bank_store: Any) -> None:
+    open_both(bank_store, alice=5_000)
+    teller = CommandHandler(bank_store, account)
+    racing = OtherWriterBeforeEachTransfer(
+        bank_store, lambda: teller.handle(ALICE, WithdrawMoney(1_000)), times=1
+    )
+
+    out, _ = transfer(CommandHandler(racing, account), ALICE, BOB, 3_000)
+
+    [conflict] = racing.conflicts
+    assert (conflict.stream, conflict.expected, conflict.actual) == (ALICE, 2, 3)
+    assert racing.calls == 2
+    assert out.from_version == 4  # after the other writer's withdrawal
+    assert balances(bank_store) == (1_000, 3_000)
+    # Decided again on the new balance, a transfer may be refused: nothing is written.
+    racing = OtherWriterBeforeEachTransfer(
+        bank_store, lambda: teller.handle(ALICE, WithdrawMoney(500)), times=1
+    )
+    with pytest.raises(InsufficientFunds) as short:
+        transfer(CommandHandler(racing, account), ALICE, BOB, 1_000)
+    assert short.value.balance == 500
+    assert balances(bank_store) == (500, 3_000)
+
+
+def test_transfer_gives_up_after_its_attempts(bank_store: Any) -> None:
+    open_both(bank_store)
+    teller = CommandHandler(bank_store, account)
+    racing = OtherWriterBeforeEachTransfer(
+        bank_store, lambda: teller.handle(BOB, DepositMoney(1)), times=99
+    )
+
+    with pytest.raises(WrongExpectedVersion) as lost:
+        transfer(CommandHandler(racing, account), ALICE, BOB, 100, attempts=3)
+
+    assert racing.calls == len(racing.conflicts) == 3
+    assert lost.value.stream == BOB
+    assert balances(bank_store) == (10_000, 3)  # the other writer's deposits only
+
+
+def test_transfer_with_an_id_is_made_once(bank_store: Any) -> None:
+    handler = open_both(bank_store, alice=2_000)
+    first = transfer(handler, ALICE, BOB, 2_000, transfer_id="t-42")
+    position = bank_store.last_position()
+
+    # A repeat (the answer was lost, say) returns the first results: Alice's
+    # balance is 0 now, but the transfer is recognised before it is decided.
+    again = transfer(handler, ALICE, BOB, 2_000, transfer_id="t-42")
+
+    assert again == first
+    assert bank_store.last_position() == position
+    assert balances(bank_store) == (0, 2_000)
+    with pytest.raises(InsufficientFunds):
+        transfer(handler, ALICE, BOB, 2_000, transfer_id="t-43")

@@ -1,8 +1,11 @@
 """A money transfer between two accounts of :mod:`eventfold.examples.bank`, as a saga.
 
-No transaction spans two streams, so a transfer is a sequence of single-stream
-commands driven by a process manager, with its progress kept in its own stream
-``transfer-<id>``::
+This saga is for accounts that no transaction spans (in different services or
+stores) and for steps that take long: a transfer is then a sequence of
+single-stream commands driven by a process manager, with its progress kept in
+its own stream ``transfer-<id>``. (Two accounts of one store can be debited
+and credited in one atomic ``append_many``: ``eventfold.examples.bank.transfer``,
+and docs/concepts.md on choosing.)::
 
     TransferRequested --withdraw from source--> TransferDebited --deposit to target-->
     TransferCompleted

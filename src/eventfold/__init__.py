@@ -67,6 +67,7 @@ from eventfold.store import (
     Expected,
     Holdup,
     Snapshot,
+    StreamAppend,
     StreamInfo,
 )
 from eventfold.store.memory import AsyncMemoryEventStore, MemoryEventStore
@@ -117,6 +118,7 @@ __all__ = [
     "StoreError",
     "StoreTimeout",
     "StoreUnavailable",
+    "StreamAppend",
     "StreamDeleted",
     "StreamInfo",
     "StreamNotFound",

@@ -9,21 +9,26 @@ written twice, in the two styles eventfold supports:
   ``CommandHandler(store, BankAccount).handle(stream, lambda a: a.deposit(500))``.
 
 Both write the same events, so a stream written by one can be loaded by the other.
+:func:`transfer` moves money between two accounts in one atomic append.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from typing import assert_never
-from uuid import UUID
+from uuid import UUID, uuid5
 
 from eventfold import (
     CAUSATION_ID,
     Aggregate,
+    AppendResult,
     CommandHandler,
     CommandResult,
     Decider,
     Event,
+    NewEvent,
+    StreamAppend,
+    WrongExpectedVersion,
 )
 
 # -- events: facts, past tense; the type names are the stored contract ----------------
@@ -289,3 +294,88 @@ def reverse_deposit(
         idempotency_key=f"reverse-deposit:{deposit_id}",
         metadata={"reverses": str(deposit_id), CAUSATION_ID: str(deposit_id)},
     )
+
+
+# -- a transfer between two accounts: one atomic multi-stream append -----------------
+
+
+class SameAccount(BankError):
+    """A transfer named one account as both its source and its target."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(f"cannot transfer from {stream!r} to itself")
+
+
+_TRANSFER_IDS = uuid5(UUID(int=0), "eventfold.examples.bank.transfer")
+
+
+def transfer(
+    handler: CommandHandler[AccountState, BankCommand],
+    source: str,
+    target: str,
+    amount: int,
+    *,
+    transfer_id: str | None = None,
+    attempts: int = 5,
+) -> tuple[AppendResult, AppendResult]:
+    """Move ``amount`` cents from account ``source`` to account ``target``: both or neither.
+
+    Both accounts are loaded and the withdrawal and the deposit decided by
+    the rules of single commands (an unopened account, a short balance or a
+    bad amount is refused, writing nothing); then both are written by one
+    ``append_many``, each under its account's version as loaded. If another
+    writer changed either account meanwhile (WrongExpectedVersion), both are
+    loaded and decided again (the transfer may now be refused), at most
+    ``attempts`` times; the last conflict is raised.
+
+    With a ``transfer_id`` it is safe to repeat (after a timeout, say): the
+    two events get ids derived from it, and a transfer already stored is
+    sent again as it was, which the store answers with the original results.
+
+    For two accounts of one store; when they live in different services, or
+    a step takes long, use the saga of ``examples/transfer`` (docs/concepts.md).
+    """
+    if source == target:
+        raise SameAccount(source)
+    if attempts < 1:
+        raise ValueError(f"attempts must be at least 1, not {attempts}")
+    store = handler.store
+    out_id = in_id = None
+    if transfer_id is not None:
+        out_id = uuid5(_TRANSFER_IDS, f"{transfer_id}:out")
+        in_id = uuid5(_TRANSFER_IDS, f"{transfer_id}:in")
+        out, into = store.find_event(out_id), store.find_event(in_id)
+        if out is not None and into is not None:  # stored before: repeat it as it was
+            first, second = store.append_many(
+                [
+                    StreamAppend(out.stream, [NewEvent(data=out.data, id=out_id)]),
+                    StreamAppend(into.stream, [NewEvent(data=into.data, id=in_id)]),
+                ]
+            )
+            return first, second
+    attempt = 1
+    while True:
+        paying, receiving = handler.load(source), handler.load(target)
+        withdrawn = decide(WithdrawMoney(amount), paying.state)
+        deposited = decide(DepositMoney(amount), receiving.state)
+        try:
+            first, second = store.append_many(
+                [
+                    StreamAppend(source, _with_id(withdrawn, out_id), expected=paying.version),
+                    StreamAppend(target, _with_id(deposited, in_id), expected=receiving.version),
+                ]
+            )
+        except WrongExpectedVersion:
+            if attempt == attempts:
+                raise
+            attempt += 1
+            continue
+        return first, second
+
+
+def _with_id(events: list[BankEvent], event_id: UUID | None) -> list[object]:
+    """The single event of a decision, with the given id (None: a fresh one)."""
+    if event_id is None:
+        return list(events)
+    (event,) = events
+    return [NewEvent(data=event, id=event_id)]

@@ -1,7 +1,8 @@
 """The event store protocol and the types every backend shares.
 
 A store keeps streams of events. ``append`` is atomic (all events of a batch
-or none), checks an expected version, and is idempotent by event id. ``read``
+or none), checks an expected version, and is idempotent by event id;
+``append_many`` does the same for several streams in one transaction. ``read``
 streams one stream's events; ``read_all`` the global log, in which a reader
 that tails the log while writers commit sees every event exactly once, in one
 order, and never finds a new event behind a position it has passed.
@@ -48,6 +49,7 @@ from eventfold.store._types import (
     Expected,
     Holdup,
     Snapshot,
+    StreamAppend,
     StreamInfo,
     StreamState,
 )
@@ -74,6 +76,7 @@ __all__ = [
     "ProcessCheckpoints",
     "STREAM_EXISTS",
     "Snapshot",
+    "StreamAppend",
     "StreamInfo",
     "StreamState",
     "Transaction",

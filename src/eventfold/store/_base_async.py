@@ -43,8 +43,20 @@ from eventfold.store._rows import (
     decode_rows_partial,
     encode_batch,
 )
-from eventfold.store._rules import check_expected, check_stream_name, check_who_why
-from eventfold.store._types import ANY, AppendResult, Expected, Snapshot, StreamInfo
+from eventfold.store._rules import (
+    check_expected,
+    check_many_ids,
+    check_stream_name,
+    check_who_why,
+)
+from eventfold.store._types import (
+    ANY,
+    AppendResult,
+    Expected,
+    Snapshot,
+    StreamAppend,
+    StreamInfo,
+)
 
 __all__ = ["AsyncStoreBase", "Wait"]
 
@@ -104,6 +116,58 @@ class AsyncStoreBase(abc.ABC):
         expected = check_expected(expected)
         return stream, encode_batch(self.serializer, events), expected
 
+    async def append_many(self, appends: Sequence[StreamAppend]) -> list[AppendResult]:
+        """Append to several streams at once, each with its own expectation: all or nothing.
+
+        Each :class:`StreamAppend` names a stream, its events and the
+        ``expected`` version as for :meth:`append`; the results come in the
+        order given. It all happens in one transaction: if a stream's
+        expectation fails it raises WrongExpectedVersion for that stream (the
+        first failing one, in the order given), a deleted stream raises
+        StreamDeleted, and nothing is written to any stream. A stream may be
+        named once per call. The events of one call are stored together in the
+        global log, each stream's in version order; the order of the streams
+        among them is the backend's (PostgreSQL writes them in stream name
+        order). A call whose batches are all stored already (their event ids)
+        is a retry and returns the original results; one whose batches are
+        stored only in part raises InvalidRequest (reused ids). Append hooks
+        run once per stream's batch, inside the same transaction.
+
+        An empty batch only checks its stream's expectation. On PostgreSQL that
+        check is not held until the commit (nothing is written to hold it):
+        to keep a stream where it is until the others are written, append to it.
+        """
+        checked = self._checked_append_many(appends)
+        return await self._append_many(checked) if checked else []
+
+    def _checked_append_many(
+        self, appends: Sequence[StreamAppend]
+    ) -> list[tuple[str, list[EncodedEvent], Expected]]:
+        """Validate a multi-stream append and encode every batch, before any I/O."""
+        self._check_open()
+        if isinstance(appends, (str, bytes, StreamAppend)) or not isinstance(appends, Sequence):
+            raise InvalidRequest(
+                f"appends must be a sequence (list or tuple) of StreamAppend, not "
+                f"{type(appends).__name__}"
+            )
+        checked: list[tuple[str, list[EncodedEvent], Expected]] = []
+        seen: set[str] = set()
+        for index, part in enumerate(appends):
+            if not isinstance(part, StreamAppend):
+                raise InvalidRequest(
+                    f"appends[{index}] must be a StreamAppend, not {type(part).__name__}"
+                )
+            stream = check_stream_name(part.stream)
+            if stream in seen:
+                raise InvalidRequest(
+                    f"appends name stream {stream!r} twice: give each stream one StreamAppend"
+                )
+            seen.add(stream)
+            expected = check_expected(part.expected)
+            checked.append((stream, encode_batch(self.serializer, part.events), expected))
+        check_many_ids(checked)
+        return checked
+
     # -- seams: checkpoints, transactions, append hooks ---------------------------------
 
     def checkpoints(self) -> AsyncCheckpoints:
@@ -143,8 +207,9 @@ class AsyncStoreBase(abc.ABC):
     def add_append_hook(self, hook: AppendHook) -> None:
         """Run ``hook(transaction, events)`` inside the transaction of every append.
 
-        If the hook raises, the append is rolled back and nothing is stored.
-        Remove it with :meth:`remove_append_hook`.
+        :meth:`append_many` calls it once per stream's batch, all in the one
+        transaction. If the hook raises, the append is rolled back and nothing
+        is stored. Remove it with :meth:`remove_append_hook`.
         """
         if not callable(hook):
             raise InvalidRequest("an append hook must be callable")
@@ -532,6 +597,16 @@ class AsyncStoreBase(abc.ABC):
         self, stream: str, batch: list[EncodedEvent], expected: Expected
     ) -> AppendResult:
         """Check ``expected`` and idempotency, store the batch, all in one transaction."""
+
+    @abc.abstractmethod
+    async def _append_many(
+        self, appends: list[tuple[str, list[EncodedEvent], Expected]]
+    ) -> list[AppendResult]:
+        """Check every expectation and idempotency, store every batch, in one transaction.
+
+        ``appends`` holds validated (stream, batch, expected) triples, each
+        stream once; an empty list never reaches the backend.
+        """
 
     @abc.abstractmethod
     async def _read_page(

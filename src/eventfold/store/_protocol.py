@@ -18,7 +18,14 @@ from eventfold.events import RecordedEvent
 from eventfold.serialization import Serializer
 from eventfold.store._checkpoints import Checkpoints, Stop, Transaction
 from eventfold.store._hooks import AppendHook
-from eventfold.store._types import ANY, AppendResult, Expected, Snapshot, StreamInfo
+from eventfold.store._types import (
+    ANY,
+    AppendResult,
+    Expected,
+    Snapshot,
+    StreamAppend,
+    StreamInfo,
+)
 
 __all__ = ["EventStore"]
 
@@ -36,6 +43,11 @@ class EventStore(Protocol):
         self, stream: str, events: Sequence[object], *, expected: Expected = ANY
     ) -> AppendResult:
         """Append events atomically; raise WrongExpectedVersion if ``expected`` fails."""
+        ...
+
+    def append_many(self, appends: Sequence[StreamAppend]) -> list[AppendResult]:
+        """Append to several streams in one transaction, each with its expectation: all or
+        nothing; the results in the order given."""
         ...
 
     def read(

@@ -17,7 +17,14 @@ from eventfold.events import RecordedEvent
 from eventfold.serialization import Serializer
 from eventfold.store._checkpoints_async import AsyncCheckpoints, AsyncTransaction, Stop
 from eventfold.store._hooks import AppendHook
-from eventfold.store._types import ANY, AppendResult, Expected, Snapshot, StreamInfo
+from eventfold.store._types import (
+    ANY,
+    AppendResult,
+    Expected,
+    Snapshot,
+    StreamAppend,
+    StreamInfo,
+)
 
 __all__ = ["AsyncEventStore"]
 
@@ -35,6 +42,11 @@ class AsyncEventStore(Protocol):
         self, stream: str, events: Sequence[object], *, expected: Expected = ANY
     ) -> AppendResult:
         """Append events atomically; raise WrongExpectedVersion if ``expected`` fails."""
+        ...
+
+    async def append_many(self, appends: Sequence[StreamAppend]) -> list[AppendResult]:
+        """Append to several streams in one transaction, each with its expectation: all or
+        nothing; the results in the order given."""
         ...
 
     def read(

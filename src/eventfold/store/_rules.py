@@ -20,6 +20,7 @@ from eventfold.errors import (
     StreamNotFound,
     WrongExpectedVersion,
 )
+from eventfold.events import uuid_from_bytes
 from eventfold.serialization import Serializer
 from eventfold.store._rows import (
     EncodedEvent,
@@ -105,6 +106,44 @@ def idempotent_result(
     if [p[1] for p in places] != list(range(first, first + len(places))):
         raise InvalidRequest(f"append to {stream!r} repeats stored event ids in another order")
     return AppendResult(stream, first, places[-1][1], places[-1][2], tuple(p[2] for p in places))
+
+
+def retried_many(
+    appends: Sequence[tuple[str, Sequence[EncodedEvent], Expected]],
+    retried: Sequence[AppendResult | None],
+) -> bool:
+    """Decide whether a multi-stream append is a retry of one already stored.
+
+    ``retried`` holds, for each of ``appends``, the :func:`idempotent_result`
+    of its batch (None: not stored, or an empty batch). True when every
+    non-empty batch is stored (the call is a retry: answer with the original
+    results), False when none is; InvalidRequest when only some are: ids
+    reused across calls, which no retry of one call can produce.
+    """
+    stored = [a[0] for a, r in zip(appends, retried, strict=True) if r is not None]
+    if not stored:
+        return False
+    missing = [a[0] for a, r in zip(appends, retried, strict=True) if r is None and a[1]]
+    if missing:
+        raise InvalidRequest(
+            f"append_many reuses event ids: the batches for {stored} are already stored, "
+            f"those for {missing} are not; a retry must repeat the whole call with the "
+            "same NewEvent objects"
+        )
+    return True
+
+
+def check_many_ids(appends: Sequence[tuple[str, Sequence[EncodedEvent], Expected]]) -> None:
+    """Refuse an event id given in the batches of two streams of one multi-stream append."""
+    owner: dict[bytes, str] = {}
+    for stream, batch, _ in appends:
+        for event in batch:
+            other = owner.setdefault(event.id, stream)
+            if other != stream:
+                raise InvalidRequest(
+                    f"appends: event id {uuid_from_bytes(event.id)} is given for both "
+                    f"{other!r} and {stream!r}: an event id may be appended only once"
+                )
 
 
 class _DeletionRecord(msgspec.Struct, frozen=True):

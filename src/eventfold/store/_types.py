@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, Final, TypeAlias
 
@@ -56,6 +56,18 @@ class AppendResult(msgspec.Struct, frozen=True):
     to_version: int
     position: int
     positions: tuple[int, ...]
+
+
+class StreamAppend(msgspec.Struct, frozen=True):
+    """One stream's part of an atomic multi-stream append (``store.append_many``).
+
+    ``events`` go to ``stream`` only if the stream satisfies ``expected``
+    (as for ``append``), and only together with the other parts of the call.
+    """
+
+    stream: str
+    events: Sequence[object]
+    expected: Expected = ANY
 
 
 class Deletion(msgspec.Struct, frozen=True):

@@ -25,12 +25,13 @@ from eventfold.errors import (
     InvalidRequest,
     SerializationError,
     StoreClosed,
+    StreamDeleted,
     UnknownEventType,
     WrongExpectedVersion,
 )
 from eventfold.events import NewEvent, RecordedEvent, uuid7
 from eventfold.serialization import Serializer, TypeRegistry
-from eventfold.store import ANY, NO_STREAM, STREAM_EXISTS, AsyncEventStore
+from eventfold.store import ANY, NO_STREAM, STREAM_EXISTS, AsyncEventStore, StreamAppend
 from eventfold.testing._events import (
     Deposited,
     Measured,
@@ -518,6 +519,192 @@ class AsyncEventStoreSuite:
         stored = await store.append("d", batch)
         await store.append("d", deposits(10))
         assert (await store.append("d", batch)).positions == stored.positions
+
+    # -- atomic multi-stream appends ------------------------------------------------------
+    # What was written is read stream by stream: read_all may lag behind a
+    # commit (on PostgreSQL, while any older transaction of the server runs).
+
+    async def _events_of(self, store: AsyncEventStore, *streams: str) -> list[RecordedEvent]:
+        """Every event of ``streams``, in the order of the log (by position)."""
+        events = [e for stream in streams for e in await async_collect(store.read(stream))]
+        return sorted(events, key=lambda e: e.position)
+
+    async def test_append_many_writes_every_stream_at_once(self, store: AsyncEventStore) -> None:
+        await store.append("a", deposits(1))
+        results = await store.append_many(
+            [
+                StreamAppend("a", deposits(2, 3), expected=1),
+                StreamAppend("b", deposits(4), expected=NO_STREAM),
+                StreamAppend("c", deposits(5, 6)),
+            ]
+        )
+        assert [(r.stream, r.from_version, r.to_version) for r in results] == [
+            ("a", 2, 3),
+            ("b", 1, 1),
+            ("c", 1, 2),
+        ]
+        every = await self._events_of(store, "a", "b", "c")
+        logged = {(e.stream, e.version): e.position for e in every}
+        for result in results:
+            versions = range(result.from_version, result.to_version + 1)
+            assert result.positions == tuple(logged[result.stream, v] for v in versions)
+            assert result.position == result.positions[-1]
+        # The call's events are stored together, after what was there before.
+        assert (every[0].stream, every[0].version) == ("a", 1)
+        assert sorted(p for r in results for p in r.positions) == [e.position for e in every[1:]]
+        assert [e.data for e in every if e.stream == "a"] == deposits(1, 2, 3)
+        assert [e.data for e in every if e.stream == "c"] == deposits(5, 6)
+        assert await store.append_many([]) == []
+        assert await self._events_of(store, "a", "b", "c") == every
+
+    async def test_append_many_with_a_failing_expectation_writes_nothing(
+        self, store: AsyncEventStore
+    ) -> None:
+        await store.append("a", deposits(1))
+        await store.append("b", deposits(1, 2))
+        before = await self._events_of(store, "a", "b")
+        with pytest.raises(WrongExpectedVersion) as info:
+            await store.append_many(
+                [
+                    StreamAppend("a", deposits(9), expected=1),
+                    StreamAppend("b", deposits(9), expected=1),
+                ]
+            )
+        assert (info.value.stream, info.value.expected, info.value.actual) == ("b", 1, 2)
+        # Several fail: the first in the order given is named.
+        with pytest.raises(WrongExpectedVersion) as info:
+            await store.append_many(
+                [
+                    StreamAppend("new", deposits(9), expected=NO_STREAM),
+                    StreamAppend("b", deposits(9), expected=STREAM_EXISTS),
+                    StreamAppend("z", deposits(9), expected=STREAM_EXISTS),
+                    StreamAppend("a", deposits(9), expected=NO_STREAM),
+                ]
+            )
+        assert (info.value.stream, info.value.actual) == ("z", 0)
+        # An empty batch checks its stream's expectation: a guard on another stream.
+        with pytest.raises(WrongExpectedVersion) as info:
+            await store.append_many(
+                [StreamAppend("a", deposits(9), expected=1), StreamAppend("b", [], expected=1)]
+            )
+        assert info.value.stream == "b"
+        assert await self._events_of(store, "a", "b") == before
+        assert await store.get_stream("new") is None
+        assert await store.get_stream("z") is None
+        guarded = await store.append_many(
+            [StreamAppend("a", deposits(9), expected=1), StreamAppend("b", [], expected=2)]
+        )
+        assert [(r.from_version, r.to_version, r.positions) for r in guarded[1:]] == [(3, 2, ())]
+        (_, written) = await async_collect(store.read("a"))
+        assert (guarded[0].to_version, guarded[0].positions) == (2, (written.position,))
+
+    async def test_append_many_to_a_deleted_stream_writes_nothing(
+        self, store: AsyncEventStore
+    ) -> None:
+        await store.append("a", deposits(1))
+        await store.append("gone", deposits(1))
+        await store.append("erased", deposits(1))
+        await store.delete_stream("gone")
+        await store.delete_stream("erased", hard=True)
+        for stream, hard in (("gone", False), ("erased", True)):
+            with pytest.raises(StreamDeleted) as info:
+                await store.append_many(
+                    [StreamAppend("a", deposits(2), expected=1), StreamAppend(stream, deposits(2))]
+                )
+            assert (info.value.stream, info.value.hard) == (stream, hard)
+            deleted = await store.get_stream(stream)
+            assert deleted is not None and deleted.version == 1
+        assert [e.version for e in await async_collect(store.read("a"))] == [1]
+        await store.restore_stream("gone")
+        assert [e.version for e in await async_collect(store.read("gone"))] == [1]
+
+    async def test_append_many_refuses_a_stream_named_twice_and_bad_parts(
+        self, store: AsyncEventStore
+    ) -> None:
+        shared = NewEvent(data=Deposited(amount=1))
+        refused: list[list[Any]] = [
+            [StreamAppend("a", deposits(1)), StreamAppend("b", []), StreamAppend("a", deposits(2))],
+            [StreamAppend("a", [shared]), StreamAppend("b", [shared])],
+            [StreamAppend("a", deposits(1)), ("b", deposits(2))],
+            [StreamAppend("a", deposits(1)), StreamAppend("", deposits(2))],
+            [StreamAppend("a", deposits(1)), StreamAppend("b", deposits(2), expected=-1)],
+            [StreamAppend("a", deposits(1)), StreamAppend("b", Deposited(amount=2))],  # type: ignore[arg-type]
+        ]
+        for appends in refused:
+            with pytest.raises(InvalidRequest):
+                await store.append_many(appends)
+        with pytest.raises(InvalidRequest) as info:
+            await store.append_many(refused[0])
+        assert "'a'" in str(info.value) and "twice" in str(info.value)
+        for not_a_list in (StreamAppend("a", deposits(1)), "a", None):
+            with pytest.raises(InvalidRequest) as info:
+                await store.append_many(not_a_list)  # type: ignore[arg-type]
+            assert "appends" in str(info.value)
+        assert await store.get_stream("a") is None
+        assert await store.get_stream("b") is None
+        assert await store.last_position() == 0
+
+    async def test_append_many_retried_returns_the_original_results(
+        self, store: AsyncEventStore
+    ) -> None:
+        call = [
+            StreamAppend("a", [NewEvent(data=d) for d in deposits(1, 2)], expected=NO_STREAM),
+            StreamAppend("b", [NewEvent(data=d) for d in deposits(3)], expected=NO_STREAM),
+        ]
+        first = await store.append_many(call)
+        await store.append("a", deposits(4))  # the expectations no longer hold
+        stored = await self._events_of(store, "a", "b")
+        assert await store.append_many(call) == first
+        assert await store.append_many(call[::-1]) == first[::-1]
+        assert await self._events_of(store, "a", "b") == stored
+        # Only some batches stored: ids reused, not a retry.
+        with pytest.raises(InvalidRequest):
+            await store.append_many([call[0], StreamAppend("c", deposits(5))])
+        assert await store.get_stream("c") is None
+        assert await self._events_of(store, "a", "b") == stored
+
+    async def test_concurrent_append_many_is_never_applied_in_part(
+        self, store: AsyncEventStore
+    ) -> None:
+        streams = ["m0", "m1", "m2"]
+        for stream in streams:
+            await store.append(stream, deposits(0))
+        applied: list[int] = []
+
+        async def writer(n: int) -> None:
+            for i in range(6):
+                call = n * 100 + i
+                # Overlapping streams, in both orders; exact versions or ANY.
+                chosen = [streams[(n + i) % 3], streams[(n + i + 1) % 3]][:: 1 if n % 2 else -1]
+                appends = []
+                for stream in chosen:
+                    info = await store.get_stream(stream)
+                    version = info.version if info is not None and i % 2 else ANY
+                    appends.append(StreamAppend(stream, deposits(call, call), expected=version))
+                try:
+                    await store.append_many(appends)
+                except WrongExpectedVersion:
+                    continue
+                applied.append(call)
+
+        writers = [writer(n) for n in range(1, 5)]  # unasync: remove
+        await asyncio.gather(*writers)  # unasync: for n in range(1, 5): writer(n)
+
+        every = await self._events_of(store, *streams)
+        calls: dict[int, list[RecordedEvent]] = {}
+        for event in every:
+            if event.data.amount:
+                calls.setdefault(event.data.amount, []).append(event)
+        assert sorted(calls) == sorted(applied)
+        positions = [e.position for e in every]
+        for call, events in calls.items():
+            # Two events in each of two streams, stored together in the log.
+            assert len(events) == 4 and len({e.stream for e in events}) == 2, call
+            first = positions.index(events[0].position)
+            assert every[first : first + 4] == events, call
+        for stream in streams:
+            versions = [e.version for e in every if e.stream == stream]
+            assert versions == list(range(1, len(versions) + 1))
 
     async def test_snapshots_of_a_stream_are_listed(self, store: AsyncEventStore) -> None:
         await store.append("s", deposits(1, 2, 3))

@@ -14,7 +14,7 @@ from uuid import UUID
 
 from eventfold.errors import WrongExpectedVersion
 from eventfold.events import NewEvent, RecordedEvent
-from eventfold.store import EventStore
+from eventfold.store import ANY, EventStore, StreamAppend
 from eventfold.testing._events import Deposited
 
 __all__ = ["EventStoreConcurrencySuite", "follow_log", "run_threads"]
@@ -73,6 +73,26 @@ def follow_log(
                 idle()
 
 
+def _whole_calls(events: list[RecordedEvent]) -> dict[int, list[RecordedEvent]]:
+    """The events of each multi-stream call of the suite, checked to be whole and together.
+
+    A call writes two ``Deposited(amount=call)`` to each of its streams: three
+    streams for an odd ``call``, two for an even one (amount 0 is no call).
+    """
+    by_call: dict[int, list[RecordedEvent]] = {}
+    for event in events:
+        if event.data.amount:
+            by_call.setdefault(event.data.amount, []).append(event)
+    index = {event.position: i for i, event in enumerate(events)}
+    for call, seen in by_call.items():
+        count = 2 + call % 2
+        assert len(seen) == 2 * count, f"call {call} is stored in part"
+        assert len({event.stream for event in seen}) == count, f"call {call} is stored in part"
+        first = index[seen[0].position]
+        assert events[first : first + len(seen)] == seen, f"call {call} is split in the log"
+    return by_call
+
+
 class EventStoreConcurrencySuite:
     """Concurrent writers and tailing readers on one sync store."""
 
@@ -108,6 +128,64 @@ class EventStoreConcurrencySuite:
         amounts = sorted(e.data.amount for e in events[1:])
         assert amounts == sorted(n for n in range(1, self.WRITERS + 1) for _ in range(per_writer))
         assert len(conflicts) == self.WRITERS
+
+    def test_threads_racing_append_many_on_overlapping_streams(self, store: EventStore) -> None:
+        """Multi-stream appends that overlap, in both orders: each is applied whole or not
+        at all, and a reader of the log never sees one in part."""
+        streams = [f"multi-{i}" for i in range(4)]
+        for stream in streams:
+            store.append(stream, [Deposited(amount=0)])
+        applied: list[int] = []
+        applied_lock = threading.Lock()
+        writers_done = threading.Event()
+        calls = max(self.APPENDS // 4, 1)
+
+        def writer(w: int) -> Callable[[], None]:
+            def run() -> None:
+                for i in range(calls):
+                    call = (w + 1) * 10_000 + i * 2 + (i + w) % 2  # odd: three streams
+                    count = 2 + call % 2
+                    start = (w + i) % len(streams)
+                    chosen = [streams[(start + k) % len(streams)] for k in range(count)]
+                    if w % 2:
+                        chosen.reverse()
+                    appends = []
+                    for stream in chosen:
+                        info = store.get_stream(stream)
+                        expected = info.version if info is not None and i % 3 else ANY
+                        events = [NewEvent(data=Deposited(amount=call)) for _ in range(2)]
+                        appends.append(StreamAppend(stream, events, expected=expected))
+                    try:
+                        results = store.append_many(appends)
+                    except WrongExpectedVersion as exc:
+                        assert exc.stream in chosen
+                        continue
+                    assert [r.stream for r in results] == chosen
+                    with applied_lock:
+                        applied.append(call)
+
+            return run
+
+        def reader() -> None:
+            while not writers_done.is_set():
+                _whole_calls(list(store.read_all()))
+                writers_done.wait(0.002)
+
+        def writers() -> None:
+            try:
+                run_threads([writer(w) for w in range(self.WRITERS)])
+            finally:
+                writers_done.set()
+
+        run_threads([writers, reader])
+        # Read stream by stream: read_all may lag behind the last commits (on
+        # PostgreSQL, while an older transaction of the server still runs).
+        every = sorted((e for s in streams for e in store.read(s)), key=lambda e: e.position)
+        assert sorted(_whole_calls(every)) == sorted(applied)
+        assert applied, "no call succeeded"
+        for stream in streams:
+            versions = [e.version for e in every if e.stream == stream]
+            assert versions == list(range(1, len(versions) + 1)), stream
 
     def test_tailing_reader_sees_every_event_once_in_one_order(self, store: EventStore) -> None:
         written: list[UUID] = []

@@ -35,6 +35,7 @@ from eventfold.store._rules import (
     idempotent_result,
     is_hard_deletion,
     restore_needed,
+    retried_many,
     truncation_point,
 )
 from eventfold.store._types import AppendResult, Expected, Snapshot, StreamInfo
@@ -71,47 +72,82 @@ class AsyncMemoryEventStore(AsyncStoreBase):
     async def _append(
         self, stream: str, batch: list[EncodedEvent], expected: Expected
     ) -> AppendResult:
+        return self._store_batches([(stream, batch, expected)])[0]
+
+    async def _append_many(
+        self, appends: list[tuple[str, list[EncodedEvent], Expected]]
+    ) -> list[AppendResult]:
+        return self._store_batches(appends)
+
+    def _store_batches(
+        self, appends: list[tuple[str, list[EncodedEvent], Expected]]
+    ) -> list[AppendResult]:
+        """Check every batch (retry, lifecycle, expectation), then store them all."""
         with self._lock:
             ids = self._ids
-            found = {e.id: ids[e.id] for e in batch if e.id in ids}
-            retried = idempotent_result(stream, batch, found)
-            if retried is not None:
-                return retried
-            if stream in self._deleted:
-                raise StreamDeleted(stream, self._is_hard_deleted(stream))
-            rows = self._streams.get(stream)
-            actual = rows[-1][VERSION] if rows else 0
-            ensure_expected(stream, expected, actual)
-            if not batch:
-                return AppendResult(stream, actual + 1, actual, 0, ())
-            if rows is None:
-                rows = self._streams[stream] = []
-            recorded_at = now_us()
-            first = len(self._log) + 1
-            new_rows: list[Row] = [
-                (
-                    first + i,
-                    stream,
-                    actual + 1 + i,
-                    event.id,
-                    event.type,
-                    event.schema_version,
-                    event.data,
-                    event.metadata,
-                    recorded_at,
-                )
-                for i, event in enumerate(batch)
+            retried = [
+                idempotent_result(stream, batch, {e.id: ids[e.id] for e in batch if e.id in ids})
+                for stream, batch, _ in appends
             ]
+            if retried_many(appends, retried):
+                return [
+                    result if result is not None else self._empty_result(stream)
+                    for (stream, _, _), result in zip(appends, retried, strict=True)
+                ]
+            actuals = []
+            for stream, _, expected in appends:
+                if stream in self._deleted:
+                    raise StreamDeleted(stream, self._is_hard_deleted(stream))
+                rows = self._streams.get(stream)
+                actual = rows[-1][VERSION] if rows else 0
+                ensure_expected(stream, expected, actual)
+                actuals.append(actual)
+            recorded_at = now_us()
+            next_position = len(self._log) + 1
+            planned: list[list[Row]] = []
+            for (stream, batch, _), actual in zip(appends, actuals, strict=True):
+                planned.append(
+                    [
+                        (
+                            next_position + i,
+                            stream,
+                            actual + 1 + i,
+                            event.id,
+                            event.type,
+                            event.schema_version,
+                            event.data,
+                            event.metadata,
+                            recorded_at,
+                        )
+                        for i, event in enumerate(batch)
+                    ]
+                )
+                next_position += len(batch)
             # Inline projections first: if one raises, nothing has been stored.
-            self._call_inline(None, new_rows)
-            rows.extend(new_rows)
-            self._log.extend(new_rows)
-            for row in new_rows:
-                ids[row[ID]] = (stream, row[VERSION], row[POSITION])
-            version, position = new_rows[-1][VERSION], new_rows[-1][POSITION]
-            self._appended.notify_all()
-            positions = tuple(row[POSITION] for row in new_rows)
-            return AppendResult(stream, actual + 1, version, position, positions)
+            for new_rows in planned:
+                if new_rows:
+                    self._call_inline(None, new_rows)
+            results = []
+            for (stream, _, _), actual, new_rows in zip(appends, actuals, planned, strict=True):
+                if not new_rows:
+                    results.append(AppendResult(stream, actual + 1, actual, 0, ()))
+                    continue
+                self._streams.setdefault(stream, []).extend(new_rows)
+                self._log.extend(new_rows)
+                for row in new_rows:
+                    ids[row[ID]] = (stream, row[VERSION], row[POSITION])
+                positions = tuple(row[POSITION] for row in new_rows)
+                version = actual + len(new_rows)
+                results.append(AppendResult(stream, actual + 1, version, positions[-1], positions))
+            if any(planned):
+                self._appended.notify_all()
+            return results
+
+    def _empty_result(self, stream: str) -> AppendResult:
+        """An empty batch's result: the stream's version, nothing written."""
+        rows = self._streams.get(stream)
+        actual = rows[-1][VERSION] if rows else 0
+        return AppendResult(stream, actual + 1, actual, 0, ())
 
     async def _read_page(
         self, stream: str, cursor: int, backwards: bool, count: int

@@ -8,7 +8,7 @@ try:
     from psycopg import AsyncConnection, Connection, sql
     from psycopg import errors as pg_errors
     from psycopg.conninfo import conninfo_to_dict
-    from psycopg.errors import UniqueViolation
+    from psycopg.errors import SerializationFailure, UniqueViolation
     from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
 except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
     raise ImportError(
@@ -22,6 +22,7 @@ __all__ = [
     "Connection",
     "ConnectionPool",
     "PoolTimeout",
+    "SerializationFailure",
     "UniqueViolation",
     "conninfo_to_dict",
     "pg_errors",

@@ -48,6 +48,7 @@ from eventfold.store._rules import (
     idempotent_result,
     is_hard_deletion,
     restore_needed,
+    retried_many,
     stream_info_from,
     truncation_point,
 )
@@ -63,7 +64,9 @@ from eventfold.store.postgres._driver import (
     AsyncConnection,
     AsyncConnectionPool,
     PoolTimeout,
+    SerializationFailure,
     UniqueViolation,
+    psycopg,
 )
 from eventfold.store.postgres._errors import schema_version_error, translate_errors
 from eventfold.store.postgres._statements import (
@@ -109,6 +112,28 @@ def _read_all_params(after: int, limit: int) -> dict[str, Any] | None:
 def _matching(rows: Sequence[Row], wanted: frozenset[str] | None, prefix: str | None) -> list[Row]:
     """The rows of types in ``wanted`` (None: any) of streams starting with ``prefix``."""
     return [row for row in rows if row_matches(row, wanted, prefix)]
+
+
+def _appended(
+    stream: str, batch: Sequence[EncodedEvent], expected: Expected, row: Any
+) -> AppendResult | tuple[Any, ...]:
+    """The result of an append statement's row, else (version, deleted) as it probed them."""
+    if row is None:
+        raise StoreError("PostgreSQL returned no row for the append")
+    actual, deleted, inserted, seqs, tx, _ = row
+    if deleted or not expectation_met(expected, actual):
+        return actual, deleted
+    if inserted != len(batch):  # cannot happen: the statement has no ON CONFLICT
+        raise StoreError(f"PostgreSQL stored {inserted} of {len(batch)} events")
+    if not batch:
+        return AppendResult(stream, actual + 1, actual, 0, ())
+    # append_one returns the row's seq, append the array of them (version order).
+    positions = (
+        (join_position(tx, seqs),)
+        if len(batch) == 1
+        else tuple(join_position(tx, seq) for seq in seqs)
+    )
+    return AppendResult(stream, actual + 1, actual + len(batch), positions[-1], positions)
 
 
 async def migrate(conninfo_or_pool: str | AsyncPool, *, schema: str = "eventfold") -> int:
@@ -545,22 +570,113 @@ class AsyncPostgresEventStore(AsyncStoreBase):
             errors.sent = False  # the server undid the statement
             return None
         errors.sent = False
-        if row is None:
-            raise StoreError("PostgreSQL returned no row for the append")
-        actual, deleted, inserted, seqs, tx, _ = row
-        if deleted or not expectation_met(expected, actual):
-            return actual, deleted
-        if inserted != len(batch):  # cannot happen: the statement has no ON CONFLICT
-            raise StoreError(f"PostgreSQL stored {inserted} of {len(batch)} events")
-        if not batch:
-            return AppendResult(stream, actual + 1, actual, 0, ())
-        # append_one returns the row's seq, append the array of them (version order).
-        positions = (
-            (join_position(tx, seqs),)
-            if len(batch) == 1
-            else tuple(join_position(tx, seq) for seq in seqs)
-        )
-        return AppendResult(stream, actual + 1, actual + len(batch), positions[-1], positions)
+        return _appended(stream, batch, expected, row)
+
+    async def _append_many(
+        self, appends: list[tuple[str, list[EncodedEvent], Expected]]
+    ) -> list[AppendResult]:
+        with translate_errors(self.schema) as errors:
+            async with self._connection() as conn:
+                return await self._append_many_on(conn, errors, appends)
+
+    async def _append_many_on(
+        self,
+        conn: AsyncConnection[Any],
+        errors: translate_errors,
+        appends: list[tuple[str, list[EncodedEvent], Expected]],
+    ) -> list[AppendResult]:
+        """Append every batch in one transaction on ``conn``, else none.
+
+        The statements run in stream name order: two calls on overlapping
+        streams then wait for each other's versions in one order, where
+        other orders could deadlock.
+        """
+        order = sorted(range(len(appends)), key=lambda i: appends[i][0])
+        statements = []
+        for i in order:
+            stream, batch, expected = appends[i]
+            name, params = append_params(stream, expected, batch)
+            statements.append((i, self._sql[name], params))
+        lost = 0
+        for _ in range(_APPEND_ATTEMPTS):
+            outcome = await self._try_append_many(conn, errors, appends, statements)
+            if isinstance(outcome, list):
+                return outcome
+            # Nothing was written: a retry of a stored call, a failed
+            # expectation, a deleted stream, or a lost race; the same order of
+            # decisions as every backend's, in the order the caller gave.
+            lost = outcome
+            retried = [await self._find_batch(conn, s, b) for s, b, _ in appends]
+            if retried_many(appends, retried):
+                return [
+                    result if result is not None else await self._empty_result(conn, stream)
+                    for (stream, _, _), result in zip(appends, retried, strict=True)
+                ]
+            for stream, _, expected in appends:
+                actual, deleted = await _one(conn, self._sql["stream_state"], {"stream": stream})
+                if deleted:
+                    raise StreamDeleted(stream, await self._hard_deleted(conn, stream))
+                if not expectation_met(expected, actual):
+                    raise WrongExpectedVersion(stream, expected, actual)
+            if not conn.autocommit:
+                # End the implicit transaction of the reads above: the next attempt
+                # must begin a transaction of its own (REPEATABLE READ from the start).
+                await conn.rollback()
+            # Every expectation still holds: another writer took a version of
+            # a stream (ANY, STREAM_EXISTS) first; try again on top of its events.
+        stream, _, expected = appends[lost]
+        actual, _ = await _one(conn, self._sql["stream_state"], {"stream": stream})
+        raise WrongExpectedVersion(stream, expected, actual)
+
+    async def _try_append_many(
+        self,
+        conn: AsyncConnection[Any],
+        errors: translate_errors,
+        appends: list[tuple[str, list[EncodedEvent], Expected]],
+        statements: list[tuple[int, bytes, dict[str, Any]]],
+    ) -> list[AppendResult] | int:
+        """One attempt: every result, else the index of the append that stopped it.
+
+        Nothing is stored unless the results are returned: the transaction is
+        rolled back at the first statement that writes nothing (a failed
+        expectation, a deleted stream) or raises a unique violation (a lost
+        race for a version, a stored event id). It runs under REPEATABLE READ
+        (see repeatable_read.sql), where a write that meets a concurrent one
+        fails with a serialization failure: rolled back too, and decided alike.
+        """
+        results: list[AppendResult | None] = [None] * len(appends)
+        current = 0
+        try:
+            async with conn.transaction():
+                await conn.execute(self._sql["repeatable_read"])
+                for current, query, params in statements:
+                    stream, batch, expected = appends[current]
+                    try:
+                        cursor = await conn.execute(query, params)
+                    except UniqueViolation:
+                        raise psycopg.Rollback from None  # the block ends, rolled back
+                    outcome = _appended(stream, batch, expected, await cursor.fetchone())
+                    if not isinstance(outcome, AppendResult):
+                        raise psycopg.Rollback
+                    if batch and self._inline:
+                        await self._append_inline(
+                            conn, stream, outcome.from_version - 1, len(batch)
+                        )
+                    results[current] = outcome
+                # The COMMIT is on its way: a connection lost now leaves the
+                # outcome unknown (the error says so).
+                errors.sent = True
+        except SerializationFailure:
+            errors.sent = False
+            return current
+        errors.sent = False
+        done = [result for result in results if result is not None]
+        return done if len(done) == len(appends) else current
+
+    async def _empty_result(self, conn: AsyncConnection[Any], stream: str) -> AppendResult:
+        """An empty batch's result: the stream's version, nothing written."""
+        actual, _ = await _one(conn, self._sql["stream_state"], {"stream": stream})
+        return AppendResult(stream, actual + 1, actual, 0, ())
 
     async def _append_inline(
         self, conn: AsyncConnection[Any], stream: str, before: int, count: int

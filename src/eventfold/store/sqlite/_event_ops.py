@@ -23,6 +23,7 @@ from eventfold.store._rules import (
     idempotent_result,
     is_hard_deletion,
     restore_needed,
+    retried_many,
     truncation_point,
 )
 from eventfold.store._types import AppendResult, Expected
@@ -31,6 +32,7 @@ from eventfold.store.sqlite._db import SQL, Handle, SqliteDatabase
 __all__ = [
     "append",
     "append_in",
+    "append_many",
     "delete_snapshots",
     "delete_stream",
     "find_event",
@@ -71,6 +73,35 @@ def append(
         raise
     db.end_write(handle, commit=True)
     return result
+
+
+def append_many(
+    db: SqliteDatabase,
+    appends: list[tuple[str, list[EncodedEvent], Expected]],
+    inline: InlineHook | None = None,
+) -> list[AppendResult]:
+    """Append to several streams in one write transaction: all batches or none.
+
+    ``inline`` runs once per stream's batch, in that transaction.
+    """
+    with db.write("append_many") as conn:
+        retried = [_find_batch(conn, stream, batch) for stream, batch, _ in appends]
+        if retried_many(appends, retried):
+            return [
+                result if result is not None else _empty_result(conn, stream)
+                for (stream, _, _), result in zip(appends, retried, strict=True)
+            ]
+        # No batch is stored yet and the write lock is held: each append below
+        # checks and writes its stream; the first refusal rolls back them all.
+        return [
+            _append_in_transaction(conn, stream, batch, expected, inline)
+            for stream, batch, expected in appends
+        ]
+
+
+def _empty_result(conn: sqlite3.Connection, stream: str) -> AppendResult:
+    actual, _ = conn.execute(SQL["stream_state"], (stream,)).fetchone()
+    return AppendResult(stream, actual + 1, actual, 0, ())
 
 
 def _append_in_transaction(

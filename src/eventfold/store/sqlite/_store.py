@@ -153,6 +153,12 @@ class SqliteEventStore(StoreBase):
         inline = self._call_inline if self._inline else None
         return self._run(ops.append, self._db, stream, batch, expected, inline)
 
+    def _append_many(
+        self, appends: list[tuple[str, list[EncodedEvent], Expected]]
+    ) -> list[AppendResult]:
+        inline = self._call_inline if self._inline else None
+        return self._run(ops.append_many, self._db, appends, inline)
+
     def _read_page(self, stream: str, cursor: int, backwards: bool, count: int) -> Sequence[Row]:
         return self._run(ops.read_page, self._db, stream, cursor, backwards, count)
 

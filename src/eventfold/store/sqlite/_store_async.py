@@ -155,6 +155,12 @@ class AsyncSqliteEventStore(AsyncStoreBase):
         inline = self._call_inline if self._inline else None
         return await self._run(ops.append, self._db, stream, batch, expected, inline)
 
+    async def _append_many(
+        self, appends: list[tuple[str, list[EncodedEvent], Expected]]
+    ) -> list[AppendResult]:
+        inline = self._call_inline if self._inline else None
+        return await self._run(ops.append_many, self._db, appends, inline)
+
     async def _read_page(
         self, stream: str, cursor: int, backwards: bool, count: int
     ) -> Sequence[Row]:
