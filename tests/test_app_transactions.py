@@ -233,8 +233,7 @@ def test_an_append_in_a_transaction_never_numbers_events_after_a_newer_transacti
 ) -> None:
     for open_transaction in (pg.transaction, lambda: pg.transaction(app_conn)):
         pg.append("b", [Deposited(amount=0)])
-        conflict = pytest.raises(TransactionConflict, match="'b'")
-        with conflict, open_transaction() as tx:
+        with pytest.raises(TransactionConflict, match="'b'") as conflict, open_transaction() as tx:
             tx.append("a", [Deposited(amount=1)])  # this transaction has its id now
             pg.append("b", [Deposited(amount=2)])  # a newer one appends to b and commits
             tx.append("b", [Deposited(amount=3)])  # would come before it in the log
