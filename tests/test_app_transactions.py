@@ -15,7 +15,7 @@ import psycopg
 import pytest
 import pytest_asyncio
 
-from eventfold import CommandHandler, InvalidRequest, SqliteEventStore
+from eventfold import CommandHandler, InvalidRequest, SqliteEventStore, TransactionConflict
 from eventfold.examples.bank import DepositMoney, OpenAccount, account
 from eventfold.snapshots import SnapshotPolicy
 from eventfold.store.postgres import (
@@ -226,3 +226,23 @@ def test_sqlite_refuses_a_connection_to_another_file(
     finally:
         other.close()
     assert list(lite.read_all()) == []
+
+
+def test_an_append_in_a_transaction_never_numbers_events_after_a_newer_transactions(
+    pg: PostgresEventStore, app_conn: psycopg.Connection
+) -> None:
+    for open_transaction in (pg.transaction, lambda: pg.transaction(app_conn)):
+        pg.append("b", [Deposited(amount=0)])
+        with pytest.raises(TransactionConflict, match="'b'") as conflict, open_transaction() as tx:
+            tx.append("a", [Deposited(amount=1)])  # this transaction has its id now
+            pg.append("b", [Deposited(amount=2)])  # a newer one appends to b and commits
+            tx.append("b", [Deposited(amount=3)])  # would come before it in the log
+        assert conflict.value.retryable
+        with open_transaction() as tx:  # run again: newer than what it finds
+            tx.append("a", [Deposited(amount=1)])
+            tx.append("b", [Deposited(amount=3)])
+    log = [(e.stream, e.version) for e in pg.read_all()]
+    for stream in ("a", "b"):
+        versions = [v for s, v in log if s == stream]
+        assert versions == sorted(versions) == list(range(1, len(versions) + 1)), log
+    assert [e.data.amount for e in pg.read("b")] == [0, 2, 3, 0, 2, 3]

@@ -43,6 +43,7 @@ from eventfold.errors import (
     StoreUnavailable,
     StreamDeleted,
     StreamNotFound,
+    TransactionConflict,
     UnknownEventType,
     WrongExpectedVersion,
 )
@@ -122,6 +123,7 @@ __all__ = [
     "StreamDeleted",
     "StreamInfo",
     "StreamNotFound",
+    "TransactionConflict",
     "TypeRegistry",
     "UnknownEventType",
     "WrongExpectedVersion",

@@ -10,6 +10,7 @@ the user's own exceptions and pass through the command handler unchanged.
     EventfoldError
     ├── ConcurrencyError
     │   ├── WrongExpectedVersion      # stream, expected, actual
+    │   ├── TransactionConflict       # stream: a newer transaction appended first
     │   ├── LeaseLost                 # another runner took over a projection
     │   └── LeaseHeld                 # a live runner holds it (a reset waits or refuses)
     ├── StreamNotFound
@@ -55,6 +56,7 @@ __all__ = [
     "StoreUnavailable",
     "StreamDeleted",
     "StreamNotFound",
+    "TransactionConflict",
     "UnknownEventType",
     "WrongExpectedVersion",
 ]
@@ -66,6 +68,27 @@ class EventfoldError(Exception):
 
 class ConcurrencyError(EventfoldError):
     """A write lost a race against another writer."""
+
+
+class TransactionConflict(ConcurrencyError):
+    """An append in a longer transaction met a newer transaction's events on its stream.
+
+    The newer transaction committed events to ``stream`` after this one began
+    writing: appended now, this transaction's events would come before them in
+    the global log although their versions follow them, and readers would
+    meet the versions out of order. Nothing was appended; roll the whole
+    transaction back and run it again (a new transaction is newer than what
+    it finds). ``retryable`` is True.
+    """
+
+    retryable = True
+
+    def __init__(self, stream: str) -> None:
+        self.stream = stream
+        super().__init__(
+            f"stream {stream!r} was appended to by a newer transaction that committed "
+            "after this one began writing: roll this transaction back and run it again"
+        )
 
 
 class WrongExpectedVersion(ConcurrencyError):

@@ -56,6 +56,11 @@ _SEQ_MASK: Final = (1 << _SEQ_BITS) - 1
 BIGINT_MAX: Final = 2**63 - 1
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,47}")
 _TEXT = load_statements("postgres")
+# The stream's newest event is a newer transaction's (append.sql's {newer}).
+_NEWER = (
+    "coalesce((SELECT e.tx > pg_current_xact_id() FROM {schema}.events AS e"
+    " WHERE e.stream = %(stream)b ORDER BY e.version DESC LIMIT 1), false)"
+)
 
 
 def check_schema_name(schema: object) -> str:
@@ -100,9 +105,17 @@ class PostgresStatements:
         for fragment, text in fragments:
             code = "\n".join(line for line in text.splitlines() if not line.startswith("--"))
             values[fragment] = sql.SQL(code).format(**values)
+        values["newer"] = sql.SQL("false")
         self._rendered: dict[str, bytes] = {
             name: sql.SQL(text).format(**values).as_bytes(None) for name, text in _TEXT.items()
         }
+        # Appends inside a longer transaction refuse to number events after
+        # those of a newer transaction (see append.sql).
+        values["newer"] = sql.SQL(_NEWER).format(**values)
+        for name in ("append", "append_one"):
+            self._rendered[f"{name}_in_transaction"] = (
+                sql.SQL(_TEXT[name]).format(**values).as_bytes(None)
+            )
 
     def __getitem__(self, name: str) -> bytes:
         return self._rendered[name]

@@ -34,6 +34,7 @@ from eventfold.errors import (
     StoreError,
     StoreTimeout,
     StreamDeleted,
+    TransactionConflict,
     WrongExpectedVersion,
 )
 from eventfold.serialization import Serializer
@@ -120,7 +121,9 @@ def _appended(
     """The result of an append statement's row, else (version, deleted) as it probed them."""
     if row is None:
         raise StoreError("PostgreSQL returned no row for the append")
-    actual, deleted, inserted, seqs, tx, _ = row
+    actual, deleted, inserted, seqs, tx, _, newer = row
+    if newer:
+        raise TransactionConflict(stream)
     if deleted or not expectation_met(expected, actual):
         return actual, deleted
     if inserted != len(batch):  # cannot happen: the statement has no ON CONFLICT
@@ -502,7 +505,7 @@ class AsyncPostgresEventStore(AsyncStoreBase):
     ) -> AppendResult:
         """Append on ``conn``: alone (autocommit), or in its open transaction."""
         statement, params = append_params(stream, expected, batch)
-        query = self._sql[statement]
+        query = self._sql[f"{statement}_in_transaction" if in_transaction else statement]
         actual = 0
         for _ in range(_APPEND_ATTEMPTS):
             # The happy path is this one statement: one round trip, no BEGIN/COMMIT.

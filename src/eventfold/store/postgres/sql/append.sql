@@ -15,6 +15,12 @@
 -- `seqs` are the inserted rows' sequence numbers in version order (they need
 -- not be consecutive: concurrent appends draw from the same sequence), from
 -- which the caller makes each event's position.
+-- {newer} is false for an append on its own; inside a longer transaction
+-- (`<name>_in_transaction`) it is true when the stream's newest event was
+-- written by a newer transaction, which has committed: this transaction's
+-- events would then come before that one's in the log although their
+-- versions follow it, so nothing is inserted and the caller raises
+-- TransactionConflict. Asked in this statement's own snapshot, with the insert.
 -- {notify} is pg_notify(channel, '') or NULL (store created with
 -- notify=False); it is called once, and only when rows were inserted. NOTIFY
 -- is transactional: listeners hear of the batch when it commits.
@@ -22,7 +28,8 @@ WITH state AS MATERIALIZED (
     SELECT (SELECT coalesce(max(version), 0) FROM {schema}.events
             WHERE stream = %(stream)b) AS version,
            EXISTS (SELECT 1 FROM {schema}.streams
-                   WHERE stream = %(stream)b AND deletion IS NOT NULL) AS deleted
+                   WHERE stream = %(stream)b AND deletion IS NOT NULL) AS deleted,
+           {newer} AS newer
 ), inserted AS (
     INSERT INTO {schema}.events (stream, version, id, type, schema_version, data, metadata)
     SELECT %(stream)b, s.version + e.ord, e.id, e.type, e.schema_version, e.data, e.metadata
@@ -30,12 +37,14 @@ WITH state AS MATERIALIZED (
         %(ids)b::uuid[], %(types)b::text[], %(schema_versions)b::integer[],
         %(datas)b::bytea[], %(metadatas)b::bytea[]
     ) WITH ORDINALITY AS e (id, type, schema_version, data, metadata, ord)
-    WHERE NOT s.deleted AND s.version BETWEEN %(low)b::bigint AND %(high)b::bigint
+    WHERE NOT s.deleted AND NOT s.newer
+      AND s.version BETWEEN %(low)b::bigint AND %(high)b::bigint
     ORDER BY e.ord
     RETURNING seq, tx
 ), summary AS (
     SELECT count(*) AS n, array_agg(seq ORDER BY seq) AS seqs,
            max(tx::text::bigint) AS tx FROM inserted
 )
-SELECT s.version, s.deleted, m.n, m.seqs, m.tx, CASE WHEN m.n > 0 THEN {notify} END
+SELECT s.version, s.deleted, m.n, m.seqs, m.tx, CASE WHEN m.n > 0 THEN {notify} END,
+       s.newer
 FROM state AS s, summary AS m

@@ -12,6 +12,12 @@
 -- already stored, raises a unique violation that undoes the whole statement,
 -- so a batch is never stored in part. The caller tells a failed expectation
 -- (nothing inserted; the probed version and flag say why) from success.
+-- {newer} is false for an append on its own; inside a longer transaction
+-- (`<name>_in_transaction`) it is true when the stream's newest event was
+-- written by a newer transaction, which has committed: this transaction's
+-- events would then come before that one's in the log although their
+-- versions follow it, so nothing is inserted and the caller raises
+-- TransactionConflict. Asked in this statement's own snapshot, with the insert.
 -- {notify} is pg_notify(channel, '') or NULL (store created with
 -- notify=False); it is called once, and only when rows were inserted. NOTIFY
 -- is transactional: listeners hear of the batch when it commits.
@@ -19,16 +25,19 @@ WITH state AS MATERIALIZED (
     SELECT (SELECT coalesce(max(version), 0) FROM {schema}.events
             WHERE stream = %(stream)b) AS version,
            EXISTS (SELECT 1 FROM {schema}.streams
-                   WHERE stream = %(stream)b AND deletion IS NOT NULL) AS deleted
+                   WHERE stream = %(stream)b AND deletion IS NOT NULL) AS deleted,
+           {newer} AS newer
 ), inserted AS (
     INSERT INTO {schema}.events (stream, version, id, type, schema_version, data, metadata)
     SELECT %(stream)b, s.version + 1, %(id)b::uuid, %(type)b::text,
            %(schema_version)b::integer, %(data)b::bytea, %(metadata)b::bytea
     FROM state AS s
-    WHERE NOT s.deleted AND s.version BETWEEN %(low)b::bigint AND %(high)b::bigint
+    WHERE NOT s.deleted AND NOT s.newer
+      AND s.version BETWEEN %(low)b::bigint AND %(high)b::bigint
     RETURNING seq, tx
 ), summary AS (
     SELECT count(*) AS n, max(seq) AS last_seq, max(tx::text::bigint) AS tx FROM inserted
 )
-SELECT s.version, s.deleted, m.n, m.last_seq, m.tx, CASE WHEN m.n > 0 THEN {notify} END
+SELECT s.version, s.deleted, m.n, m.last_seq, m.tx, CASE WHEN m.n > 0 THEN {notify} END,
+       s.newer
 FROM state AS s, summary AS m
