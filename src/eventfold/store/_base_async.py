@@ -157,14 +157,13 @@ class AsyncStoreBase(abc.ABC):
                 raise InvalidRequest(
                     f"appends[{index}] must be a StreamAppend, not {type(part).__name__}"
                 )
-            stream = check_stream_name(part.stream)
+            stream, batch, expected = self._checked_append(part.stream, part.events, part.expected)
             if stream in seen:
                 raise InvalidRequest(
                     f"appends name stream {stream!r} twice: give each stream one StreamAppend"
                 )
             seen.add(stream)
-            expected = check_expected(part.expected)
-            checked.append((stream, encode_batch(self.serializer, part.events), expected))
+            checked.append((stream, batch, expected))
         check_many_ids(checked)
         return checked
 
@@ -193,8 +192,7 @@ class AsyncStoreBase(abc.ABC):
         ``connection``: your own connection to the store's database (a
         psycopg connection for PostgreSQL, a sqlite3 connection to the
         store's file), so that your writes on it and the events commit or
-        roll back together. Open the store's transaction before your first
-        write in it. If the connection is idle, the transaction begins here
+        roll back together. If the connection is idle, the transaction begins here
         and commits when the block ends; inside a transaction you opened, it
         joins it and your commit decides (on PostgreSQL a savepoint undoes
         the block if it raises).

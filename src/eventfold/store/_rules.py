@@ -108,6 +108,11 @@ def idempotent_result(
     return AppendResult(stream, first, places[-1][1], places[-1][2], tuple(p[2] for p in places))
 
 
+def nothing_appended(stream: str, version: int) -> AppendResult:
+    """The result of an empty batch: the stream stays at ``version``, nothing written."""
+    return AppendResult(stream, version + 1, version, 0, ())
+
+
 def retried_many(
     appends: Sequence[tuple[str, Sequence[EncodedEvent], Expected]],
     retried: Sequence[AppendResult | None],

@@ -35,6 +35,7 @@ from eventfold.store._rules import (
     ensure_expected,
     idempotent_result,
     is_hard_deletion,
+    nothing_appended,
     restore_needed,
     retried_many,
     truncation_point,
@@ -129,7 +130,7 @@ class MemoryEventStore(StoreBase):
             results = []
             for (stream, _, _), actual, new_rows in zip(appends, actuals, planned, strict=True):
                 if not new_rows:
-                    results.append(AppendResult(stream, actual + 1, actual, 0, ()))
+                    results.append(nothing_appended(stream, actual))
                     continue
                 self._streams.setdefault(stream, []).extend(new_rows)
                 self._log.extend(new_rows)
@@ -146,7 +147,7 @@ class MemoryEventStore(StoreBase):
         """An empty batch's result: the stream's version, nothing written."""
         rows = self._streams.get(stream)
         actual = rows[-1][VERSION] if rows else 0
-        return AppendResult(stream, actual + 1, actual, 0, ())
+        return nothing_appended(stream, actual)
 
     def _read_page(self, stream: str, cursor: int, backwards: bool, count: int) -> Sequence[Row]:
         with self._lock:

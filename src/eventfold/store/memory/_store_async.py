@@ -34,6 +34,7 @@ from eventfold.store._rules import (
     ensure_expected,
     idempotent_result,
     is_hard_deletion,
+    nothing_appended,
     restore_needed,
     retried_many,
     truncation_point,
@@ -130,7 +131,7 @@ class AsyncMemoryEventStore(AsyncStoreBase):
             results = []
             for (stream, _, _), actual, new_rows in zip(appends, actuals, planned, strict=True):
                 if not new_rows:
-                    results.append(AppendResult(stream, actual + 1, actual, 0, ()))
+                    results.append(nothing_appended(stream, actual))
                     continue
                 self._streams.setdefault(stream, []).extend(new_rows)
                 self._log.extend(new_rows)
@@ -147,7 +148,7 @@ class AsyncMemoryEventStore(AsyncStoreBase):
         """An empty batch's result: the stream's version, nothing written."""
         rows = self._streams.get(stream)
         actual = rows[-1][VERSION] if rows else 0
-        return AppendResult(stream, actual + 1, actual, 0, ())
+        return nothing_appended(stream, actual)
 
     async def _read_page(
         self, stream: str, cursor: int, backwards: bool, count: int

@@ -48,6 +48,7 @@ from eventfold.store._rules import (
     expectation_met,
     idempotent_result,
     is_hard_deletion,
+    nothing_appended,
     restore_needed,
     retried_many,
     stream_info_from,
@@ -129,7 +130,7 @@ def _appended(
     if inserted != len(batch):  # cannot happen: the statement has no ON CONFLICT
         raise StoreError(f"PostgreSQL stored {inserted} of {len(batch)} events")
     if not batch:
-        return AppendResult(stream, actual + 1, actual, 0, ())
+        return nothing_appended(stream, actual)
     # append_one returns the row's seq, append the array of them (version order).
     positions = (
         (join_position(tx, seqs),)
@@ -434,9 +435,7 @@ class PostgresEventStore(StoreBase):
     def _transaction_on(self, connection: Any) -> Iterator[Transaction]:
         # The application's connection, in its own transaction or in one begun
         # here. Checked first: the same database and server as the store's pool
-        # (a connection elsewhere would append to another log), the schema,
-        # and no transaction id yet, so that the events table is locked before
-        # the transaction has one (the rule of log_horizon.sql).
+        # (a connection elsewhere would append to another log) and the schema.
         if not isinstance(connection, Connection):
             kind = Connection.__name__
             raise InvalidRequest(
@@ -673,7 +672,7 @@ class PostgresEventStore(StoreBase):
     def _empty_result(self, conn: Connection[Any], stream: str) -> AppendResult:
         """An empty batch's result: the stream's version, nothing written."""
         actual, _ = _one(conn, self._sql["stream_state"], {"stream": stream})
-        return AppendResult(stream, actual + 1, actual, 0, ())
+        return nothing_appended(stream, actual)
 
     def _append_inline(self, conn: Connection[Any], stream: str, before: int, count: int) -> None:
         # This transaction sees its own rows: read them back with their positions.

@@ -48,6 +48,7 @@ from eventfold.store._rules import (
     expectation_met,
     idempotent_result,
     is_hard_deletion,
+    nothing_appended,
     restore_needed,
     retried_many,
     stream_info_from,
@@ -129,7 +130,7 @@ def _appended(
     if inserted != len(batch):  # cannot happen: the statement has no ON CONFLICT
         raise StoreError(f"PostgreSQL stored {inserted} of {len(batch)} events")
     if not batch:
-        return AppendResult(stream, actual + 1, actual, 0, ())
+        return nothing_appended(stream, actual)
     # append_one returns the row's seq, append the array of them (version order).
     positions = (
         (join_position(tx, seqs),)
@@ -436,9 +437,7 @@ class AsyncPostgresEventStore(AsyncStoreBase):
     async def _transaction_on(self, connection: Any) -> AsyncIterator[AsyncTransaction]:
         # The application's connection, in its own transaction or in one begun
         # here. Checked first: the same database and server as the store's pool
-        # (a connection elsewhere would append to another log), the schema,
-        # and no transaction id yet, so that the events table is locked before
-        # the transaction has one (the rule of log_horizon.sql).
+        # (a connection elsewhere would append to another log) and the schema.
         if not isinstance(connection, AsyncConnection):
             kind = AsyncConnection.__name__
             raise InvalidRequest(
@@ -679,7 +678,7 @@ class AsyncPostgresEventStore(AsyncStoreBase):
     async def _empty_result(self, conn: AsyncConnection[Any], stream: str) -> AppendResult:
         """An empty batch's result: the stream's version, nothing written."""
         actual, _ = await _one(conn, self._sql["stream_state"], {"stream": stream})
-        return AppendResult(stream, actual + 1, actual, 0, ())
+        return nothing_appended(stream, actual)
 
     async def _append_inline(
         self, conn: AsyncConnection[Any], stream: str, before: int, count: int

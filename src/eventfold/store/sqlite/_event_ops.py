@@ -22,6 +22,7 @@ from eventfold.store._rules import (
     expectation_met,
     idempotent_result,
     is_hard_deletion,
+    nothing_appended,
     restore_needed,
     retried_many,
     truncation_point,
@@ -101,7 +102,7 @@ def append_many(
 
 def _empty_result(conn: sqlite3.Connection, stream: str) -> AppendResult:
     actual, _ = conn.execute(SQL["stream_state"], (stream,)).fetchone()
-    return AppendResult(stream, actual + 1, actual, 0, ())
+    return nothing_appended(stream, actual)
 
 
 def _append_in_transaction(
@@ -124,7 +125,7 @@ def _append_in_transaction(
             return retried
         raise WrongExpectedVersion(stream, expected, actual)
     if not batch:
-        return AppendResult(stream, actual + 1, actual, 0, ())
+        return nothing_appended(stream, actual)
     recorded_at = now_us()
     # Insert parameters; with the position in front they are also the
     # rows that inline projections receive.
