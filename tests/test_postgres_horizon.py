@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -17,7 +18,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from eventfold import NewEvent, RecordedEvent
+from eventfold import NewEvent, RecordedEvent, StreamAppend
 from eventfold.projections import Projection, ProjectionRunner
 from eventfold.store.postgres import LATEST_SCHEMA_VERSION, PostgresEventStore, migrate
 from eventfold.testing import follow_log
@@ -43,9 +44,41 @@ def open_transactions(pg_database: str) -> Iterator[list[psycopg.Connection]]:
         conn.close()
 
 
-def idle_in_transaction(url: str, *statements: str, name: str) -> psycopg.Connection:
+@pytest.fixture
+def prepared(pg_database: str) -> Iterator[list[str]]:
+    """Prepared transactions a test left open; rolled back at its end."""
+    gids: list[str] = []
+    yield gids
+    with psycopg.connect(pg_database, autocommit=True) as conn:
+        for gid in gids:
+            conn.execute(f"ROLLBACK PREPARED '{gid}'")
+
+
+def prepare(url: str, *statements: str) -> str:
+    """Run ``statements`` in a transaction, prepare it (two-phase commit) and
+    leave it to nobody; return its global id."""
+    with psycopg.connect(url) as conn:
+        if conn.execute("SHOW max_prepared_transactions").fetchone() == ("0",):
+            message = "the server has prepared transactions off (max_prepared_transactions)"
+            if os.environ.get("CI"):
+                pytest.fail(message)
+            pytest.skip(message)
+        for statement in statements:
+            conn.execute(statement)
+        gid = f"eventfold-test-{conn.info.backend_pid}"
+        conn.execute(f"PREPARE TRANSACTION '{gid}'")
+    return gid
+
+
+def idle_in_transaction(
+    url: str,
+    *statements: str,
+    name: str,
+    isolation: psycopg.IsolationLevel | None = None,
+) -> psycopg.Connection:
     """A connection that ran ``statements`` in a transaction it leaves open."""
     conn = psycopg.connect(url, application_name=name)
+    conn.isolation_level = isolation
     for statement in statements:
         conn.execute(statement)
     return conn
@@ -53,6 +86,10 @@ def idle_in_transaction(url: str, *statements: str, name: str) -> psycopg.Connec
 
 def deposits(store: PostgresEventStore, stream: str, count: int) -> list[int]:
     return [store.append(stream, [Deposited(amount=i)]).position for i in range(count)]
+
+
+class Rollback(Exception):
+    """Raised inside a transaction to roll it back."""
 
 
 def test_transactions_of_other_databases_hold_no_reader_back(
@@ -80,24 +117,134 @@ def test_transactions_of_other_databases_hold_no_reader_back(
     assert store.holdups() == []
 
 
-def test_a_write_transaction_of_the_same_database_holds_readers_back_and_is_named(
-    store: PostgresEventStore, pg_database: str, open_transactions: list[psycopg.Connection]
+def test_transactions_that_never_append_hold_no_reader_back(
+    store: PostgresEventStore,
+    pg_database: str,
+    open_transactions: list[psycopg.Connection],
+    prepared: list[str],
 ) -> None:
     (before,) = deposits(store, "acc", 1)
-    blocker = idle_in_transaction(
-        pg_database, "CREATE TEMP TABLE y (a int)", "INSERT INTO y VALUES (1)", name="batch-job"
-    )
-    open_transactions.append(blocker)
-    later = deposits(store, "acc", 2)
-    # It could still append to this store: readers wait for it, and say who it is.
-    assert list(store.read_all(after=before)) == []
-    assert store.checkpoints().backlog(before)[0] == 2
-    (holdup,) = store.holdups()
-    assert (holdup.pid, holdup.application_name) == (blocker.info.backend_pid, "batch-job")
-    assert holdup.state == "idle in transaction"
-    assert "batch-job" in holdup.describe()
-    blocker.rollback()
+    events = f"{store.schema}.events"
+    with psycopg.connect(pg_database, autocommit=True) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS side_table (a int)")
+    # Each held every reader of the database back before: transactions of the
+    # store's database that hold a transaction id but never append.
+    open_transactions += [
+        idle_in_transaction(
+            pg_database, "CREATE TEMP TABLE y (a int)", "INSERT INTO y VALUES (1)", name="batch"
+        ),
+        idle_in_transaction(pg_database, "SELECT pg_current_xact_id()", name="bare-xid"),
+        idle_in_transaction(
+            pg_database,
+            f"SELECT count(*) FROM {events}",
+            "INSERT INTO side_table VALUES (1)",
+            name="read-then-wrote",
+        ),
+        idle_in_transaction(
+            pg_database,
+            f"SELECT tx FROM {events} LIMIT 1 FOR SHARE",
+            "SELECT pg_current_xact_id()",
+            name="repeatable-read",
+            isolation=psycopg.IsolationLevel.REPEATABLE_READ,
+        ),
+    ]
+    prepared.append(prepare(pg_database, "INSERT INTO side_table VALUES (2)"))
+    later = deposits(store, "acc", 3)
     assert [e.position for e in store.read_all(after=before)] == later
+    assert store.last_position() == later[-1]
+    subscription = store.subscribe(after=before, poll_interval=60)
+    assert [next(subscription).position for _ in later] == later
+    subscription.close()
+    assert store.checkpoints().backlog(later[-1]) == (0, None)
+    assert store.holdups() == []
+
+
+@pytest.mark.parametrize(
+    "isolation",
+    [
+        psycopg.IsolationLevel.READ_COMMITTED,
+        psycopg.IsolationLevel.REPEATABLE_READ,
+        psycopg.IsolationLevel.SERIALIZABLE,
+    ],
+    ids=["read-committed", "repeatable-read", "serializable"],
+)
+def test_an_append_after_other_writes_comes_after_what_readers_passed_meanwhile(
+    store: PostgresEventStore, pg_database: str, isolation: psycopg.IsolationLevel
+) -> None:
+    (before,) = deposits(store, "acc", 1)
+    with psycopg.connect(pg_database, application_name="orders") as conn:
+        conn.isolation_level = isolation
+        conn.execute("CREATE TEMP TABLE orders (id int)")
+        conn.execute("INSERT INTO orders VALUES (1)")  # its transaction id: older than these
+        later = deposits(store, "acc", 2)
+        # It has not appended: readers pass it and deliver what committed meanwhile.
+        assert [e.position for e in store.read_all(after=before)] == later
+        with store.transaction(connection=conn) as tx:
+            first = tx.append("order-1", [Deposited(amount=1)])
+            second = tx.append("order-1", [Deposited(amount=2), Deposited(amount=3)])
+            # From its first append on it holds readers back, and is named.
+            during = deposits(store, "acc", 1)
+            assert list(store.read_all(after=later[-1])) == []
+            (holdup,) = store.holdups()
+            assert (holdup.pid, holdup.application_name) == (conn.info.backend_pid, "orders")
+        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
+        conn.commit()
+    inside = [first.position, *second.positions]
+    assert sorted(inside) == inside
+    assert min(inside) > later[-1]  # after the events readers delivered before
+    log = [(e.stream, e.version, e.position) for e in store.read_all(after=before)]
+    assert [p for _, _, p in log] == sorted(p for _, _, p in log)
+    assert {p for _, _, p in log} == {*later, *inside, *during}
+    assert [v for s, v, _ in log if s == "order-1"] == [1, 2, 3]
+    assert store.holdups() == []
+
+
+def test_an_append_rolled_back_to_a_savepoint_stops_holding_readers_back(
+    store: PostgresEventStore, pg_database: str
+) -> None:
+    (before,) = deposits(store, "acc", 1)
+    with psycopg.connect(pg_database) as conn:
+        conn.execute("CREATE TEMP TABLE orders (id int)")
+        conn.execute("INSERT INTO orders VALUES (1)")
+        with pytest.raises(Rollback), conn.transaction(), store.transaction(connection=conn) as tx:
+            tx.append("order-1", [Deposited(amount=1)])
+            raise Rollback
+        # The savepoint took the rows and the lock with it.
+        later = deposits(store, "acc", 1)
+        assert [e.position for e in store.read_all(after=before)] == later
+        with store.transaction(connection=conn) as tx:
+            again = tx.append("order-1", [Deposited(amount=2)])
+        conn.commit()
+    assert again.position > later[-1]
+    log = list(store.read_all(after=before))
+    assert [(e.stream, e.version) for e in log] == [("acc", 2), ("order-1", 1)]
+    assert log[-1].data == Deposited(amount=2)
+
+
+def test_a_prepared_transaction_holds_readers_back_only_if_it_appended(
+    store: PostgresEventStore, pg_database: str, prepared: list[str]
+) -> None:
+    (before,) = deposits(store, "acc", 1)
+    conn = psycopg.connect(pg_database)
+    conn.execute("SELECT 1")  # the application's transaction, which it then prepares
+    # A transaction that notified cannot be prepared: a store without NOTIFY.
+    with (
+        PostgresEventStore(pg_database, schema=store.schema, notify=False) as quiet,
+        quiet.transaction(connection=conn) as tx,
+    ):
+        pending = tx.append("two-phase", [Deposited(amount=1)])
+    gid = f"eventfold-test-{conn.info.backend_pid}"
+    conn.execute(f"PREPARE TRANSACTION '{gid}'")  # nobody holds it now
+    prepared.append(gid)
+    conn.close()
+    later = deposits(store, "acc", 2)
+    assert list(store.read_all(after=before)) == []
+    (holdup,) = store.holdups()
+    assert (holdup.state, holdup.gid) == ("prepared", gid)
+    with psycopg.connect(pg_database, autocommit=True) as admin:
+        admin.execute(f"COMMIT PREPARED '{gid}'")
+    prepared.remove(gid)
+    assert [e.position for e in store.read_all(after=before)] == [pending.position, *later]
     assert store.holdups() == []
 
 
@@ -133,7 +280,7 @@ def test_a_rolled_back_transaction_leaves_no_trace_and_no_hold(store: PostgresEv
     assert store.get_stream("tx") is None
 
 
-def test_a_store_transaction_that_wrote_holds_readers_back_even_before_it_appends(
+def test_a_store_transaction_that_wrote_holds_no_reader_back_until_it_appends(
     store: PostgresEventStore,
 ) -> None:
     (before,) = deposits(store, "acc", 1)
@@ -141,9 +288,10 @@ def test_a_store_transaction_that_wrote_holds_readers_back_even_before_it_append
         tx.execute("CREATE TEMP TABLE orders (id int)")
         tx.execute("INSERT INTO orders VALUES (?)", (1,))
         later = deposits(store, "acc", 1)
-        assert list(store.read_all(after=before)) == []  # it may still append
+        assert [e.position for e in store.read_all(after=before)] == later
         inside = tx.append("order-1", [Deposited(amount=1)])
-    assert [e.position for e in store.read_all(after=before)] == [inside.position, *later]
+        assert store.last_position() == later[-1]
+    assert [e.position for e in store.read_all(after=before)] == [*later, inside.position]
 
 
 def test_a_held_back_projection_shows_its_true_lag_and_who_holds_it(
@@ -184,40 +332,79 @@ def test_a_held_back_projection_shows_its_true_lag_and_who_holds_it(
 # -- under load: mixed writers, unrelated transactions, tailing readers ------------------
 
 CTX = multiprocessing.get_context("spawn")
+ISOLATIONS = (psycopg.IsolationLevel.READ_COMMITTED, psycopg.IsolationLevel.REPEATABLE_READ)
 WRITERS = 4
 APPENDS = 80
 
 
-class Rollback(Exception):
-    """Raised inside a transaction to roll it back."""
-
-
 def _writer(url: str, schema: str, writer: int, acks: Any) -> None:
-    """Autocommit appends, and appends inside store transactions beside other writes
-    (every fourth one rolled back); report the ids of what committed."""
+    """Every way to append, in turn, each reporting the ids of what committed:
+    autocommit appends; store transactions that write another table first
+    (some rolled back); multi-stream appends; the application's own
+    transactions at READ COMMITTED and REPEATABLE READ after their own writes
+    (some rolled back); an append rolled back to a savepoint, then another."""
     try:
-        with PostgresEventStore(url, schema=schema, max_size=2) as store:
+        with (
+            PostgresEventStore(url, schema=schema, max_size=2) as store,
+            psycopg.connect(url, application_name=f"app-{writer}") as app,
+        ):
             for i in range(APPENDS):
                 stream = f"w{writer}-{i % 4}"
                 batch = [NewEvent(data=Deposited(amount=i)) for _ in range(1 + i % 2)]
-                if i % 3:
-                    store.append(stream, batch)
-                    acks.put((writer, [e.id.hex for e in batch]))
-                    continue
+                committed = batch
+                kind = i % 6
                 try:
-                    with store.transaction() as tx:
-                        tx.execute("CREATE TEMP TABLE IF NOT EXISTS outbox (n int)")
-                        tx.execute("INSERT INTO outbox VALUES (?)", (i,))
-                        tx.append(stream, batch)
-                        if i % 4 == 0:
+                    if kind in (0, 4):
+                        store.append(stream, batch)
+                    elif kind == 1:
+                        with store.transaction() as tx:
+                            tx.execute("CREATE TEMP TABLE IF NOT EXISTS outbox (n int)")
+                            tx.execute("INSERT INTO outbox VALUES (?)", (i,))
+                            tx.append(stream, batch)
+                            if i % 4 == 1:
+                                raise Rollback
+                    elif kind == 2:
+                        other = [NewEvent(data=Deposited(amount=-i))]
+                        store.append_many(
+                            [StreamAppend(stream, batch), StreamAppend(f"w{writer}-m", other)]
+                        )
+                        committed = batch + other
+                    elif kind == 3:
+                        app.isolation_level = ISOLATIONS[(i // 6) % 2]
+                        app.execute("CREATE TEMP TABLE IF NOT EXISTS orders (n int)")
+                        app.execute("INSERT INTO orders VALUES (%s)", (i,))
+                        with store.transaction(connection=app) as tx:
+                            tx.append(stream, batch)
+                        if i % 4 == 3:
+                            app.rollback()
                             raise Rollback
+                        app.commit()
+                    else:
+                        with store.transaction() as tx:
+                            tx.execute("CREATE TEMP TABLE IF NOT EXISTS outbox (n int)")
+                            tx.execute("INSERT INTO outbox VALUES (?)", (i,))
+                            with pytest.raises(Rollback), tx.connection.transaction():
+                                tx.append(stream, [NewEvent(data=Deposited(amount=0))])
+                                raise Rollback
+                            tx.append(stream, batch)
                 except Rollback:
                     continue
-                acks.put((writer, [e.id.hex for e in batch]))
+                acks.put((writer, [e.id.hex for e in committed]))
     except BaseException as exc:
         acks.put((writer, f"writer {writer} died: {exc!r}"))
         raise
     acks.put((writer, None))
+
+
+def _committed_per_writer() -> int:
+    """How many events one _writer commits."""
+    total = 0
+    for i in range(APPENDS):
+        kind = i % 6
+        if (kind == 1 and i % 4 == 1) or (kind == 3 and i % 4 == 3):
+            continue
+        total += 1 + i % 2 + (kind == 2)
+    return total
 
 
 def _disturb(urls: list[str], done: threading.Event, opened: list[int]) -> None:
@@ -293,8 +480,7 @@ def test_tailing_readers_get_every_committed_event_once_among_unrelated_transact
             thread.join(60)
     assert failures == []
     assert len(opened) > 10  # unrelated transactions came and went throughout
-    committed = WRITERS * sum(1 + i % 2 for i in range(APPENDS) if i % 3 or i % 4)
-    assert len(acked) == committed
+    assert len(acked) == WRITERS * _committed_per_writer()
     with PostgresEventStore(pg_database, schema=schema) as store:
         final = [(e.id, e.position) for e in store.read_all()]
     for sequence in seen:
@@ -305,3 +491,4 @@ def test_tailing_readers_get_every_committed_event_once_among_unrelated_transact
         for stream in {e.stream for e in sequence}:
             versions = [e.version for e in sequence if e.stream == stream]
             assert versions == list(range(1, len(versions) + 1)), stream
+    assert {event_id.hex for event_id, _ in final} == acked

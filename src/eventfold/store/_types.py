@@ -142,8 +142,8 @@ class DeadLetter(msgspec.Struct, frozen=True):
 class Holdup(msgspec.Struct, frozen=True):
     """A transaction that holds readers of the global log back (PostgreSQL).
 
-    A write transaction of the store's database, which may still add events
-    to the store, so readers of ``read_all``,
+    A transaction that has appended to the store and not ended (it may add
+    more events before those committed after it), so readers of ``read_all``,
     subscriptions and projection runners see no event committed after it
     until it ends. ``pid`` is None for a prepared transaction (``gid`` names
     it); ``state`` is pg_stat_activity's (``idle in transaction``,

@@ -56,11 +56,60 @@ _SEQ_MASK: Final = (1 << _SEQ_BITS) - 1
 BIGINT_MAX: Final = 2**63 - 1
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,47}")
 _TEXT = load_statements("postgres")
-# The stream's newest event is a newer transaction's (append.sql's {newer}).
-_NEWER = (
-    "coalesce((SELECT e.tx > pg_current_xact_id() FROM {schema}.events AS e"
-    " WHERE e.stream = %(stream)b ORDER BY e.version DESC LIMIT 1), false)"
-)
+# Appends inside a longer transaction (store.transaction(), the application's
+# own): the tx their rows take (append.sql's own), as one decision.
+#
+# Readers count a transaction of their snapshot only while it holds the
+# events table's RowExclusiveLock (log_writers.sql). A transaction whose id
+# was assigned before it took that lock (it wrote something else first) may
+# have been passed over by a reader meanwhile: its rows must not take that
+# id. They take, in this order:
+# - the mark: the tx an earlier append of this transaction gave its rows
+#   (a transaction-local setting, gone with a rolled-back savepoint, like
+#   that append's lock and rows), so that one transaction's rows keep the
+#   order of their versions;
+# - the transaction's own id when it has none yet: it is assigned now, after
+#   this statement took the lock;
+# - else the xmax of a snapshot taken after the lock ("late"), or the id if
+#   larger: every row a reader can have passed over had committed before that
+#   snapshot, so it has a smaller tx. Under READ COMMITTED this statement's
+#   snapshot is one (taken after the parse or bind that locked the table).
+#   Under REPEATABLE READ and SERIALIZABLE it is the transaction's older
+#   one: the statement inserts nothing (own is NULL) and the store passes
+#   a floor, the xmax of a snapshot that a connection of its pool takes
+#   while this transaction holds the lock (%(floor)s).
+# A late append also tells readers its floor, so that they hold back only what
+# commits after it (not what they delivered before it appended): a
+# transaction-level advisory lock, (floor key, floor - xid) (log_writers.sql).
+# Readers reach those rows once the transaction has committed: the
+# savepoint the append runs in gets a subtransaction id at or above that
+# xmax, and it completes with the transaction, which moves every snapshot's
+# xmax past it.
+_OWN = """CASE
+    WHEN nullif(current_setting({mark_name}, true), '') IS NOT NULL
+    THEN current_setting({mark_name}, true)::xid8
+    WHEN pg_current_xact_id_if_assigned() IS NULL THEN pg_current_xact_id()
+    ELSE (SELECT g.f FROM (SELECT CASE
+              WHEN %(floor)s::text IS NOT NULL
+              THEN greatest(%(floor)s::text::xid8, pg_current_xact_id())
+              WHEN current_setting('transaction_isolation') = 'read committed'
+              THEN greatest(pg_snapshot_xmax(pg_current_snapshot()), pg_current_xact_id())
+          END AS f) AS g,
+          pg_advisory_xact_lock_shared({floor_key},
+              (g.f::text::numeric - pg_current_xact_id()::text::numeric)::integer) AS l
+          WHERE g.f IS NOT NULL)
+END"""
+# Refusals: "unsure" (no floor yet, see above); "newer" when the stream's
+# newest event is a newer transaction's (a larger tx, committed): this
+# transaction's events would come before it in the log although their
+# versions follow it (TransactionConflict).
+_REFUSAL = """CASE
+    WHEN c.own IS NULL THEN 'unsure'
+    WHEN coalesce((SELECT e.tx > c.own FROM {schema}.events AS e
+                   WHERE e.stream = %(stream)b ORDER BY e.version DESC LIMIT 1), false)
+    THEN 'newer'
+END"""
+_MARK = "set_config({mark_name}, s.own::text, true)"
 
 
 def check_schema_name(schema: object) -> str:
@@ -99,19 +148,24 @@ class PostgresStatements:
             "channel_name": sql.Identifier(self.channel),
             "notify": notify_call if notify else sql.SQL("NULL"),
         }
+        values["mark_name"] = sql.Literal(f"eventfold.tx_{schema}")
+        values["floor_key"] = sql.SQL("(hashtext({}) & 2147483647)").format(values["mark_name"])
         # Fragments of the statements that read the log (comments dropped: a
         # fragment goes in the middle of a line).
         fragments = (("writers", _TEXT["log_writers"]), ("horizon", _TEXT["log_horizon"]))
         for fragment, text in fragments:
             code = "\n".join(line for line in text.splitlines() if not line.startswith("--"))
             values[fragment] = sql.SQL(code).format(**values)
-        values["newer"] = sql.SQL("false")
+        values.update(own=sql.SQL("NULL::xid8"), refusal=sql.SQL("NULL::text"), mark=sql.NULL)
         self._rendered: dict[str, bytes] = {
             name: sql.SQL(text).format(**values).as_bytes(None) for name, text in _TEXT.items()
         }
-        # Appends inside a longer transaction refuse to number events after
-        # those of a newer transaction (see append.sql).
-        values["newer"] = sql.SQL(_NEWER).format(**values)
+        # Appends inside a longer transaction choose their rows' tx (see _OWN).
+        values.update(
+            own=sql.SQL(_OWN).format(**values),
+            refusal=sql.SQL(_REFUSAL).format(**values),
+            mark=sql.SQL(_MARK).format(**values),
+        )
         for name in ("append", "append_one"):
             self._rendered[f"{name}_in_transaction"] = (
                 sql.SQL(_TEXT[name]).format(**values).as_bytes(None)

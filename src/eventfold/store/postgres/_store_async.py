@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from contextlib import asynccontextmanager  # unasync: from contextlib import contextmanager
-from typing import Any, TypeAlias, TypeVar
+from typing import Any, Final, TypeAlias, TypeVar
 from uuid import UUID
 
 from eventfold._checks import MAX_POSITION, check_bool, check_non_negative, check_seconds
@@ -116,15 +116,23 @@ def _matching(rows: Sequence[Row], wanted: frozenset[str] | None, prefix: str | 
     return [row for row in rows if row_matches(row, wanted, prefix)]
 
 
+#: An append inside a REPEATABLE READ or SERIALIZABLE transaction that needs
+#: a floor for its rows' tx first (see _statements.py); it inserted nothing.
+NEEDS_FLOOR: Final = "unsure"
+
+
 def _appended(
     stream: str, batch: Sequence[EncodedEvent], expected: Expected, row: Any
-) -> AppendResult | tuple[Any, ...]:
-    """The result of an append statement's row, else (version, deleted) as it probed them."""
+) -> AppendResult | tuple[Any, ...] | str:
+    """The result of an append statement's row, else (version, deleted) as it
+    probed them, else NEEDS_FLOOR."""
     if row is None:
         raise StoreError("PostgreSQL returned no row for the append")
-    actual, deleted, inserted, seqs, tx, _, newer = row
-    if newer:
+    actual, deleted, inserted, seqs, tx, _, refusal, _ = row
+    if refusal == "newer":
         raise TransactionConflict(stream)
+    if refusal == NEEDS_FLOOR:
+        return NEEDS_FLOOR
     if deleted or not expectation_met(expected, actual):
         return actual, deleted
     if inserted != len(batch):  # cannot happen: the statement has no ON CONFLICT
@@ -504,7 +512,10 @@ class AsyncPostgresEventStore(AsyncStoreBase):
     ) -> AppendResult:
         """Append on ``conn``: alone (autocommit), or in its open transaction."""
         statement, params = append_params(stream, expected, batch)
-        query = self._sql[f"{statement}_in_transaction" if in_transaction else statement]
+        if in_transaction:
+            statement = f"{statement}_in_transaction"
+            params["floor"] = None
+        query = self._sql[statement]
         actual = 0
         for _ in range(_APPEND_ATTEMPTS):
             # The happy path is this one statement: one round trip, no BEGIN/COMMIT.
@@ -513,6 +524,9 @@ class AsyncPostgresEventStore(AsyncStoreBase):
             )
             if isinstance(state, AppendResult):
                 return state
+            if isinstance(state, str):  # NEEDS_FLOOR
+                params["floor"] = await self._log_floor(conn)
+                continue
             # Nothing was written: the expectation failed, the stream is
             # deleted, or a unique violation undid the statement. The batch may
             # be a retry of one already stored, else a conflict or a lost race.
@@ -540,7 +554,7 @@ class AsyncPostgresEventStore(AsyncStoreBase):
         query: bytes,
         params: dict[str, Any],
         in_transaction: bool = False,
-    ) -> AppendResult | tuple[Any, ...] | None:
+    ) -> AppendResult | tuple[Any, ...] | str | None:
         """One attempt: the result, else (version, deleted) as probed, else None.
 
         None means a unique violation (a lost race for a version, or a stored
@@ -573,6 +587,15 @@ class AsyncPostgresEventStore(AsyncStoreBase):
             return None
         errors.sent = False
         return _appended(stream, batch, expected, row)
+
+    async def _log_floor(self, conn: AsyncConnection[Any]) -> str:
+        """A floor for the rows of a late append in ``conn``'s REPEATABLE READ or
+        SERIALIZABLE transaction (see _statements.py): locked first, then asked
+        of a fresh snapshot on a connection of the pool."""
+        await conn.execute(self._sql["lock_events"])
+        async with self._connection() as other:
+            floor = await _one(other, self._sql["log_floor"], {})
+        return str(floor[0])
 
     async def _append_many(
         self, appends: list[tuple[str, list[EncodedEvent], Expected]]

@@ -15,12 +15,11 @@
 -- `seqs` are the inserted rows' sequence numbers in version order (they need
 -- not be consecutive: concurrent appends draw from the same sequence), from
 -- which the caller makes each event's position.
--- {newer} is false for an append on its own; inside a longer transaction
--- (`<name>_in_transaction`) it is true when the stream's newest event was
--- written by a newer transaction, which has committed: this transaction's
--- events would then come before that one's in the log although their
--- versions follow it, so nothing is inserted and the caller raises
--- TransactionConflict. Asked in this statement's own snapshot, with the insert.
+-- The appends inside a longer transaction (`<name>_in_transaction`, see
+-- _statements.py) decide the tx of their rows (own) and may refuse to
+-- insert (refusal); then they mark the transaction (the last column). On
+-- its own an append's rows take its transaction's id, which it gets with its
+-- first row: own, refusal and the mark are NULL.
 -- {notify} is pg_notify(channel, '') or NULL (store created with
 -- notify=False); it is called once, and only when rows were inserted. NOTIFY
 -- is transactional: listeners hear of the batch when it commits.
@@ -29,15 +28,18 @@ WITH state AS MATERIALIZED (
             WHERE stream = %(stream)b) AS version,
            EXISTS (SELECT 1 FROM {schema}.streams
                    WHERE stream = %(stream)b AND deletion IS NOT NULL) AS deleted,
-           {newer} AS newer
+           c.own, {refusal} AS refusal
+    FROM (SELECT {own} AS own) AS c
 ), inserted AS (
-    INSERT INTO {schema}.events (stream, version, id, type, schema_version, data, metadata)
-    SELECT %(stream)b, s.version + e.ord, e.id, e.type, e.schema_version, e.data, e.metadata
+    INSERT INTO {schema}.events (stream, version, id, type, schema_version, data, metadata,
+                                 tx)
+    SELECT %(stream)b, s.version + e.ord, e.id, e.type, e.schema_version, e.data, e.metadata,
+           coalesce(s.own, pg_current_xact_id())
     FROM state AS s, unnest(
         %(ids)b::uuid[], %(types)b::text[], %(schema_versions)b::integer[],
         %(datas)b::bytea[], %(metadatas)b::bytea[]
     ) WITH ORDINALITY AS e (id, type, schema_version, data, metadata, ord)
-    WHERE NOT s.deleted AND NOT s.newer
+    WHERE NOT s.deleted AND s.refusal IS NULL
       AND s.version BETWEEN %(low)b::bigint AND %(high)b::bigint
     ORDER BY e.ord
     RETURNING seq, tx
@@ -46,5 +48,5 @@ WITH state AS MATERIALIZED (
            max(tx::text::bigint) AS tx FROM inserted
 )
 SELECT s.version, s.deleted, m.n, m.seqs, m.tx, CASE WHEN m.n > 0 THEN {notify} END,
-       s.newer
+       s.refusal, CASE WHEN m.n > 0 THEN {mark} END
 FROM state AS s, summary AS m

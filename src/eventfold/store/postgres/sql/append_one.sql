@@ -12,12 +12,11 @@
 -- already stored, raises a unique violation that undoes the whole statement,
 -- so a batch is never stored in part. The caller tells a failed expectation
 -- (nothing inserted; the probed version and flag say why) from success.
--- {newer} is false for an append on its own; inside a longer transaction
--- (`<name>_in_transaction`) it is true when the stream's newest event was
--- written by a newer transaction, which has committed: this transaction's
--- events would then come before that one's in the log although their
--- versions follow it, so nothing is inserted and the caller raises
--- TransactionConflict. Asked in this statement's own snapshot, with the insert.
+-- The appends inside a longer transaction (`<name>_in_transaction`, see
+-- _statements.py) decide the tx of their rows (own) and may refuse to
+-- insert (refusal); then they mark the transaction (the last column). On
+-- its own an append's rows take its transaction's id, which it gets with its
+-- first row: own, refusal and the mark are NULL.
 -- {notify} is pg_notify(channel, '') or NULL (store created with
 -- notify=False); it is called once, and only when rows were inserted. NOTIFY
 -- is transactional: listeners hear of the batch when it commits.
@@ -26,18 +25,21 @@ WITH state AS MATERIALIZED (
             WHERE stream = %(stream)b) AS version,
            EXISTS (SELECT 1 FROM {schema}.streams
                    WHERE stream = %(stream)b AND deletion IS NOT NULL) AS deleted,
-           {newer} AS newer
+           c.own, {refusal} AS refusal
+    FROM (SELECT {own} AS own) AS c
 ), inserted AS (
-    INSERT INTO {schema}.events (stream, version, id, type, schema_version, data, metadata)
+    INSERT INTO {schema}.events (stream, version, id, type, schema_version, data, metadata,
+                                 tx)
     SELECT %(stream)b, s.version + 1, %(id)b::uuid, %(type)b::text,
-           %(schema_version)b::integer, %(data)b::bytea, %(metadata)b::bytea
+           %(schema_version)b::integer, %(data)b::bytea, %(metadata)b::bytea,
+           coalesce(s.own, pg_current_xact_id())
     FROM state AS s
-    WHERE NOT s.deleted AND NOT s.newer
+    WHERE NOT s.deleted AND s.refusal IS NULL
       AND s.version BETWEEN %(low)b::bigint AND %(high)b::bigint
     RETURNING seq, tx
 ), summary AS (
     SELECT count(*) AS n, max(seq) AS last_seq, max(tx::text::bigint) AS tx FROM inserted
 )
 SELECT s.version, s.deleted, m.n, m.last_seq, m.tx, CASE WHEN m.n > 0 THEN {notify} END,
-       s.newer
+       s.refusal, CASE WHEN m.n > 0 THEN {mark} END
 FROM state AS s, summary AS m
