@@ -228,21 +228,47 @@ def test_sqlite_refuses_a_connection_to_another_file(
     assert list(lite.read_all()) == []
 
 
-def test_an_append_in_a_transaction_never_numbers_events_after_a_newer_transactions(
+def test_appends_in_a_transaction_come_after_what_newer_transactions_committed(
     pg: PostgresEventStore, app_conn: psycopg.Connection
 ) -> None:
     for open_transaction in (pg.transaction, lambda: pg.transaction(app_conn)):
         pg.append("b", [Deposited(amount=0)])
-        with pytest.raises(TransactionConflict, match="'b'") as conflict, open_transaction() as tx:
-            tx.append("a", [Deposited(amount=1)])  # this transaction has its id now
-            pg.append("b", [Deposited(amount=2)])  # a newer one appends to b and commits
-            tx.append("b", [Deposited(amount=3)])  # would come before it in the log
-        assert conflict.value.retryable
-        with open_transaction() as tx:  # run again: newer than what it finds
-            tx.append("a", [Deposited(amount=1)])
-            tx.append("b", [Deposited(amount=3)])
+        with open_transaction() as tx:
+            first = tx.append("a", [Deposited(amount=1)])  # this transaction has its id now
+            newer = pg.append("b", [Deposited(amount=2)])  # a newer one appends to b, commits
+            last = tx.append("b", [Deposited(amount=3)])  # after it in the log, as its version
+        assert first.position < newer.position < last.position
     log = [(e.stream, e.version) for e in pg.read_all()]
     for stream in ("a", "b"):
         versions = [v for s, v in log if s == stream]
-        assert versions == sorted(versions) == list(range(1, len(versions) + 1)), log
+        assert versions == list(range(1, len(versions) + 1)), log
     assert [e.data.amount for e in pg.read("b")] == [0, 2, 3, 0, 2, 3]
+
+
+@pytest.mark.parametrize(
+    "isolation",
+    [psycopg.IsolationLevel.REPEATABLE_READ, psycopg.IsolationLevel.SERIALIZABLE],
+    ids=["repeatable-read", "serializable"],
+)
+def test_a_fixed_snapshot_that_cannot_see_a_newer_transactions_events_conflicts(
+    pg: PostgresEventStore, app_conn: psycopg.Connection, isolation: psycopg.IsolationLevel
+) -> None:
+    app_conn.isolation_level = isolation
+    pg.append("b", [Deposited(amount=0)])
+    with (
+        pytest.raises(TransactionConflict, match="'b'") as conflict,
+        pg.transaction(app_conn) as tx,
+    ):
+        tx.append("a", [Deposited(amount=1)])  # its snapshot: before the next append
+        pg.append("b", [Deposited(amount=2)])
+        tx.append("b", [Deposited(amount=3)])  # its snapshot shows b at version 1
+    assert conflict.value.retryable
+    with pg.transaction(app_conn) as tx:  # run again: a new snapshot
+        tx.append("a", [Deposited(amount=1)])
+        tx.append("b", [Deposited(amount=3)])
+    assert [(e.stream, e.version) for e in pg.read_all()] == [
+        ("b", 1),
+        ("b", 2),
+        ("a", 1),
+        ("b", 3),
+    ]

@@ -329,6 +329,40 @@ def test_a_held_back_projection_shows_its_true_lag_and_who_holds_it(
     assert runner.status().held_back_by == ()
 
 
+def test_a_sql_read_model_that_hangs_after_writing_holds_no_other_reader_back(
+    store: PostgresEventStore,
+) -> None:
+    (before,) = deposits(store, "acc", 1)
+    wrote, release = threading.Event(), threading.Event()
+
+    def handle(ctx: Any, event: RecordedEvent) -> None:
+        ctx.execute("INSERT INTO balances VALUES (?, ?)", (event.stream, event.version))
+        wrote.set()
+        release.wait(30)  # a handler stuck on something, its transaction open
+
+    projection = Projection(
+        "balances",
+        handle,
+        setup=lambda ctx: ctx.execute("CREATE TABLE balances (stream text, version bigint)"),
+    )
+    runner = ProjectionRunner(store, projection)
+    worker = threading.Thread(target=runner.run_once)
+    worker.start()
+    try:
+        assert wrote.wait(30)
+        later = deposits(store, "acc", 2)
+        # Its transaction wrote the read model and the checkpoint, not events.
+        assert [e.position for e in store.read_all(after=before)] == later
+        subscription = store.subscribe(after=before, poll_interval=60)
+        assert [next(subscription).position for _ in later] == later
+        subscription.close()
+        assert store.holdups() == []
+    finally:
+        release.set()
+        worker.join(30)
+    assert runner.status().position == later[-1]
+
+
 # -- under load: mixed writers, unrelated transactions, tailing readers ------------------
 
 CTX = multiprocessing.get_context("spawn")

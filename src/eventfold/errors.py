@@ -10,7 +10,7 @@ the user's own exceptions and pass through the command handler unchanged.
     EventfoldError
     ├── ConcurrencyError
     │   ├── WrongExpectedVersion      # stream, expected, actual
-    │   ├── TransactionConflict       # stream: a newer transaction appended first
+    │   ├── TransactionConflict       # stream: a newer transaction's, unseen
     │   ├── LeaseLost                 # another runner took over a projection
     │   └── LeaseHeld                 # a live runner holds it (a reset waits or refuses)
     ├── StreamNotFound
@@ -73,12 +73,13 @@ class ConcurrencyError(EventfoldError):
 class TransactionConflict(ConcurrencyError):
     """An append in a longer transaction met a newer transaction's events on its stream.
 
-    The newer transaction committed events to ``stream`` after this one began
-    writing: appended now, this transaction's events would come before them in
-    the global log although their versions follow them, and readers would
-    meet the versions out of order. Nothing was appended; roll the whole
-    transaction back and run it again (a new transaction is newer than what
-    it finds). ``retryable`` is True.
+    PostgreSQL, in a REPEATABLE READ or SERIALIZABLE transaction (one
+    snapshot throughout): a newer transaction committed events to ``stream``
+    that this transaction's snapshot cannot show, so the append cannot
+    number its events after them. Nothing was appended; roll the whole
+    transaction back and run it again (a new transaction sees them).
+    ``retryable`` is True. Under READ COMMITTED an append in a transaction
+    always sees the stream's newest events and never raises this.
     """
 
     retryable = True
@@ -86,8 +87,8 @@ class TransactionConflict(ConcurrencyError):
     def __init__(self, stream: str) -> None:
         self.stream = stream
         super().__init__(
-            f"stream {stream!r} was appended to by a newer transaction that committed "
-            "after this one began writing: roll this transaction back and run it again"
+            f"stream {stream!r} has events of a newer transaction that this transaction's "
+            "snapshot cannot show: roll this transaction back and run it again"
         )
 
 

@@ -62,54 +62,55 @@ _TEXT = load_statements("postgres")
 # Readers count a transaction of their snapshot only while it holds the
 # events table's RowExclusiveLock (log_writers.sql). A transaction whose id
 # was assigned before it took that lock (it wrote something else first) may
-# have been passed over by a reader meanwhile: its rows must not take that
-# id. They take, in this order:
-# - the mark: the tx an earlier append of this transaction gave its rows
-#   (a transaction-local setting, gone with a rolled-back savepoint, like
-#   that append's lock and rows), so that one transaction's rows keep the
-#   order of their versions;
-# - the transaction's own id when it has none yet: it is assigned now, after
-#   this statement took the lock;
-# - else the xmax of a snapshot taken after the lock ("late"), or the id if
-#   larger: every row a reader can have passed over had committed before that
-#   snapshot, so it has a smaller tx. Under READ COMMITTED this statement's
-#   snapshot is one (taken after the parse or bind that locked the table).
-#   Under REPEATABLE READ and SERIALIZABLE it is the transaction's older
-#   one: the statement inserts nothing (own is NULL) and the store passes
-#   a floor, the xmax of a snapshot that a connection of its pool takes
-#   while this transaction holds the lock (%(floor)s).
-# A late append also tells readers its floor, so that they hold back only what
-# commits after it (not what they delivered before it appended): a
-# transaction-level advisory lock, (floor key, floor - xid) (log_writers.sql).
-# Readers reach those rows once the transaction has committed: the
-# savepoint the append runs in gets a subtransaction id at or above that
-# xmax, and it completes with the transaction, which moves every snapshot's
-# xmax past it.
-_OWN = """CASE
-    WHEN nullif(current_setting({mark_name}, true), '') IS NOT NULL
-    THEN current_setting({mark_name}, true)::xid8
-    WHEN pg_current_xact_id_if_assigned() IS NULL THEN pg_current_xact_id()
-    ELSE (SELECT g.f FROM (SELECT CASE
-              WHEN %(floor)s::text IS NOT NULL
-              THEN greatest(%(floor)s::text::xid8, pg_current_xact_id())
-              WHEN current_setting('transaction_isolation') = 'read committed'
-              THEN greatest(pg_snapshot_xmax(pg_current_snapshot()), pg_current_xact_id())
-          END AS f) AS g,
-          pg_advisory_xact_lock_shared({floor_key},
-              (g.f::text::numeric - pg_current_xact_id()::text::numeric)::integer) AS l
-          WHERE g.f IS NOT NULL)
-END"""
+# have been passed over by a reader meanwhile, and a newer transaction may
+# have committed to the same stream since: its rows must not take that id.
+# Under READ COMMITTED each append's rows take the xmax of its statement's
+# snapshot, or the transaction's id if larger (an id assigned now, after
+# this statement took the lock, always is): every row a reader can have
+# passed over, and every event the stream has, committed before that
+# snapshot (taken after the parse or bind that locked the table) and has a
+# smaller tx. So its events follow the stream's, and the tx of one
+# transaction's appends never decreases: their versions keep log order.
+# Under REPEATABLE READ and SERIALIZABLE the statement's snapshot is the
+# transaction's, older than the lock; there all the rows take one tx, the
+# mark (a transaction-local setting that the first append leaves): its id
+# if it had none before that append, else a floor, the xmax of a snapshot
+# that a connection of the store's pool takes while this transaction holds
+# the lock (%(floor)s; without it the statement inserts nothing, own is
+# NULL, and the store asks for one).
+#
+# The first append of a transaction tells readers the smallest tx its rows
+# take, so that they hold back only what commits after it: a
+# transaction-level advisory lock (floor key, that tx - the transaction's
+# id), taken once, with the mark. A savepoint rolled back undoes the mark,
+# the advisory lock, the table lock and the rows together. Readers reach
+# the rows once the transaction has committed: the savepoint each append
+# runs in gets a subtransaction id at or above that xmax, and it completes
+# with the transaction, which moves every snapshot's xmax past it.
+_UNMARKED = "nullif(current_setting({mark_name}, true), '') IS NULL"
+_OWN = """(SELECT g.f FROM (SELECT CASE
+        WHEN current_setting('transaction_isolation') = 'read committed'
+        THEN greatest(pg_snapshot_xmax(pg_current_snapshot()), pg_current_xact_id())
+        WHEN NOT {unmarked} THEN current_setting({mark_name}, true)::xid8
+        WHEN pg_current_xact_id_if_assigned() IS NULL THEN pg_current_xact_id()
+        WHEN %(floor)s::text IS NOT NULL
+        THEN greatest(%(floor)s::text::xid8, pg_current_xact_id())
+    END AS f) AS g,
+    LATERAL (SELECT CASE WHEN {unmarked} AND g.f IS NOT NULL
+        THEN pg_advisory_xact_lock_shared({floor_key},
+            (g.f::text::numeric - pg_current_xact_id()::text::numeric)::integer)
+        END) AS l)"""
 # Refusals: "unsure" (no floor yet, see above); "newer" when the stream's
-# newest event is a newer transaction's (a larger tx, committed): this
-# transaction's events would come before it in the log although their
-# versions follow it (TransactionConflict).
+# newest event has a larger tx (a newer transaction's, committed, which a
+# REPEATABLE READ snapshot may show): this transaction's events would come
+# before it in the log although their versions follow it (TransactionConflict).
 _REFUSAL = """CASE
     WHEN c.own IS NULL THEN 'unsure'
     WHEN coalesce((SELECT e.tx > c.own FROM {schema}.events AS e
                    WHERE e.stream = %(stream)b ORDER BY e.version DESC LIMIT 1), false)
     THEN 'newer'
 END"""
-_MARK = "set_config({mark_name}, s.own::text, true)"
+_MARK = "CASE WHEN {unmarked} THEN set_config({mark_name}, s.own::text, true) END"
 
 
 def check_schema_name(schema: object) -> str:
@@ -161,6 +162,7 @@ class PostgresStatements:
             name: sql.SQL(text).format(**values).as_bytes(None) for name, text in _TEXT.items()
         }
         # Appends inside a longer transaction choose their rows' tx (see _OWN).
+        values["unmarked"] = sql.SQL(_UNMARKED).format(**values)
         values.update(
             own=sql.SQL(_OWN).format(**values),
             refusal=sql.SQL(_REFUSAL).format(**values),

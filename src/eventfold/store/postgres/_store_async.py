@@ -534,6 +534,10 @@ class AsyncPostgresEventStore(AsyncStoreBase):
             if retried is not None:
                 return retried
             if state is None:  # a unique violation: read the state it ran into
+                if in_transaction and (await _one(conn, self._sql["snapshot_fixed"]))[0]:
+                    # A newer transaction took the version, invisible to this
+                    # transaction's snapshot: only a new transaction can see it.
+                    raise TransactionConflict(stream)
                 state = await _one(conn, self._sql["stream_state"], {"stream": stream})
             actual, deleted = state
             if deleted:
