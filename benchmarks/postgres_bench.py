@@ -25,7 +25,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack, suppress
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
 
@@ -84,7 +84,7 @@ except ImportError as exc:  # pragma: no cover
     ) from exc
 
 import eventfold
-from eventfold import CommandHandler, WrongExpectedVersion
+from eventfold import CommandHandler, StreamAppend, WrongExpectedVersion
 from eventfold.store.postgres import PostgresEventStore, migrate
 
 RAW, ES, EF = "raw-psycopg", "eventsourcing", "eventfold"
@@ -108,6 +108,8 @@ class Counts:
     read_all_passes: int
     latency_samples: int  # subscriber latency samples per contender, after the warm-up
     latency_warmup: int
+    tail_reads: int  # empty reads at the end of the log, per contender
+    pairs: int  # atomic appends to two streams, per contender
     rounds: int
 
 
@@ -125,6 +127,8 @@ FULL_COUNTS = Counts(
     read_all_passes=6,
     latency_samples=1_000,
     latency_warmup=50,
+    tail_reads=5_000,
+    pairs=1_000,
     rounds=5,
 )
 QUICK_COUNTS = Counts(
@@ -141,6 +145,8 @@ QUICK_COUNTS = Counts(
     read_all_passes=3,
     latency_samples=150,
     latency_warmup=20,
+    tail_reads=500,
+    pairs=100,
     rounds=3,
 )
 
@@ -255,9 +261,10 @@ class Bench:
     fresh one, so connections do not pile up towards the server's limit.
     """
 
-    def __init__(self, url: str, counts: Counts) -> None:
+    def __init__(self, url: str, counts: Counts, hold: str = "none") -> None:
         self.url = url
         self.counts = counts
+        self.hold = hold
         self.stack = ExitStack()
         self._n = 0
 
@@ -625,6 +632,97 @@ class Bench:
             _stop_workers(list(subscribers.values()))
         return results
 
+    def tail_reads(self) -> dict[str, Measurement]:
+        """A follower's poll: one read of the log after its newest event, found empty.
+
+        eventfold's read computes the log horizon: one index probe while no
+        other transaction runs on the server, and one read of the lock table
+        while one does (see ``--hold``).
+        """
+        raw, app, store = self.open_raw(), self.open_es(1), self.open_ef(max_size=1)
+        raw.append("tail", [10] * 100, 0)
+        account = EsAccount()
+        for _ in range(100):
+            account.deposit(10)
+        app.save(account)
+        store.append("tail", [Deposited(amount=10) for _ in range(100)])
+        raw_last = raw.conn.execute("SELECT max(position) FROM events").fetchone()[0]
+        es_last = app.recorder.max_notification_id()
+        ef_last = store.last_position()
+
+        def raw_op() -> None:
+            rows = raw.conn.execute(RAW_READ_ALL, (raw_last, PAGE_SIZE)).fetchall()
+            check(not rows, RAW)
+
+        def es_op() -> None:
+            rows = app.recorder.select_notifications(es_last, PAGE_SIZE, inclusive_of_start=False)
+            check(not rows, ES)
+
+        def ef_op() -> None:
+            check(not list(store.read_all(after=ef_last, limit=PAGE_SIZE)), EF)
+
+        return run_rounds(
+            "tail read: an empty read after the newest event (a follower's poll)",
+            f"hold={self.hold}",
+            1,
+            {RAW: raw_op, ES: es_op, EF: ef_op},
+            count=self.counts.tail_reads,
+            rounds=self.counts.rounds,
+            warmup=50,
+        )
+
+    def pairs(self) -> dict[str, Measurement]:
+        """Two streams appended atomically (a transfer): one transaction for both."""
+        raw, app, store = self.open_raw(), self.open_es(1), self.open_ef(max_size=1)
+        two = "eventfold, two appends"
+        state = {"raw": 0, "ef": 0, "two": 0}
+        left, right = EsAccount(), EsAccount()
+        app.save(left, right)
+
+        def raw_op() -> None:
+            version = state["raw"]
+            with raw.conn.transaction(), raw.conn.cursor() as cur:
+                for stream in ("from", "to"):
+                    cur.execute(RAW_VERSION, (stream,))
+                    (actual,) = cur.fetchone()
+                    check(actual == version, RAW)
+                    cur.execute(
+                        RAW_INSERT,
+                        (stream, version + 1, uuid.uuid4(), DEPOSITED_TYPE, _encode({"amount": 1})),
+                    )
+            state["raw"] = version + 1
+
+        def es_op() -> None:
+            left.deposit(-1)
+            right.deposit(1)
+            app.save(left, right)
+
+        def ef_op() -> None:
+            version = state["ef"]
+            store.append_many(
+                [
+                    StreamAppend("from", [Deposited(amount=-1)], expected=version),
+                    StreamAppend("to", [Deposited(amount=1)], expected=version),
+                ]
+            )
+            state["ef"] = version + 1
+
+        def two_op() -> None:
+            version = state["two"]
+            store.append("from-2", [Deposited(amount=-1)], expected=version)
+            store.append("to-2", [Deposited(amount=1)], expected=version)
+            state["two"] = version + 1
+
+        return run_rounds(
+            "a transfer: one event to each of two streams, both or neither",
+            "synchronous_commit=on",
+            2,
+            {RAW: raw_op, ES: es_op, EF: ef_op, two: two_op},
+            count=self.counts.pairs,
+            rounds=self.counts.rounds,
+            warmup=20,
+        )
+
     def read_all(self) -> dict[str, Measurement]:
         raw, app, store = self.open_raw(), self.open_es(), self.open_ef()
         total = self.counts.read_all_events
@@ -835,9 +933,52 @@ def _subscriber_process(name: str, pipe: Any, spec: dict[str, Any], flush_after:
 # -- command line ---------------------------------------------------------------------------
 
 
+SCENARIOS = (
+    "append_1",
+    "append_10",
+    "append_100",
+    "concurrent",
+    "processes",
+    "hot_stream",
+    "load_stream",
+    "read_all",
+    "tail_reads",
+    "pairs",
+    "subscriber_latency",
+)
+HOLDS = ("none", "other-database", "same-database")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_common_arguments(parser)
     add_conninfo_argument(parser)
+    parser.add_argument(
+        "--only",
+        metavar="NAMES",
+        help=f"comma-separated scenarios to run (default all: {', '.join(SCENARIOS)})",
+    )
+    parser.add_argument(
+        "--hold",
+        choices=HOLDS,
+        default="none",
+        help="leave an unrelated write transaction open for the whole run: in another "
+        "database of the server, or in the benchmark's own database (it never appends)",
+    )
+
+
+@contextmanager
+def _held(admin_url: str, url: str, hold: str) -> Iterator[None]:
+    """An idle-in-transaction session with a transaction id, as ``--hold`` asks."""
+    if hold == "none":
+        yield
+        return
+    with psycopg.connect(admin_url if hold == "other-database" else url) as conn:
+        conn.execute("CREATE TEMP TABLE held (a int)")
+        conn.execute("INSERT INTO held VALUES (1)")  # a transaction id, kept open
+        try:
+            yield
+        finally:
+            conn.rollback()
 
 
 def _report_throughput(results: dict[str, Measurement]) -> dict[str, Any]:
@@ -875,7 +1016,8 @@ def run(args: argparse.Namespace) -> int:
     )
     started = time.perf_counter()
     records: list[dict[str, Any]] = []
-    with scratch_database(conninfo(args)) as url:
+    info["hold"] = args.hold
+    with scratch_database(conninfo(args)) as url, ExitStack() as stack_outer:
         with psycopg.connect(url) as conn:
             server = conn.info.server_version
             info["postgres"] = f"{server // 10000}.{server % 10000}"
@@ -884,19 +1026,28 @@ def run(args: argparse.Namespace) -> int:
             f"PostgreSQL {info['postgres']} | psycopg {info['psycopg']} | "
             f"Python {info['python']} | {info['cpus']} CPUs | {'quick' if args.quick else 'full'} run"
         )
-        bench = Bench(url, counts)
-        steps: list[Callable[[], dict[str, Measurement]]] = [
-            lambda: bench.appends(1, counts.append_1),
-            lambda: bench.appends(10, counts.append_10),
-            lambda: bench.appends(100, counts.append_100),
-            bench.concurrent,
-            bench.processes,
-            bench.hot_stream,
-            bench.load_stream,
-            bench.read_all,
-            bench.subscriber_latency,
-        ]
-        for step in steps:
+        bench = Bench(url, counts, args.hold)
+        every: dict[str, Callable[[], dict[str, Measurement]]] = {
+            "append_1": lambda: bench.appends(1, counts.append_1),
+            "append_10": lambda: bench.appends(10, counts.append_10),
+            "append_100": lambda: bench.appends(100, counts.append_100),
+            "concurrent": bench.concurrent,
+            "processes": bench.processes,
+            "hot_stream": bench.hot_stream,
+            "load_stream": bench.load_stream,
+            "read_all": bench.read_all,
+            "tail_reads": bench.tail_reads,
+            "pairs": bench.pairs,
+            "subscriber_latency": bench.subscriber_latency,
+        }
+        wanted = args.only.split(",") if args.only else list(SCENARIOS)
+        unknown = sorted(set(wanted) - set(every))
+        if unknown:
+            raise SystemExit(f"unknown scenarios {unknown}; choose from {', '.join(SCENARIOS)}")
+        if args.hold != "none":
+            print(f"an unrelated write transaction stays open in {args.hold} for the whole run")
+        stack_outer.enter_context(_held(conninfo(args), url, args.hold))
+        for step in [every[name] for name in wanted]:
             with ExitStack() as bench.stack:
                 results = step()
             gc.collect()

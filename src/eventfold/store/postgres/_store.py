@@ -7,11 +7,12 @@ Each row records its transaction id (``tx``, from ``pg_current_xact_id()``)
 and a sequence number (``seq``); rows are read in (tx, seq) order and the
 public position is ``(tx << 64) | seq``. A reader of ``read_all`` exposes
 only rows below the log horizon (``sql/log_horizon.sql``): the oldest
-transaction still running that may add events to this store. Every
-transaction that could still add a row below it has ended, and every
-transaction still to commit has a larger id, so readers never skip an event.
-Transactions of other databases never hold readers back; a write
-transaction of the store's database does, until it ends. The other choice,
+transaction still running that has appended to this store (it holds the
+events table's lock). Every transaction that could still add a row below it
+has ended, and every row still to commit gets a larger tx (an append after
+other writes in a longer transaction takes one above every row readers can
+have passed), so readers never skip an event. Transactions that never
+append, in any database, never hold readers back. The other choice,
 a table lock or single counter row that makes commit order the position
 order, serialises every writer.
 """
