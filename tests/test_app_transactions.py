@@ -183,6 +183,27 @@ async def test_async_appends_join_the_applications_connection(
     assert [e.position async for e in apg.read_all()] == [result.position]
 
 
+@pytest.mark.asyncio
+async def test_async_joining_after_the_applications_own_writes_is_refused(
+    apg: AsyncPostgresEventStore, pg_database: str
+) -> None:
+    async with await psycopg.AsyncConnection.connect(pg_database) as conn:
+        await conn.execute("CREATE TEMP TABLE orders (id int)")
+        await conn.commit()
+        await conn.execute("INSERT INTO orders VALUES (1)")  # its id: readers may pass it
+        with pytest.raises(InvalidRequest, match="before the transaction's first write"):
+            async with apg.transaction(conn) as tx:
+                await tx.append("order-1", [Deposited(amount=1)])
+        await conn.rollback()
+        # Joined first, the same work appends, and its events follow a newer append.
+        async with apg.transaction(conn) as tx:
+            await conn.execute("INSERT INTO orders VALUES (1)")
+            newer = await apg.append("other", [Deposited(amount=0)])
+            first = await tx.append("order-1", [Deposited(amount=1)])
+    assert newer.position < first.position
+    assert [e.position async for e in apg.read_all()] == [newer.position, first.position]
+
+
 # -- SQLite -----------------------------------------------------------------------------------
 
 

@@ -18,11 +18,12 @@ from typing import Any
 import psycopg
 import pytest
 
-from eventfold import NewEvent, RecordedEvent, StreamAppend
+from eventfold import InvalidRequest, NewEvent, RecordedEvent, StreamAppend
 from eventfold.projections import Projection, ProjectionRunner
 from eventfold.store.postgres import LATEST_SCHEMA_VERSION, PostgresEventStore, migrate
 from eventfold.testing import follow_log
 from eventfold.testing._events import Deposited
+from eventfold.testing._support import within_seconds
 from tests.support.pg import ADMIN_URL, new_schema_name
 
 
@@ -149,12 +150,13 @@ def test_transactions_that_never_append_hold_no_reader_back(
         ),
     ]
     prepared.append(prepare(pg_database, "INSERT INTO side_table VALUES (2)"))
+    subscription = store.subscribe(after=before, poll_interval=60)
     later = deposits(store, "acc", 3)
+    # Delivered at once (each append notifies), not after the 60 s poll.
+    assert within_seconds(1, lambda: [next(subscription).position for _ in later]) == later
+    subscription.close()
     assert [e.position for e in store.read_all(after=before)] == later
     assert store.last_position() == later[-1]
-    subscription = store.subscribe(after=before, poll_interval=60)
-    assert [next(subscription).position for _ in later] == later
-    subscription.close()
     assert store.checkpoints().backlog(later[-1]) == (0, None)
     assert store.holdups() == []
 
@@ -168,34 +170,64 @@ def test_transactions_that_never_append_hold_no_reader_back(
     ],
     ids=["read-committed", "repeatable-read", "serializable"],
 )
-def test_an_append_after_other_writes_comes_after_what_readers_passed_meanwhile(
+def test_a_transaction_that_wrote_before_joining_the_store_cannot_append(
     store: PostgresEventStore, pg_database: str, isolation: psycopg.IsolationLevel
 ) -> None:
     (before,) = deposits(store, "acc", 1)
     with psycopg.connect(pg_database, application_name="orders") as conn:
         conn.isolation_level = isolation
         conn.execute("CREATE TEMP TABLE orders (id int)")
-        conn.execute("INSERT INTO orders VALUES (1)")  # its transaction id: older than these
+        conn.commit()
+        conn.execute("INSERT INTO orders VALUES (1)")  # a transaction id, not claimed
         later = deposits(store, "acc", 2)
-        # It has not appended: readers pass it and deliver what committed meanwhile.
+        # It holds nobody back, so readers pass its id: it must not append below them.
         assert [e.position for e in store.read_all(after=before)] == later
+        with (
+            pytest.raises(InvalidRequest, match="before the transaction's first write"),
+            store.transaction(connection=conn) as tx,
+        ):
+            tx.append("order-1", [Deposited(amount=1)])
+        conn.rollback()
+    assert store.get_stream("order-1") is None
+    assert store.holdups() == []
+
+
+@pytest.mark.parametrize(
+    "isolation",
+    [
+        psycopg.IsolationLevel.READ_COMMITTED,
+        psycopg.IsolationLevel.REPEATABLE_READ,
+        psycopg.IsolationLevel.SERIALIZABLE,
+    ],
+    ids=["read-committed", "repeatable-read", "serializable"],
+)
+def test_a_transaction_that_joined_first_holds_readers_back_from_its_first_write(
+    store: PostgresEventStore, pg_database: str, isolation: psycopg.IsolationLevel
+) -> None:
+    (before,) = deposits(store, "acc", 1)
+    with psycopg.connect(pg_database, application_name="orders") as conn:
+        conn.isolation_level = isolation
+        conn.execute("CREATE TEMP TABLE orders (id int)")
+        conn.commit()
         with store.transaction(connection=conn) as tx:
-            first = tx.append("order-1", [Deposited(amount=1)])
-            second = tx.append("order-1", [Deposited(amount=2), Deposited(amount=3)])
-            # From its first append on it holds readers back, and is named.
-            during = deposits(store, "acc", 1)
-            assert list(store.read_all(after=later[-1])) == []
+            assert list(store.read_all(after=before)) == []
+            conn.execute("INSERT INTO orders VALUES (1)")  # it may append: readers wait
+            later = deposits(store, "acc", 2)
+            assert list(store.read_all(after=before)) == []
             (holdup,) = store.holdups()
             assert (holdup.pid, holdup.application_name) == (conn.info.backend_pid, "orders")
-        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
-        conn.commit()
+            first = tx.append("order-1", [Deposited(amount=1)])
+            second = tx.append("order-1", [Deposited(amount=2), Deposited(amount=3)])
+            assert store.last_position() == before  # never moved back, never forward
     inside = [first.position, *second.positions]
     assert sorted(inside) == inside
-    assert min(inside) > later[-1]  # after the events readers delivered before
     log = [(e.stream, e.version, e.position) for e in store.read_all(after=before)]
     assert [p for _, _, p in log] == sorted(p for _, _, p in log)
-    assert {p for _, _, p in log} == {*later, *inside, *during}
+    assert {p for _, _, p in log} == {*later, *inside}
     assert [v for s, v, _ in log if s == "order-1"] == [1, 2, 3]
+    if isolation == psycopg.IsolationLevel.READ_COMMITTED:
+        # Its appends see the newer events and come after them.
+        assert min(inside) > later[-1]
     assert store.holdups() == []
 
 
@@ -204,21 +236,21 @@ def test_an_append_rolled_back_to_a_savepoint_stops_holding_readers_back(
 ) -> None:
     (before,) = deposits(store, "acc", 1)
     with psycopg.connect(pg_database) as conn:
-        conn.execute("CREATE TEMP TABLE orders (id int)")
-        conn.execute("INSERT INTO orders VALUES (1)")
-        with pytest.raises(Rollback), conn.transaction(), store.transaction(connection=conn) as tx:
+        conn.execute("SELECT 1")  # the application's transaction, open, no id yet
+        with pytest.raises(Rollback), store.transaction(connection=conn) as tx:
             tx.append("order-1", [Deposited(amount=1)])
             raise Rollback
-        # The savepoint took the rows and the lock with it.
+        # The savepoint took the rows, the lock and the claim with it: readers go on.
         later = deposits(store, "acc", 1)
         assert [e.position for e in store.read_all(after=before)] == later
-        with store.transaction(connection=conn) as tx:
-            again = tx.append("order-1", [Deposited(amount=2)])
+        # The transaction kept its id, which readers passed: it appends no more.
+        with (
+            pytest.raises(InvalidRequest, match="before the transaction's first write"),
+            store.transaction(connection=conn) as tx,
+        ):
+            tx.append("order-1", [Deposited(amount=2)])
         conn.commit()
-    assert again.position > later[-1]
-    log = list(store.read_all(after=before))
-    assert [(e.stream, e.version) for e in log] == [("acc", 2), ("order-1", 1)]
-    assert log[-1].data == Deposited(amount=2)
+    assert store.get_stream("order-1") is None
 
 
 def test_a_prepared_transaction_holds_readers_back_only_if_it_appended(
@@ -280,7 +312,7 @@ def test_a_rolled_back_transaction_leaves_no_trace_and_no_hold(store: PostgresEv
     assert store.get_stream("tx") is None
 
 
-def test_a_store_transaction_that_wrote_holds_no_reader_back_until_it_appends(
+def test_a_store_transaction_holds_readers_back_from_its_first_write(
     store: PostgresEventStore,
 ) -> None:
     (before,) = deposits(store, "acc", 1)
@@ -288,9 +320,10 @@ def test_a_store_transaction_that_wrote_holds_no_reader_back_until_it_appends(
         tx.execute("CREATE TEMP TABLE orders (id int)")
         tx.execute("INSERT INTO orders VALUES (?)", (1,))
         later = deposits(store, "acc", 1)
-        assert [e.position for e in store.read_all(after=before)] == later
+        assert list(store.read_all(after=before)) == []  # it may still append
         inside = tx.append("order-1", [Deposited(amount=1)])
-        assert store.last_position() == later[-1]
+        assert store.last_position() == before
+    # Its append saw the newer event and comes after it.
     assert [e.position for e in store.read_all(after=before)] == [*later, inside.position]
 
 
@@ -406,8 +439,10 @@ def _writer(url: str, schema: str, writer: int, acks: Any) -> None:
                     elif kind == 3:
                         app.isolation_level = ISOLATIONS[(i // 6) % 2]
                         app.execute("CREATE TEMP TABLE IF NOT EXISTS orders (n int)")
-                        app.execute("INSERT INTO orders VALUES (%s)", (i,))
+                        app.commit()
+                        app.execute("SELECT 1")  # its own transaction: the block joins it
                         with store.transaction(connection=app) as tx:
+                            app.execute("INSERT INTO orders VALUES (%s)", (i,))
                             tx.append(stream, batch)
                         if i % 4 == 3:
                             app.rollback()
@@ -526,3 +561,13 @@ def test_tailing_readers_get_every_committed_event_once_among_unrelated_transact
             versions = [e.version for e in sequence if e.stream == stream]
             assert versions == list(range(1, len(versions) + 1)), stream
     assert {event_id.hex for event_id, _ in final} == acked
+    # A multi-stream append is one transaction: both events share its tx, so no
+    # reader can see one without the other.
+    with PostgresEventStore(pg_database, schema=schema) as store:
+        log = list(store.read_all())
+    paired = [e for e in log if e.stream.endswith("-m")]
+    assert len(paired) == WRITERS * sum(1 for i in range(APPENDS) if i % 6 == 2)
+    by_amount = {(e.stream.split("-")[0], e.data.amount): e for e in log if e not in paired}
+    for event in paired:
+        partner = by_amount[(event.stream.split("-")[0], -event.data.amount)]
+        assert partner.position >> 64 == event.position >> 64, (partner, event)

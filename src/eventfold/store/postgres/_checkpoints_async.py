@@ -44,7 +44,7 @@ class AsyncPostgresCheckpoints:
         # answer: one round trip per batch instead of one per event. An error
         # then surfaces at the end of the batch, which a runner handles by
         # redoing the batch event by event.
-        return self._store._transaction(pipeline=True)
+        return self._store._transaction(pipeline=True, claim=False)
 
     async def _one(self, name: str, params: dict[str, Any]) -> tuple[Any, ...] | None:
         with self._errors:

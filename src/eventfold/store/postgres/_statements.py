@@ -57,60 +57,46 @@ BIGINT_MAX: Final = 2**63 - 1
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,47}")
 _TEXT = load_statements("postgres")
 # Appends inside a longer transaction (store.transaction(), the application's
-# own): the tx their rows take (append.sql's own), as one decision.
+# own, a SQL read model's batch): the tx their rows take (append.sql's
+# own), as one decision, and when they refuse.
 #
 # Readers count a transaction of their snapshot only while it holds the
-# events table's RowExclusiveLock (log_writers.sql). A transaction whose id
-# was assigned before it took that lock (it wrote something else first) may
-# have been passed over by a reader meanwhile, and a newer transaction may
-# have committed to the same stream since: its rows must not take that id.
-# Under READ COMMITTED each append's rows take the xmax of its statement's
-# snapshot, or the transaction's id if larger (an id assigned now, after
-# this statement took the lock, always is): every row a reader can have
-# passed over, and every event the stream has, committed before that
-# snapshot (taken after the parse or bind that locked the table) and has a
-# smaller tx. So its events follow the stream's, and the tx of one
-# transaction's appends never decreases: their versions keep log order.
-# Under REPEATABLE READ and SERIALIZABLE the statement's snapshot is the
-# transaction's, older than the lock; there all the rows take one tx, the
-# mark (a transaction-local setting that the first append leaves): its id
-# if it had none before that append, else a floor, the xmax of a snapshot
-# that a connection of the store's pool takes while this transaction holds
-# the lock (%(floor)s; without it the statement inserts nothing, own is
-# NULL, and the store asks for one).
+# events table's RowExclusiveLock (log_writers.sql), so a transaction must
+# hold it from before it has an id. One that does: its id is unassigned
+# when the append's statement (which took the lock while it was parsed or
+# bound) begins, or it is marked (store.transaction() claims the lock at its
+# start, claim.sql, and an append marks its transaction). Any other has an
+# id that readers may have passed over: the append is refused ("unclaimed",
+# InvalidRequest), nothing inserted. The mark is a transaction-local
+# setting: a rolled-back savepoint undoes it with the lock it stood for.
 #
-# The first append of a transaction tells readers the smallest tx its rows
-# take, so that they hold back only what commits after it: a
-# transaction-level advisory lock (floor key, that tx - the transaction's
-# id), taken once, with the mark. A savepoint rolled back undoes the mark,
-# the advisory lock, the table lock and the rows together. Readers reach
-# the rows once the transaction has committed: the savepoint each append
-# runs in gets a subtransaction id at or above that xmax, and it completes
-# with the transaction, which moves every snapshot's xmax past it.
+# The rows take the xmax of the statement's snapshot, or the transaction's
+# id if larger: under READ COMMITTED that snapshot (taken after the lock) has
+# every event of the stream, so the rows come after them in the log, and the
+# tx of one transaction's appends never decreases (their versions keep the
+# log's order). Under REPEATABLE READ and SERIALIZABLE the snapshot is the
+# transaction's and its xmax is below the id: the rows take the id. Readers
+# count the transaction at its id, never more than its rows' tx. Readers reach
+# the rows once the transaction has committed: the savepoint each append runs
+# in gets a subtransaction id at or above that xmax, and it completes with the
+# transaction, which moves every snapshot's xmax past it.
 _UNMARKED = "nullif(current_setting({mark_name}, true), '') IS NULL"
-_OWN = """(SELECT g.f FROM (SELECT CASE
-        WHEN current_setting('transaction_isolation') = 'read committed'
-        THEN greatest(pg_snapshot_xmax(pg_current_snapshot()), pg_current_xact_id())
-        WHEN NOT {unmarked} THEN current_setting({mark_name}, true)::xid8
-        WHEN pg_current_xact_id_if_assigned() IS NULL THEN pg_current_xact_id()
-        WHEN %(floor)s::text IS NOT NULL
-        THEN greatest(%(floor)s::text::xid8, pg_current_xact_id())
-    END AS f) AS g,
-    LATERAL (SELECT CASE WHEN {unmarked} AND g.f IS NOT NULL
-        THEN pg_advisory_xact_lock_shared({floor_key},
-            (g.f::text::numeric - pg_current_xact_id()::text::numeric)::integer)
-        END) AS l)"""
-# Refusals: "unsure" (no floor yet, see above); "newer" when the stream's
-# newest event has a larger tx (a newer transaction's, committed, which a
-# REPEATABLE READ snapshot may show): this transaction's events would come
-# before it in the log although their versions follow it (TransactionConflict).
+_CLAIM = """(SELECT CASE WHEN b.unclaimed THEN NULL
+        ELSE greatest(pg_snapshot_xmax(pg_current_snapshot()), pg_current_xact_id())
+    END AS own
+    FROM (SELECT pg_current_xact_id_if_assigned() IS NOT NULL AND {unmarked} AS unclaimed
+          OFFSET 0) AS b)"""
+# "newer": the stream's newest event has a larger tx (a newer transaction's,
+# committed, which a REPEATABLE READ snapshot may show): this transaction's
+# events would come before it in the log although their versions follow it
+# (TransactionConflict).
 _REFUSAL = """CASE
-    WHEN c.own IS NULL THEN 'unsure'
+    WHEN c.own IS NULL THEN 'unclaimed'
     WHEN coalesce((SELECT e.tx > c.own FROM {schema}.events AS e
                    WHERE e.stream = %(stream)b ORDER BY e.version DESC LIMIT 1), false)
     THEN 'newer'
 END"""
-_MARK = "CASE WHEN {unmarked} THEN set_config({mark_name}, s.own::text, true) END"
+_MARK = "set_config({mark_name}, 'on', true)"
 
 
 def check_schema_name(schema: object) -> str:
@@ -149,22 +135,25 @@ class PostgresStatements:
             "channel_name": sql.Identifier(self.channel),
             "notify": notify_call if notify else sql.SQL("NULL"),
         }
-        values["mark_name"] = sql.Literal(f"eventfold.tx_{schema}")
-        values["floor_key"] = sql.SQL("(hashtext({}) & 2147483647)").format(values["mark_name"])
+        values["mark_name"] = sql.Literal(f"eventfold.appends_{schema}")
         # Fragments of the statements that read the log (comments dropped: a
         # fragment goes in the middle of a line).
         fragments = (("writers", _TEXT["log_writers"]), ("horizon", _TEXT["log_horizon"]))
         for fragment, text in fragments:
             code = "\n".join(line for line in text.splitlines() if not line.startswith("--"))
             values[fragment] = sql.SQL(code).format(**values)
-        values.update(own=sql.SQL("NULL::xid8"), refusal=sql.SQL("NULL::text"), mark=sql.NULL)
+        values.update(
+            claim=sql.SQL("(SELECT NULL::xid8 AS own)"),
+            refusal=sql.SQL("NULL::text"),
+            mark=sql.NULL,
+        )
         self._rendered: dict[str, bytes] = {
             name: sql.SQL(text).format(**values).as_bytes(None) for name, text in _TEXT.items()
         }
         # Appends inside a longer transaction choose their rows' tx (see _OWN).
         values["unmarked"] = sql.SQL(_UNMARKED).format(**values)
         values.update(
-            own=sql.SQL(_OWN).format(**values),
+            claim=sql.SQL(_CLAIM).format(**values),
             refusal=sql.SQL(_REFUSAL).format(**values),
             mark=sql.SQL(_MARK).format(**values),
         )

@@ -7,11 +7,10 @@ Each row records its transaction id (``tx``, from ``pg_current_xact_id()``)
 and a sequence number (``seq``); rows are read in (tx, seq) order and the
 public position is ``(tx << 64) | seq``. A reader of ``read_all`` exposes
 only rows below the log horizon (``sql/log_horizon.sql``): the oldest
-transaction still running that has appended to this store (it holds the
-events table's lock). Every transaction that could still add a row below it
-has ended, and every row still to commit gets a larger tx (an append after
-other writes in a longer transaction takes one above every row readers can
-have passed), so readers never skip an event. Transactions that never
+transaction still running that may append to this store (it holds the
+events table's lock, taken before it had an id). Every transaction that
+could still add a row below it has ended, and every row still to commit
+gets a larger tx, so readers never skip an event. Transactions that never
 append, in any database, never hold readers back. The other choice,
 a table lock or single counter row that makes commit order the position
 order, serialises every writer.
@@ -24,7 +23,7 @@ import threading
 import time
 from collections.abc import Generator, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, Final, TypeAlias, TypeVar
+from typing import Any, TypeAlias, TypeVar
 from uuid import UUID
 
 from eventfold._checks import MAX_POSITION, check_bool, check_non_negative, check_seconds
@@ -117,23 +116,24 @@ def _matching(rows: Sequence[Row], wanted: frozenset[str] | None, prefix: str | 
     return [row for row in rows if row_matches(row, wanted, prefix)]
 
 
-#: An append inside a REPEATABLE READ or SERIALIZABLE transaction that needs
-#: a floor for its rows' tx first (see _statements.py); it inserted nothing.
-NEEDS_FLOOR: Final = "unsure"
+_UNCLAIMED = (
+    "the transaction wrote to the database before the store joined it, so readers "
+    "of the log may already have passed its position: open store.transaction() "
+    "(with your connection) before the transaction's first write, or append outside it"
+)
 
 
 def _appended(
     stream: str, batch: Sequence[EncodedEvent], expected: Expected, row: Any
-) -> AppendResult | tuple[Any, ...] | str:
-    """The result of an append statement's row, else (version, deleted) as it
-    probed them, else NEEDS_FLOOR."""
+) -> AppendResult | tuple[Any, ...]:
+    """The result of an append statement's row, else (version, deleted) as it probed them."""
     if row is None:
         raise StoreError("PostgreSQL returned no row for the append")
     actual, deleted, inserted, seqs, tx, _, refusal, _ = row
     if refusal == "newer":
         raise TransactionConflict(stream)
-    if refusal == NEEDS_FLOOR:
-        return NEEDS_FLOOR
+    if refusal == "unclaimed":
+        raise InvalidRequest(f"cannot append to {stream!r} here: {_UNCLAIMED}")
     if deleted or not expectation_met(expected, actual):
         return actual, deleted
     if inserted != len(batch):  # cannot happen: the statement has no ON CONFLICT
@@ -430,10 +430,16 @@ class PostgresEventStore(StoreBase):
         return PostgresCheckpoints(self)
 
     @contextmanager
-    def _transaction(self, *, pipeline: bool = False) -> Iterator[Transaction]:
+    def _transaction(self, *, pipeline: bool = False, claim: bool = True) -> Iterator[Transaction]:
+        # ``claim``: the transaction may append after other writes, so it takes
+        # the events table's lock before it has an id (claim.sql); readers wait
+        # for it from its first write. A checkpoint's transaction (a SQL read
+        # model's batch) does not: it holds nobody back.
         errors = translate_errors(self.schema)
         with errors:
             with self._connection() as conn, conn.transaction():
+                if claim:
+                    conn.execute(self._sql["claim"])
                 if pipeline:
                     with conn.pipeline():
                         yield PostgresTransaction(self, conn)
@@ -470,6 +476,10 @@ class PostgresEventStore(StoreBase):
                     f"{row[0] if row else None!r} of another server or without schema "
                     f"{self.schema!r}, not to the store's database {identity[0]!r}"
                 )
+            if row[3] and not row[4]:
+                raise InvalidRequest(f"cannot join the connection's transaction: {_UNCLAIMED}")
+            with errors:
+                connection.execute(self._sql["claim"])
             yield PostgresTransaction(self, connection)
         except BaseException as exc:
             block.__exit__(type(exc), exc, exc.__traceback__)
@@ -511,7 +521,6 @@ class PostgresEventStore(StoreBase):
         statement, params = append_params(stream, expected, batch)
         if in_transaction:
             statement = f"{statement}_in_transaction"
-            params["floor"] = None
         query = self._sql[statement]
         actual = 0
         for _ in range(_APPEND_ATTEMPTS):
@@ -521,9 +530,6 @@ class PostgresEventStore(StoreBase):
             )
             if isinstance(state, AppendResult):
                 return state
-            if isinstance(state, str):  # NEEDS_FLOOR
-                params["floor"] = self._log_floor(conn)
-                continue
             # Nothing was written: the expectation failed, the stream is
             # deleted, or a unique violation undid the statement. The batch may
             # be a retry of one already stored, else a conflict or a lost race.
@@ -555,7 +561,7 @@ class PostgresEventStore(StoreBase):
         query: bytes,
         params: dict[str, Any],
         in_transaction: bool = False,
-    ) -> AppendResult | tuple[Any, ...] | str | None:
+    ) -> AppendResult | tuple[Any, ...] | None:
         """One attempt: the result, else (version, deleted) as probed, else None.
 
         None means a unique violation (a lost race for a version, or a stored
@@ -588,15 +594,6 @@ class PostgresEventStore(StoreBase):
             return None
         errors.sent = False
         return _appended(stream, batch, expected, row)
-
-    def _log_floor(self, conn: Connection[Any]) -> str:
-        """A floor for the rows of a late append in ``conn``'s REPEATABLE READ or
-        SERIALIZABLE transaction (see _statements.py): locked first, then asked
-        of a fresh snapshot on a connection of the pool."""
-        conn.execute(self._sql["lock_events"])
-        with self._connection() as other:
-            floor = _one(other, self._sql["log_floor"], {})
-        return str(floor[0])
 
     def _append_many(
         self, appends: list[tuple[str, list[EncodedEvent], Expected]]

@@ -17,7 +17,7 @@
 -- which the caller makes each event's position.
 -- The appends inside a longer transaction (`<name>_in_transaction`, see
 -- _statements.py) decide the tx of their rows (own) and may refuse to
--- insert (refusal); then they mark the transaction (the last column). On
+-- insert (refusal); else they mark the transaction (the last column). On
 -- its own an append's rows take its transaction's id, which it gets with its
 -- first row: own, refusal and the mark are NULL.
 -- {notify} is pg_notify(channel, '') or NULL (store created with
@@ -29,7 +29,7 @@ WITH state AS MATERIALIZED (
            EXISTS (SELECT 1 FROM {schema}.streams
                    WHERE stream = %(stream)b AND deletion IS NOT NULL) AS deleted,
            c.own, {refusal} AS refusal
-    FROM (SELECT {own} AS own) AS c
+    FROM {claim} AS c
 ), inserted AS (
     INSERT INTO {schema}.events (stream, version, id, type, schema_version, data, metadata,
                                  tx)
@@ -48,5 +48,5 @@ WITH state AS MATERIALIZED (
            max(tx::text::bigint) AS tx FROM inserted
 )
 SELECT s.version, s.deleted, m.n, m.seqs, m.tx, CASE WHEN m.n > 0 THEN {notify} END,
-       s.refusal, CASE WHEN m.n > 0 THEN {mark} END
+       s.refusal, CASE WHEN s.refusal IS NULL THEN {mark} END
 FROM state AS s, summary AS m
