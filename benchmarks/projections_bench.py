@@ -90,6 +90,7 @@ from eventfold.projections import Projection, ProjectionContext, ProjectionRunne
 from eventfold.store.postgres import PostgresEventStore, migrate
 
 RAW_SQLITE, RAW_PG, ES, EF = "raw-sqlite3", "raw-psycopg", "eventsourcing", "eventfold"
+EF_WAIT = "eventfold, append + wait_for"
 BATCH = PAGE_SIZE  # eventfold's default batch_size; raw and eventsourcing (its select limit) alike
 CHUNK = 20  # events per stream per append while writing the log (streams interleave)
 LATENCY_GAP_S = 0.002  # the live writer sleeps this long after each append
@@ -810,6 +811,9 @@ def ef_live_latency(
     """A runner follows the log in a thread; the writer (this thread) appends one
     deposit every LATENCY_GAP_S; the handler takes the time when it updates the
     read model. Latency = that time - the time just before the append call.
+    The "wait_for" row: the writer appends, then ``store.wait_for`` waits for the
+    runner's checkpoint to pass the append (read your writes), and takes the time
+    when that returns.
 
     ``es_live_env``: also eventsourcing's ProjectionRunner (PostgreSQL only)."""
     stack.callback(store.close)
@@ -839,8 +843,19 @@ def ef_live_latency(
             "live", [Deposited(amount=sample)], expected=ef_version
         ).to_version
 
+    waited: list[tuple[int, int]] = []
+
+    def ef_write_and_wait(sample: int) -> None:
+        # Read your writes: the append, then store.wait_for the read model to pass it.
+        nonlocal ef_version
+        result = store.append("live", [Deposited(amount=sample)], expected=ef_version)
+        ef_version = result.to_version
+        store.wait_for("balances-live", result.position, timeout=WAIT_S)
+        waited.append((sample, clock()))
+
     writers: dict[str, tuple[Callable[[int], None], list[tuple[int, int]]]] = {
-        EF: (ef_write, received)
+        EF: (ef_write, received),
+        EF_WAIT: (ef_write_and_wait, waited),
     }
 
     if es_live_env is not None:

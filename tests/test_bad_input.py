@@ -256,6 +256,22 @@ def _read_calls() -> st.SearchStrategy[BadCall]:
         bad_position.map(
             lambda p: BadCall("subscribe after", lambda st_: st_.subscribe(after=p), "after")
         ),
+        st.one_of(st.integers(), st.none(), st.just(""), st.binary(max_size=3)).map(
+            lambda n: BadCall("wait_for name", lambda st_: st_.wait_for(n, 1), "projection")
+        ),
+        bad_position.map(
+            lambda p: BadCall("wait_for position", lambda st_: st_.wait_for("p", p), "position")
+        ),
+        st.one_of(
+            st.floats(max_value=-1e-9),
+            st.sampled_from([NAN, INF, -INF]),
+            st.text(max_size=3),
+            st.booleans(),
+        ).map(
+            lambda t: BadCall(
+                "wait_for timeout", lambda st_: st_.wait_for("p", 1, timeout=t), "timeout"
+            )
+        ),
         st.one_of(st.text(max_size=3), st.integers(), st.binary(min_size=16, max_size=16)).map(
             lambda i: BadCall("find_event", lambda st_: st_.find_event(i), "event_id")
         ),
@@ -443,7 +459,7 @@ def test_the_generated_calls_cover_every_public_method() -> None:
         "append", "append_many", "read", "read_all", "subscribe", "find_event", "delete_stream",
         "truncate_stream", "set_stream_metadata", "save_snapshot", "load_snapshot",
         "delete_snapshots", "get_stream", "restore_stream", "add_append_hook",
-        "remove_append_hook", "list_snapshots",
+        "remove_append_hook", "list_snapshots", "wait_for",
     }  # fmt: skip
     public = {
         name

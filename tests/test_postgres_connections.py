@@ -339,6 +339,12 @@ def _cut_while_subscribed(
             with progress:
                 assert progress.wait_for(lambda c=count: len(received) >= c or failures, GUARD)
             assert not failures, failures
+            # The subscriber may still be resuming from the previous cut: cut once
+            # it is connected again (the writer can run far ahead of it).
+            deadline = time.monotonic() + GUARD
+            while proxy.connections < 1:
+                assert time.monotonic() < deadline, "the subscriber never reconnected"
+                time.sleep(0.01)
             cuts += proxy.cut()
         appender.join(GUARD)
         follower.join(GUARD)

@@ -78,6 +78,9 @@ class WrappedStore:
     def transaction(self) -> AbstractContextManager[Transaction]:
         return self._transaction()
 
+    def wait_for(self, projection: str, position: int, *, timeout: float = 5.0) -> int:
+        return self._checkpoints.wait_for(projection, position, timeout)
+
     @contextmanager
     def _transaction(self) -> Iterator[Transaction]:
         yield DirectTransaction(self)

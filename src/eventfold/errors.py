@@ -22,6 +22,7 @@ the user's own exceptions and pass through the command handler unchanged.
     │   ├── UnknownEventType
     │   └── InvalidEvent              # also an InvalidRequest: would not read back
     ├── ProjectionStopped             # a handler failed and its policy says stop
+    ├── ProjectionBehind              # also a TimeoutError: wait_for timed out
     ├── StoreError                    # wraps driver errors; .retryable
     │   ├── StoreUnavailable
     │   ├── StoreTimeout
@@ -48,6 +49,7 @@ __all__ = [
     "InvalidRequest",
     "LeaseHeld",
     "LeaseLost",
+    "ProjectionBehind",
     "ProjectionStopped",
     "SerializationError",
     "StoreClosed",
@@ -289,6 +291,27 @@ class ProjectionStopped(EventfoldError):
         super().__init__(
             f"projection {name!r} stopped at position {event.position} "
             f"({event.type} in {event.stream!r} v{event.version}): {error!r}"
+        )
+
+
+class ProjectionBehind(EventfoldError, TimeoutError):
+    """A wait for a projection to pass a position ran out of time.
+
+    ``name`` is the projection (or alias) waited for, ``position`` the
+    position it had to pass and ``reached`` its checkpoint when the wait
+    ended. ``retryable`` is True: the projection may just be slow, stopped,
+    or held back (its status says which).
+    """
+
+    retryable = True
+
+    def __init__(self, name: str, position: int, reached: int, timeout: float) -> None:
+        self.name = name
+        self.position = position
+        self.reached = reached
+        super().__init__(
+            f"projection {name!r} had not passed position {position} after {timeout:g} s "
+            f"(its checkpoint: {reached}); see its status for why"
         )
 
 

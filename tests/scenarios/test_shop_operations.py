@@ -191,9 +191,10 @@ def test_an_operator_works_beside_the_live_worker(site: Site, workers: list[Work
         assert switched.returncode == 0, switched.stderr
         status = cli(site, "projections", "status")
         assert "shop-totals-v2" in status.stdout and "yes" in status.stdout
-        # The live worker never noticed: it follows new orders.
-        store.append("order-0", [shop.line("late", 1, "1.00")])
-        until(lambda: probe.status().lag_events == 0, "the worker to follow the new line")
+        # The live worker never noticed: it follows new orders. This process reads
+        # its write through the worker's read model (wait_for, across processes).
+        late = store.append("order-0", [shop.line("late", 1, "1.00")])
+        assert store.wait_for(shop.totals.name, late.position, timeout=BOUND) >= late.position
         assert site.table(store) == expected_totals(store)
         v2 = site.table(store, "order_totals_v2")
         assert v2 == {**expected_totals(store), "order-0": v2["order-0"]}

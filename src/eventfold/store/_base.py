@@ -170,6 +170,27 @@ class StoreBase(abc.ABC):
 
     # -- seams: checkpoints, transactions, append hooks ---------------------------------
 
+    def wait_for(self, projection: str, position: int, *, timeout: float = 5.0) -> int:
+        """Wait until projection ``projection`` has passed ``position``; return its checkpoint.
+
+        Read your writes: after an append (``AppendResult.position``, or a
+        command's ``CommandResult.position``), wait for the read model that
+        shows it. It works from any process, not only the runner's: it watches
+        the stored checkpoint (a SQL or external read model's; an in-memory
+        projection has none outside its runner). ``projection`` may be an alias
+        (a blue/green switch). PostgreSQL hears of each checkpoint move
+        (NOTIFY); SQLite and the memory store poll it, from 0.2 ms backing off
+        to 50 ms. Raises ProjectionBehind after ``timeout`` seconds.
+        """
+        self._check_open()
+        if not isinstance(projection, str) or not projection:
+            raise InvalidRequest(
+                f"projection must be a projection's name (a non-empty str), not {projection!r}"
+            )
+        check_position("position", position)
+        check_seconds("timeout", timeout, allow_zero=True)
+        return self.checkpoints().wait_for(projection, position, timeout)
+
     def checkpoints(self) -> Checkpoints:
         """The store's checkpoints, leases and dead letters (what projection runners use).
 

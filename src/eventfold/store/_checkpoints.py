@@ -34,8 +34,14 @@ from typing import Any, Protocol, runtime_checkable
 import msgspec
 
 from eventfold._acompat import FIRST_POLL, Clock, next_poll
+from eventfold._checks import check_position, check_seconds
 from eventfold._clock import now_us, us_to_datetime
-from eventfold.errors import CheckpointRegression, InvalidRequest, SerializationError
+from eventfold.errors import (
+    CheckpointRegression,
+    InvalidRequest,
+    ProjectionBehind,
+    SerializationError,
+)
 from eventfold.events import RecordedEvent
 from eventfold.serialization import EMPTY_METADATA
 from eventfold.store._rows import Undecodable
@@ -143,6 +149,11 @@ class Checkpoints(Protocol):
         """Return when events after ``after`` may exist, ``stop`` is set, or after ``timeout``."""
         ...
 
+    def wait_for(self, name: str, position: int, timeout: float) -> int:
+        """Return the checkpoint of ``name`` (or of the consumer alias ``name`` points
+        at) once it is at ``position`` or past it; ProjectionBehind after ``timeout``."""
+        ...
+
     def pages(
         self,
         after: int,
@@ -189,6 +200,46 @@ def wait_in_slices(stop: Stop, timeout: float, step: Step) -> None:
         remaining = deadline - time.monotonic()
         if remaining <= 0 or step(min(remaining, STOP_CHECK)):
             return
+
+
+#: One wait for a checkpoint to move: returns when it may have (or after the seconds given).
+Changed = Callable[[float], None]
+#: A poll for a checkpoint starts this fine: a live runner passes a new event
+#: within a millisecond or two, and a read-your-writes wait is on a request's path.
+FIRST_CHECKPOINT_POLL = 0.0002
+
+
+def wait_for_checkpoint(
+    name: str,
+    position: int,
+    timeout: float,
+    reached: Callable[[], int],
+    changed: Changed | None = None,
+) -> int:
+    """Await ``reached()`` (a checkpoint's position) until it is ``position`` or more.
+
+    Between tries it awaits ``changed(seconds)``, the backend's signal that the
+    checkpoint may have moved; without one it polls, backing off from
+    FIRST_CHECKPOINT_POLL to LAST_POLL seconds. ProjectionBehind after ``timeout``.
+    """
+    check_seconds("timeout", timeout, allow_zero=True)
+    check_position("position", position)
+    if not isinstance(name, str) or not name:
+        raise InvalidRequest(f"a projection name must be a non-empty str, not {name!r}")
+    deadline = time.monotonic() + timeout
+    pause = FIRST_CHECKPOINT_POLL
+    while True:
+        current = reached()
+        if current >= position:
+            return current
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise ProjectionBehind(name, position, current, timeout)
+        if changed is not None:
+            changed(remaining)
+        else:
+            Clock.sleep(min(pause, remaining))
+            pause = next_poll(pause)
 
 
 class DirectTransaction:
@@ -338,6 +389,15 @@ class ProcessCheckpoints:
             return False
 
         wait_in_slices(stop, timeout, step)
+
+    def wait_for(self, name: str, position: int, timeout: float) -> int:
+        target = self.get_alias(name) or name
+
+        def reached() -> int:
+            checkpoint = self.get(target)
+            return checkpoint.position if checkpoint is not None else 0
+
+        return wait_for_checkpoint(name, position, timeout, reached)
 
     def pages(
         self,

@@ -151,6 +151,12 @@ class EventStore(Protocol):
         """The store's checkpoints, leases and dead letters (what projection runners use)."""
         ...
 
+    def wait_for(self, projection: str, position: int, *, timeout: float = 5.0) -> int:
+        """Wait until ``projection`` has passed ``position``; its checkpoint (read your
+        writes). ProjectionBehind after ``timeout``. A store may answer it with
+        ``checkpoints().wait_for(projection, position, timeout)``."""
+        ...
+
     def transaction(self, connection: Any = None) -> AbstractContextManager[Transaction]:
         """A transaction of the store's database (appends and SQL that commit together).
 

@@ -152,6 +152,12 @@ class AsyncEventStore(Protocol):
         """The store's checkpoints, leases and dead letters (what projection runners use)."""
         ...
 
+    async def wait_for(self, projection: str, position: int, *, timeout: float = 5.0) -> int:
+        """Wait until ``projection`` has passed ``position``; its checkpoint (read your
+        writes). ProjectionBehind after ``timeout``. A store may answer it with
+        ``checkpoints().wait_for(projection, position, timeout)``."""
+        ...
+
     def transaction(self, connection: Any = None) -> AbstractAsyncContextManager[AsyncTransaction]:
         """A transaction of the store's database (appends and SQL that commit together).
 

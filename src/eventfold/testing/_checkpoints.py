@@ -15,11 +15,11 @@ from typing import Any, TypeVar
 
 import pytest
 
-from eventfold.errors import CheckpointRegression, SerializationError
+from eventfold.errors import CheckpointRegression, ProjectionBehind, SerializationError
 from eventfold.serialization import Serializer, TypeRegistry
 from eventfold.store import EventStore, Undecodable
 from eventfold.testing._events import Deposited, Received, Withdrawn
-from eventfold.testing._support import collect
+from eventfold.testing._support import alongside, collect
 
 __all__ = ["CheckpointsSuite"]
 
@@ -193,3 +193,40 @@ class CheckpointsSuite:
         cps.wait(store.last_position(), 30, stop)  # stopped: it returns at once
         assert time.monotonic() - started < 25, "wait() ignored stop"
         cps.close()
+
+    def test_wait_for_returns_once_a_consumer_has_passed_a_position(
+        self, store: EventStore
+    ) -> None:
+        cps, n = store.checkpoints(), name()
+        first = store.append("s", [Deposited(amount=1)])
+        second = store.append("s", [Deposited(amount=2)])
+        with pytest.raises(ProjectionBehind) as behind:
+            store.wait_for(n, first.position, timeout=0.05)  # no checkpoint yet
+        assert (behind.value.name, behind.value.position, behind.value.reached) == (
+            n,
+            first.position,
+            0,
+        )
+        assert behind.value.retryable and isinstance(behind.value, TimeoutError)
+        assert cps.acquire(n, "a", 30)
+        with cps.transaction() as tx:
+            assert cps.advance(tx, n, first.position, "a", 30)
+        assert store.wait_for(n, first.position, timeout=0) == first.position
+        assert store.wait_for(n, 1, timeout=0) == first.position  # passed long ago
+        moved: list[int] = []
+
+        def move() -> None:
+            with cps.transaction() as tx:
+                moved.append(second.position)
+                assert cps.advance(tx, n, second.position, "a", 30)
+
+        def wait() -> int:
+            return store.wait_for(n, second.position, timeout=30)
+
+        reached, _ = alongside(wait, move)
+        assert reached == second.position and moved == [second.position]
+        # An alias waits for the consumer it points at.
+        cps.set_alias(f"{n}-live", n)
+        assert store.wait_for(f"{n}-live", second.position, timeout=0) == second.position
+        with pytest.raises(ProjectionBehind):
+            store.wait_for(f"{n}-live", second.position + 1, timeout=0.05)

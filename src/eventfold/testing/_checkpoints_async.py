@@ -14,11 +14,11 @@ from typing import Any, TypeVar
 
 import pytest
 
-from eventfold.errors import CheckpointRegression, SerializationError
+from eventfold.errors import CheckpointRegression, ProjectionBehind, SerializationError
 from eventfold.serialization import Serializer, TypeRegistry
 from eventfold.store import AsyncEventStore, Undecodable
 from eventfold.testing._events import Deposited, Received, Withdrawn
-from eventfold.testing._support import async_collect
+from eventfold.testing._support import async_alongside, async_collect
 
 __all__ = ["AsyncCheckpointsSuite"]
 
@@ -203,3 +203,40 @@ class AsyncCheckpointsSuite:
         await cps.wait(await store.last_position(), 30, stop)  # stopped: it returns at once
         assert time.monotonic() - started < 25, "wait() ignored stop"
         await cps.close()
+
+    async def test_wait_for_returns_once_a_consumer_has_passed_a_position(
+        self, store: AsyncEventStore
+    ) -> None:
+        cps, n = store.checkpoints(), name()
+        first = await store.append("s", [Deposited(amount=1)])
+        second = await store.append("s", [Deposited(amount=2)])
+        with pytest.raises(ProjectionBehind) as behind:
+            await store.wait_for(n, first.position, timeout=0.05)  # no checkpoint yet
+        assert (behind.value.name, behind.value.position, behind.value.reached) == (
+            n,
+            first.position,
+            0,
+        )
+        assert behind.value.retryable and isinstance(behind.value, TimeoutError)
+        assert await cps.acquire(n, "a", 30)
+        async with cps.transaction() as tx:
+            assert await cps.advance(tx, n, first.position, "a", 30)
+        assert await store.wait_for(n, first.position, timeout=0) == first.position
+        assert await store.wait_for(n, 1, timeout=0) == first.position  # passed long ago
+        moved: list[int] = []
+
+        async def move() -> None:
+            async with cps.transaction() as tx:
+                moved.append(second.position)
+                assert await cps.advance(tx, n, second.position, "a", 30)
+
+        async def wait() -> int:
+            return await store.wait_for(n, second.position, timeout=30)
+
+        reached, _ = await async_alongside(wait, move)
+        assert reached == second.position and moved == [second.position]
+        # An alias waits for the consumer it points at.
+        await cps.set_alias(f"{n}-live", n)
+        assert await store.wait_for(f"{n}-live", second.position, timeout=0) == second.position
+        with pytest.raises(ProjectionBehind):
+            await store.wait_for(f"{n}-live", second.position + 1, timeout=0.05)

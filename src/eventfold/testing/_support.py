@@ -12,9 +12,17 @@ import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import TypeVar
 
-__all__ = ["async_collect", "async_within_seconds", "collect", "within_seconds"]
+__all__ = [
+    "alongside",
+    "async_alongside",
+    "async_collect",
+    "async_within_seconds",
+    "collect",
+    "within_seconds",
+]
 
 T = TypeVar("T")
+U = TypeVar("U")
 
 
 async def async_collect(items: AsyncIterator[T]) -> list[T]:
@@ -57,3 +65,35 @@ def within_seconds(seconds: float, fn: Callable[[], T]) -> T:
     if errors:
         raise errors[0]
     return results[0]
+
+
+async def async_alongside(
+    waiting: Callable[[], Awaitable[T]], acting: Callable[[], Awaitable[U]]
+) -> tuple[T, U]:
+    """Run ``waiting()`` and ``acting()`` concurrently (two tasks); both results."""
+    first, second = await asyncio.gather(waiting(), acting())
+    return first, second
+
+
+def alongside(waiting: Callable[[], T], acting: Callable[[], U]) -> tuple[T, U]:
+    """Run ``waiting()`` on a thread while ``acting()`` runs here; both results."""
+    results: list[T] = []
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            results.append(waiting())
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=target, name="eventfold-alongside", daemon=True)
+    thread.start()
+    try:
+        acted = acting()
+    finally:
+        thread.join(60)
+    if thread.is_alive():
+        raise AssertionError("still waiting 60 s after the action")
+    if errors:
+        raise errors[0]
+    return results[0], acted

@@ -17,7 +17,12 @@ from typing import TYPE_CHECKING, Any
 from eventfold._clock import us_to_datetime
 from eventfold.errors import CheckpointRegression, ConfigurationError, InvalidRequest
 from eventfold.events import RecordedEvent
-from eventfold.store._checkpoints import Stop, Transaction, wait_in_slices
+from eventfold.store._checkpoints import (
+    Stop,
+    Transaction,
+    wait_for_checkpoint,
+    wait_in_slices,
+)
 from eventfold.store._rows import dead_letters_from_rows, decode_rows_lenient
 from eventfold.store._types import Checkpoint, DeadLetter, Holdup
 from eventfold.store.postgres._errors import translate_errors
@@ -142,6 +147,39 @@ class PostgresCheckpoints:
                     return next(notifies, None) is not None
 
             wait_in_slices(stop, timeout, notified)
+
+    def wait_for(self, name: str, position: int, timeout: float) -> int:
+        # On a connection of the pool, LISTENing for checkpoints that move (each
+        # advance notifies at commit), looked at again after each notification.
+        # LISTEN and the first look share a round trip (a pipeline): a move
+        # after the LISTEN is announced, one before it is seen by the look.
+        params = {"name": name}
+        with self._errors, self._store._connection() as conn:
+            with conn.pipeline() as pipeline:
+                conn.execute(self._sql["listen_checkpoints"])
+                first = conn.execute(self._sql["checkpoint_wait"], params)
+                pipeline.sync()
+            looks = [first.fetchone()]
+            try:
+
+                def reached() -> int:
+                    if looks:
+                        row = looks.pop()
+                    else:
+                        cursor = conn.execute(self._sql["checkpoint_wait"], params)
+                        row = cursor.fetchone()
+                    return int(row[0]) if row is not None else 0
+
+                def changed(seconds: float) -> None:
+                    notifies = conn.notifies(timeout=seconds, stop_after=1)
+                    with closing(notifies):
+                        next(notifies, None)
+
+                notified = changed if self._store._notify else None
+                return wait_for_checkpoint(name, position, timeout, reached, notified)
+            finally:
+                if not conn.broken:
+                    conn.execute(self._sql["unlisten_checkpoints"])
 
     def _listen(self) -> tuple[Any, bool]:
         """The LISTENing connection, and whether it was (re)opened just now."""

@@ -134,6 +134,12 @@ class PostgresStatements:
             "channel": sql.Literal(self.channel),
             "channel_name": sql.Identifier(self.channel),
             "notify": notify_call if notify else sql.SQL("NULL"),
+            "checkpoint_channel_name": sql.Identifier(f"{schema}.checkpoints"),
+            "checkpoint_notify": (
+                sql.SQL("pg_notify({}, name)").format(sql.Literal(f"{schema}.checkpoints"))
+                if notify
+                else sql.SQL("NULL")
+            ),
         }
         values["mark_name"] = sql.Literal(f"eventfold.appends_{schema}")
         # Fragments of the statements that read the log (comments dropped: a

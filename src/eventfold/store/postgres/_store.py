@@ -331,6 +331,7 @@ class PostgresEventStore(StoreBase):
                 "'-c statement_timeout=...'})"
             )
         self._sql = PostgresStatements(schema, notify=notify)
+        self._notify = notify
         self._errors = translate_errors(schema)
         self._owns_pool = pool is None
         # Dedicated connections (the first schema check, LISTEN) connect with this.

@@ -15,7 +15,12 @@ from typing import TYPE_CHECKING, Any
 
 from eventfold.events import RecordedEvent
 from eventfold.store._base import StoreBase
-from eventfold.store._checkpoints import Stop, Transaction, wait_in_slices
+from eventfold.store._checkpoints import (
+    Stop,
+    Transaction,
+    wait_for_checkpoint,
+    wait_in_slices,
+)
 from eventfold.store._rows import POSITION, decode_rows_lenient
 from eventfold.store._types import Checkpoint, DeadLetter, Holdup
 from eventfold.store.sqlite import _checkpoint_ops as ops
@@ -84,6 +89,17 @@ class SqliteCheckpoints:
             return self._run(ops.has_news, self._db, after, seconds, start)
 
         wait_in_slices(stop, timeout, step)
+
+    def wait_for(self, name: str, position: int, timeout: float) -> int:
+        # A poll of the checkpoint is one indexed read, as cheap as SQLite's
+        # own change signal (PRAGMA data_version, also a poll): poll it.
+        target = self.get_alias(name) or name
+
+        def reached() -> int:
+            checkpoint = self.get(target)
+            return checkpoint.position if checkpoint is not None else 0
+
+        return wait_for_checkpoint(name, position, timeout, reached)
 
     def pages(
         self,

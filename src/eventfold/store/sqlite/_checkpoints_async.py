@@ -14,7 +14,12 @@ from typing import TYPE_CHECKING, Any
 
 from eventfold.events import RecordedEvent
 from eventfold.store._base_async import AsyncStoreBase
-from eventfold.store._checkpoints_async import AsyncTransaction, Stop, async_wait_in_slices
+from eventfold.store._checkpoints_async import (
+    AsyncTransaction,
+    Stop,
+    async_wait_for_checkpoint,
+    async_wait_in_slices,
+)
 from eventfold.store._rows import POSITION, decode_rows_lenient
 from eventfold.store._types import Checkpoint, DeadLetter, Holdup
 from eventfold.store.sqlite import _checkpoint_ops as ops
@@ -87,6 +92,17 @@ class AsyncSqliteCheckpoints:
             return await self._run(ops.has_news, self._db, after, seconds, start)
 
         await async_wait_in_slices(stop, timeout, step)
+
+    async def wait_for(self, name: str, position: int, timeout: float) -> int:
+        # A poll of the checkpoint is one indexed read, as cheap as SQLite's
+        # own change signal (PRAGMA data_version, also a poll): poll it.
+        target = await self.get_alias(name) or name
+
+        async def reached() -> int:
+            checkpoint = await self.get(target)
+            return checkpoint.position if checkpoint is not None else 0
+
+        return await async_wait_for_checkpoint(name, position, timeout, reached)
 
     async def pages(
         self,
