@@ -9,7 +9,9 @@ thread without closing the store. The service restarts (a new store object
 on the same database): snapshots are listed, time travel by version bounds
 gives the states the handler gives, the log up to a transfer's first
 position ends exactly there, a balance read model rebuilt from the log
-agrees with every account, and the outbox holds one row per transfer.
+agrees with every account, and the outbox holds one row per transfer. A
+notifier added then starts "now": it mails nobody about the past, and the
+next deposit once.
 """
 
 from __future__ import annotations
@@ -169,5 +171,23 @@ def test_a_ledger_keeps_its_books_across_a_restart(backend: Backend) -> None:
     assert {e.stream for e in store.read_all(stream_prefix="audit-")} == {
         f"audit-{i}" for i in range(len(transfers))
     }
+    # Release 2 adds a notifier that mails account owners: it starts "now", so
+    # nobody hears about the past, then every new deposit is mailed once.
+    mailed: list[str] = []
+    mailer = ProjectionRunner(
+        store,
+        Projection(
+            "mailer",
+            lambda ctx, e: mailed.append(e.stream),
+            types=["bank.MoneyDeposited"],
+            stream_prefix="acc-",
+            external=True,
+            start_from="now",
+        ),
+    )
+    assert mailer.run_once() == 0
+    handler.handle(ACCOUNTS[1], DepositMoney(amount=1))
+    assert mailer.run_once() == 1
+    assert mailed == [ACCOUNTS[1]]
     store.close()
     conn.close()

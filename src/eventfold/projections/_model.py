@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Literal
 
-from eventfold._checks import check_bool, check_non_negative, check_seconds
+from eventfold._checks import check_bool, check_non_negative, check_position, check_seconds
 from eventfold.errors import InvalidRequest
 from eventfold.events import RecordedEvent
 from eventfold.store import Holdup, Transaction
@@ -103,6 +104,13 @@ class Projection:
         (commands to other streams, messages, HTTP): each event is handled
         outside any transaction and the checkpoint advances after it, so an
         event may be handled again after a crash; make effects idempotent.
+    :param start_from: where the projection starts the first time it runs (no
+        checkpoint stored yet): ``"beginning"`` (the whole log), ``"now"``
+        (only events appended after that first run began), a position (the
+        events after it), or an aware ``datetime`` (the events recorded at or
+        after it, in log order). A notifier added to a running system starts
+        ``"now"`` and mails nobody about the past. A reset (rebuild) starts
+        from the beginning again.
     """
 
     name: str
@@ -115,6 +123,7 @@ class Projection:
     external: bool = False
     on_error: ErrorPolicy = STOP
     batch_size: int = 500
+    start_from: str | int | datetime = "beginning"
 
     def __post_init__(self) -> None:
         if not self.name or not isinstance(self.name, str):
@@ -136,6 +145,17 @@ class Projection:
             isinstance(self.types, str) or not all(isinstance(t, str) for t in self.types)
         ):
             raise InvalidRequest("types must be a sequence of event type names")
+        start = self.start_from
+        if isinstance(start, datetime):
+            if start.tzinfo is None or start.utcoffset() is None:
+                raise InvalidRequest("start_from must be an aware datetime (with a timezone)")
+        elif isinstance(start, int) and not isinstance(start, bool):
+            check_position("start_from", start)
+        elif start not in ("beginning", "now"):
+            raise InvalidRequest(
+                f'start_from must be "beginning", "now", a position or an aware datetime, '
+                f"not {start!r}"
+            )
 
 
 @dataclass

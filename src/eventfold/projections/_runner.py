@@ -120,6 +120,7 @@ class ProjectionRunner:
         self._stop = threading.Event()  # the current run's stop signal
         self._busy_since: float | None = None  # monotonic start of the batch in hand
         self._restarts = 0
+        self._started = False  # an in-memory read model took its start_from
 
     # -- running ------------------------------------------------------------------------
 
@@ -162,6 +163,7 @@ class ProjectionRunner:
         """
         self._stop = stop if stop is not None else threading.Event()
         if not self.projection.in_memory:
+            new = self._checkpoints.get(self.projection.name) is None
             self._standby = not self._checkpoints.acquire(
                 self.projection.name, self.owner, self.lease_seconds
             )
@@ -171,6 +173,11 @@ class ProjectionRunner:
             # while this one had no lease. While the lease is held, only this
             # runner moves it, so the position is then tracked here.
             self._position = None
+            if new and self.position == 0:
+                self._skip_to(self._start_position())
+        elif not self._started:
+            self._memory_position = max(self._memory_position, self._start_position())
+        self._started = True
         self._setup()
         # Every event up to `head` is read below: at the end the checkpoint
         # moves over the ones this projection skips. Otherwise a log ending
@@ -212,6 +219,18 @@ class ProjectionRunner:
                 break
         self._skip_to(head)
         return handled
+
+    def _start_position(self) -> int:
+        """Where a new projection starts (``start_from``): events after this are its."""
+        start = self.projection.start_from
+        if start == "beginning":
+            return 0
+        if start == "now":
+            return self.store.last_position()
+        if isinstance(start, datetime):
+            first = next(iter(self.store.read_all(since=start, limit=1)), None)
+            return first.position - 1 if first is not None else self.store.last_position()
+        return int(start)
 
     def _note_slow(self, seconds: float, events: int) -> None:
         """Log a batch that took more than half the lease (another runner may take over)."""
