@@ -39,7 +39,7 @@ def test_reactions_are_sent_once_even_when_events_are_redelivered(store: EventSt
     assert runner.run_once() == 4  # the two credits, then the two mirrored ones (no reaction)
     assert [e.data for e in store.read("dst-a")] == [Credited(amount=5), Credited(amount=7)]
     # A crash before the checkpoint advanced means redelivery: simulate it.
-    runner.reset()  # back to position 0: every event is delivered again
+    runner.reset(replay_effects=True)  # back to position 0: every event is delivered again
     assert ProjectionRunner(store, mirror(handler).projection, owner="pm-1").run_once() == 4
     assert [e.data for e in store.read("dst-a")] == [Credited(amount=5), Credited(amount=7)]
     first = next(iter(store.read("src-a")))

@@ -275,6 +275,13 @@ def projections_run(
             "go (by default a live runner makes the rebuild refuse)."
         ),
     ] = 0.0,
+    replay_effects: Annotated[
+        bool,
+        typer.Option(
+            help="With --rebuild of an external projection (a process manager, a "
+            "notifier): replay its effects too (its handlers see ctx.replaying)."
+        ),
+    ] = False,
 ) -> None:
     """Catch a projection up (optionally from scratch), with a progress bar and ETA.
 
@@ -299,7 +306,7 @@ def projections_run(
         with store, Progress(*columns, console=Console(highlight=False)) as bar:
             runner = ProjectionRunner(store, projection)
             if rebuild:
-                runner.reset(wait=wait)
+                runner.reset(wait=wait, replay_effects=replay_effects)
             task = bar.add_task(projection.name, total=runner.status().lag_events)
 
             def report(progress: Any) -> None:

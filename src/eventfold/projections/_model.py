@@ -56,16 +56,22 @@ class ProjectionContext:
     """What a handler gets besides the event.
 
     ``transaction`` is the store transaction the handler runs in (a SQL read
-    model's batch), and ``connection`` its driver connection
+    model's batch), ``replaying`` whether the event was handled before a reset
+    (by the runner that reset the projection), and ``connection`` its driver connection
     (``sqlite3.Connection`` or ``psycopg.Connection``); both are None for
     in-memory and external projections and on the memory store.
     """
 
-    __slots__ = ("projection", "transaction")
+    __slots__ = ("projection", "replaying", "transaction")
 
-    def __init__(self, projection: Projection, transaction: Transaction | None) -> None:
+    def __init__(
+        self, projection: Projection, transaction: Transaction | None, *, replaying: bool = False
+    ) -> None:
         self.projection = projection
         self.transaction = transaction
+        #: True while the event in hand is one this projection handled before a
+        #: reset (a rebuild replays it): send no mail, call no HTTP for it.
+        self.replaying = replaying
 
     @property
     def connection(self) -> Any:

@@ -19,10 +19,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from eventfold._checks import check_seconds
+from eventfold._checks import check_bool, check_seconds
 from eventfold._clock import us_to_datetime
 from eventfold.errors import (
     ConfigurationError,
+    InvalidRequest,
     LeaseHeld,
     LeaseLost,
     ProjectionStopped,
@@ -121,6 +122,7 @@ class ProjectionRunner:
         self._busy_since: float | None = None  # monotonic start of the batch in hand
         self._restarts = 0
         self._started = False  # an in-memory read model took its start_from
+        self._replay_until = 0  # events up to here were handled before a reset
 
     # -- running ------------------------------------------------------------------------
 
@@ -356,8 +358,14 @@ class ProjectionRunner:
         if not self.projection.in_memory:
             self._checkpoints.release(self.projection.name, self.owner)
 
-    def reset(self, *, wait: float = 0.0) -> None:
+    def reset(self, *, wait: float = 0.0, replay_effects: bool = False) -> None:
         """Tear the read model down and forget the checkpoint (the next run replays all).
+
+        An external projection's handler has effects outside the database
+        (mail, HTTP, commands): a reset would run them again for every past
+        event, so it is refused (InvalidRequest) unless ``replay_effects=True``.
+        While this runner then replays what it had handled before the reset,
+        handlers see ``ctx.replaying`` True (and can skip an effect).
 
         A reset never pulls the read model from under a live runner: it first
         takes the projection's lease, waiting up to ``wait`` seconds for the
@@ -367,7 +375,17 @@ class ProjectionRunner:
         that held it before can no longer write), which is then released.
         """
         projection = self.projection
+        check_bool("replay_effects", replay_effects)
+        if projection.external and not replay_effects:
+            raise InvalidRequest(
+                f"projection {projection.name!r} is external: a reset would run its "
+                "effects again for every past event; pass replay_effects=True if that is "
+                "what you want (ctx.replaying marks them), or add a projection that starts "
+                'from "now"'
+            )
+        previous = self.position  # what a replay hands its handler again
         if projection.in_memory:
+            self._replay_until = max(self._replay_until, previous)
             self._memory_position = 0
             if projection.teardown is not None:
                 projection.teardown(ProjectionContext(projection, None))
@@ -381,6 +399,7 @@ class ProjectionRunner:
                     projection.teardown(ProjectionContext(projection, tx))
                 if not self._checkpoints.reset(tx, projection.name, self.owner):
                     raise self._lease_lost()
+            self._replay_until = max(self._replay_until, previous)
         finally:
             self._position = None
             self._set_up = False
@@ -399,14 +418,14 @@ class ProjectionRunner:
                 raise LeaseHeld(name, owner, expires)
             time.sleep(min(remaining, self.poll_interval, 0.1))  # the holder's lease, polled
 
-    def rebuild(self) -> int:
+    def rebuild(self, *, replay_effects: bool = False) -> int:
         """Tear the read model down, forget the checkpoint, replay from position 0.
 
         Returns the number of events handled. (For a rebuild without downtime,
         declare a second projection with a new name and new tables, let it catch
         up beside the live one, then switch readers to it.)
         """
-        self.reset()
+        self.reset(replay_effects=replay_effects)
         return self.run_once()
 
     def catch_up(self, progress: Callable[[Progress], None] | None = None) -> int:
@@ -514,10 +533,12 @@ class ProjectionRunner:
                 # Effects here cannot be rolled back: check the lease before them.
                 raise self._lease_lost()
             ctx = ProjectionContext(projection, tx)
-            handle = projection.handle
+            handle, replay_until = projection.handle, self._replay_until
             for event in events:
                 if type(event.data) is Undecodable:
                     event = self._decoded(event)  # noqa: PLW2901 - or raises for the policy
+                if replay_until:
+                    ctx.replaying = event.position <= replay_until
                 handle(ctx, event)
                 count += 1
                 if clock() > limit or stop.is_set():
@@ -557,6 +578,7 @@ class ProjectionRunner:
         projection = self.projection
         handle = projection.handle
         ctx = ProjectionContext(projection, None)
+        replay_until = self._replay_until
         start = 0
         while start < len(page):
             index = start
@@ -565,6 +587,8 @@ class ProjectionRunner:
                     event = page[index]
                     if type(event.data) is Undecodable:
                         event = self._decoded(event)  # or raises for the policy
+                    if replay_until:
+                        ctx.replaying = event.position <= replay_until
                     handle(ctx, event)
             except Exception as exc:
                 if index > start:
@@ -589,7 +613,7 @@ class ProjectionRunner:
                 delay *= 2
             try:
                 if projection.in_memory:
-                    projection.handle(ProjectionContext(projection, None), self._decoded(event))
+                    projection.handle(self._context(event), self._decoded(event))
                     self._memory_position = event.position
                     self._last_error = None
                 elif projection.external:
@@ -607,6 +631,11 @@ class ProjectionRunner:
         if policy.then == "stop":
             raise ProjectionStopped(projection.name, event, error) from error
         self._skip(event, error)
+
+    def _context(self, event: RecordedEvent) -> ProjectionContext:
+        """The context of an event handled on its own, outside a transaction."""
+        replaying = event.position <= self._replay_until
+        return ProjectionContext(self.projection, None, replaying=replaying)
 
     def _decoded(self, event: RecordedEvent) -> RecordedEvent:
         """``event`` decoded, if it was read undecodable; else raise why it cannot be.
@@ -638,7 +667,7 @@ class ProjectionRunner:
         projection, checkpoints = self.projection, self._checkpoints
         if not checkpoints.owns(projection.name, self.owner):
             raise self._lease_lost()
-        projection.handle(ProjectionContext(projection, None), self._decoded(event))
+        projection.handle(self._context(event), self._decoded(event))
         with checkpoints.transaction() as tx:
             self._advance(tx, event.position)
         self._position = event.position
