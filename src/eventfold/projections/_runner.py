@@ -123,6 +123,7 @@ class ProjectionRunner:
         self._restarts = 0
         self._started = False  # an in-memory read model took its start_from
         self._replay_until = 0  # events up to here were handled before a reset
+        self._lease_until = 0.0  # monotonic time the lease this runner holds runs out
 
     # -- running ------------------------------------------------------------------------
 
@@ -157,23 +158,46 @@ class ProjectionRunner:
         self,
         after_page: Callable[[int, float], None] | None = None,
         stop: threading.Event | None = None,
+        *,
+        repeat: bool = True,
     ) -> int:
         """Handle pages until the log's end, or until ``stop`` is set.
 
         ``after_page(count, seconds)`` runs after each page; ``seconds`` spans
-        its read and its handling.
+        its read and its handling. ``repeat``: read again after a pass that
+        handled events, until one finds nothing. A live runner repeats only
+        for an external projection (a process manager appends; other news
+        wakes its next wait at once): one round trip less per wake.
         """
+        try:
+            return self._pages_until_end(after_page, stop, repeat)
+        except BaseException:
+            # The stored checkpoint may be ahead of the one tracked here (a
+            # commit whose answer was lost): take the lease and read it again.
+            self._lease_until = 0.0
+            raise
+
+    def _pages_until_end(
+        self,
+        after_page: Callable[[int, float], None] | None,
+        stop: threading.Event | None,
+        repeat: bool,
+    ) -> int:
         self._stop = stop if stop is not None else threading.Event()
-        if not self.projection.in_memory:
+        if not self.projection.in_memory and not self._holds_lease():
             new = self._checkpoints.get(self.projection.name) is None
             self._standby = not self._checkpoints.acquire(
                 self.projection.name, self.owner, self.lease_seconds
             )
             if self._standby:
+                self._lease_until = 0.0
                 return 0
-            # Read the checkpoint once per run: another runner may have moved it
-            # while this one had no lease. While the lease is held, only this
-            # runner moves it, so the position is then tracked here.
+            self._lease_until = time.monotonic() + self.lease_seconds
+            # Read the checkpoint when the lease is taken: another runner may have
+            # moved it while this one had none. While the lease is held, only
+            # this runner moves it, so the position is then tracked here (and a
+            # run woken by news goes straight to reading: no lease or checkpoint
+            # round trip on the live path).
             self._position = None
             if new and self.position == 0:
                 self._skip_to(self._start_position())
@@ -189,8 +213,8 @@ class ProjectionRunner:
         clock = time.perf_counter
         mark = clock()  # the end of the previous page: its time includes the read
         while True:
-            # Until a read finds nothing: events the handlers appended (a
-            # process manager's) are handled in this run too.
+            # Until a read finds nothing (``repeat``): events the handlers
+            # appended (a process manager's) are handled in this run too.
             before = handled
             pages = self._pages()
             try:
@@ -217,7 +241,7 @@ class ProjectionRunner:
                 close = getattr(pages, "close", None)
                 if close is not None:
                     close()  # a streaming read gives its connection back now
-            if handled == before:
+            if handled == before or not repeat:
                 break
         self._skip_to(head)
         return handled
@@ -282,7 +306,7 @@ class ProjectionRunner:
         try:
             while not stop.is_set():
                 try:
-                    self.run_once(stop)
+                    self._run_pages(stop=stop, repeat=self.projection.external)
                     if stop.is_set():
                         break
                     if self._standby:
@@ -356,6 +380,7 @@ class ProjectionRunner:
         Otherwise the lease runs out by itself ``lease_seconds`` after the last batch.
         """
         if not self.projection.in_memory:
+            self._lease_until = 0.0
             self._checkpoints.release(self.projection.name, self.owner)
 
     def reset(self, *, wait: float = 0.0, replay_effects: bool = False) -> None:
@@ -563,12 +588,26 @@ class ProjectionRunner:
     def _advance(self, tx: Transaction, position: int) -> None:
         """Move the stored checkpoint in transaction ``tx``, if the lease is still ours."""
         checkpoints = self._checkpoints
+        renewed = time.monotonic() + self.lease_seconds  # counted from before the renewal
         if not checkpoints.advance(
             tx, self.projection.name, position, self.owner, self.lease_seconds
         ):
             raise self._lease_lost()
+        # The lease's new end once ``tx`` commits. Believed a little early if it
+        # rolls back: the advances stay fenced by the owner, and an idle runner
+        # takes the lease again once half of it is gone.
+        self._lease_until = renewed
+
+    def _holds_lease(self) -> bool:
+        """Whether this runner surely still holds its lease, for half of it at least.
+
+        Taking it again (a write transaction) is then skipped: every batch's
+        advance is fenced by the lease anyway and renews it.
+        """
+        return self._lease_until - time.monotonic() > self.lease_seconds / 2
 
     def _lease_lost(self) -> LeaseLost:
+        self._lease_until = 0.0
         return LeaseLost(f"projection {self.projection.name!r}: another runner took over")
 
     def _handle_in_memory(self, page: list[RecordedEvent]) -> None:
