@@ -85,6 +85,14 @@ def idle_in_transaction(
     return conn
 
 
+EVERY_ISOLATION = [
+    psycopg.IsolationLevel.READ_COMMITTED,
+    psycopg.IsolationLevel.REPEATABLE_READ,
+    psycopg.IsolationLevel.SERIALIZABLE,
+]
+ISOLATION_IDS = ["read-committed", "repeatable-read", "serializable"]
+
+
 def deposits(store: PostgresEventStore, stream: str, count: int) -> list[int]:
     return [store.append(stream, [Deposited(amount=i)]).position for i in range(count)]
 
@@ -161,15 +169,7 @@ def test_transactions_that_never_append_hold_no_reader_back(
     assert store.holdups() == []
 
 
-@pytest.mark.parametrize(
-    "isolation",
-    [
-        psycopg.IsolationLevel.READ_COMMITTED,
-        psycopg.IsolationLevel.REPEATABLE_READ,
-        psycopg.IsolationLevel.SERIALIZABLE,
-    ],
-    ids=["read-committed", "repeatable-read", "serializable"],
-)
+@pytest.mark.parametrize("isolation", EVERY_ISOLATION, ids=ISOLATION_IDS)
 def test_a_transaction_that_wrote_before_joining_the_store_cannot_append(
     store: PostgresEventStore, pg_database: str, isolation: psycopg.IsolationLevel
 ) -> None:
@@ -192,15 +192,7 @@ def test_a_transaction_that_wrote_before_joining_the_store_cannot_append(
     assert store.holdups() == []
 
 
-@pytest.mark.parametrize(
-    "isolation",
-    [
-        psycopg.IsolationLevel.READ_COMMITTED,
-        psycopg.IsolationLevel.REPEATABLE_READ,
-        psycopg.IsolationLevel.SERIALIZABLE,
-    ],
-    ids=["read-committed", "repeatable-read", "serializable"],
-)
+@pytest.mark.parametrize("isolation", EVERY_ISOLATION, ids=ISOLATION_IDS)
 def test_a_transaction_that_joined_first_holds_readers_back_from_its_first_write(
     store: PostgresEventStore, pg_database: str, isolation: psycopg.IsolationLevel
 ) -> None:

@@ -73,6 +73,17 @@ def check_position(name: str, value: object) -> int:
     return value
 
 
+def check_wait(projection: object, position: object, timeout: object) -> None:
+    """Validate ``wait_for``'s arguments: a projection's name, a position, seconds >= 0."""
+    if not isinstance(projection, str) or not projection:
+        raise InvalidRequest(
+            f"projection must be a projection's name (a non-empty str), not "
+            f"{short_repr(projection)}"
+        )
+    check_position("position", position)
+    check_seconds("timeout", timeout, allow_zero=True)
+
+
 def check_bool(name: str, value: object, *, error: type[Exception] = InvalidRequest) -> bool:
     """Validate a flag: only True or False (a flag that destroys data takes no "no").
 

@@ -182,12 +182,6 @@ class AsyncStoreBase(abc.ABC):
         to 50 ms. Raises ProjectionBehind after ``timeout`` seconds.
         """
         self._check_open()
-        if not isinstance(projection, str) or not projection:
-            raise InvalidRequest(
-                f"projection must be a projection's name (a non-empty str), not {projection!r}"
-            )
-        check_position("position", position)
-        check_seconds("timeout", timeout, allow_zero=True)
         return await self.checkpoints().wait_for(projection, position, timeout)
 
     def checkpoints(self) -> AsyncCheckpoints:

@@ -34,7 +34,7 @@ from typing import Any, Protocol, runtime_checkable
 import msgspec
 
 from eventfold._acompat import FIRST_POLL, AsyncClock, next_poll
-from eventfold._checks import check_position, check_seconds
+from eventfold._checks import check_wait
 from eventfold._clock import now_us, us_to_datetime
 from eventfold.errors import (
     CheckpointRegression,
@@ -222,14 +222,12 @@ async def async_wait_for_checkpoint(
 ) -> int:
     """Await ``reached()`` (a checkpoint's position) until it is ``position`` or more.
 
+    The arguments are checked already (``check_wait``, before any I/O).
+
     Between tries it awaits ``changed(seconds)``, the backend's signal that the
     checkpoint may have moved; without one it polls, backing off from
     FIRST_CHECKPOINT_POLL to LAST_POLL seconds. ProjectionBehind after ``timeout``.
     """
-    check_seconds("timeout", timeout, allow_zero=True)
-    check_position("position", position)
-    if not isinstance(name, str) or not name:
-        raise InvalidRequest(f"a projection name must be a non-empty str, not {name!r}")
     deadline = time.monotonic() + timeout
     pause = FIRST_CHECKPOINT_POLL
     while True:
@@ -244,6 +242,21 @@ async def async_wait_for_checkpoint(
         else:
             await AsyncClock.sleep(min(pause, remaining))
             pause = next_poll(pause)
+
+
+async def async_poll_checkpoint(
+    checkpoints: AsyncCheckpoints, name: str, position: int, timeout: float
+) -> int:
+    """``wait_for`` by polling ``checkpoints.get`` (of the alias's target, if ``name``
+    is an alias): for checkpoints whose backend announces no move."""
+    check_wait(name, position, timeout)
+    target = await checkpoints.get_alias(name) or name
+
+    async def reached() -> int:
+        checkpoint = await checkpoints.get(target)
+        return checkpoint.position if checkpoint is not None else 0
+
+    return await async_wait_for_checkpoint(name, position, timeout, reached)
 
 
 class AsyncDirectTransaction:
@@ -399,13 +412,7 @@ class AsyncProcessCheckpoints:
         await async_wait_in_slices(stop, timeout, step)
 
     async def wait_for(self, name: str, position: int, timeout: float) -> int:
-        target = await self.get_alias(name) or name
-
-        async def reached() -> int:
-            checkpoint = await self.get(target)
-            return checkpoint.position if checkpoint is not None else 0
-
-        return await async_wait_for_checkpoint(name, position, timeout, reached)
+        return await async_poll_checkpoint(self, name, position, timeout)
 
     async def pages(
         self,

@@ -14,6 +14,7 @@ from contextlib import AbstractContextManager, closing
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from eventfold._checks import check_wait
 from eventfold._clock import us_to_datetime
 from eventfold.errors import CheckpointRegression, ConfigurationError, InvalidRequest
 from eventfold.events import RecordedEvent
@@ -153,6 +154,7 @@ class PostgresCheckpoints:
         # advance notifies at commit), looked at again after each notification.
         # LISTEN and the first look share a round trip (a pipeline): a move
         # after the LISTEN is announced, one before it is seen by the look.
+        check_wait(name, position, timeout)
         params = {"name": name}
         with self._errors, self._store._connection() as conn:
             with conn.pipeline() as pipeline:

@@ -18,7 +18,7 @@ from eventfold.store._base import StoreBase
 from eventfold.store._checkpoints import (
     Stop,
     Transaction,
-    wait_for_checkpoint,
+    poll_checkpoint,
     wait_in_slices,
 )
 from eventfold.store._rows import POSITION, decode_rows_lenient
@@ -93,13 +93,7 @@ class SqliteCheckpoints:
     def wait_for(self, name: str, position: int, timeout: float) -> int:
         # A poll of the checkpoint is one indexed read, as cheap as SQLite's
         # own change signal (PRAGMA data_version, also a poll): poll it.
-        target = self.get_alias(name) or name
-
-        def reached() -> int:
-            checkpoint = self.get(target)
-            return checkpoint.position if checkpoint is not None else 0
-
-        return wait_for_checkpoint(name, position, timeout, reached)
+        return poll_checkpoint(self, name, position, timeout)
 
     def pages(
         self,

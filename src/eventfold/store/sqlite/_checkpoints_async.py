@@ -17,7 +17,7 @@ from eventfold.store._base_async import AsyncStoreBase
 from eventfold.store._checkpoints_async import (
     AsyncTransaction,
     Stop,
-    async_wait_for_checkpoint,
+    async_poll_checkpoint,
     async_wait_in_slices,
 )
 from eventfold.store._rows import POSITION, decode_rows_lenient
@@ -96,13 +96,7 @@ class AsyncSqliteCheckpoints:
     async def wait_for(self, name: str, position: int, timeout: float) -> int:
         # A poll of the checkpoint is one indexed read, as cheap as SQLite's
         # own change signal (PRAGMA data_version, also a poll): poll it.
-        target = await self.get_alias(name) or name
-
-        async def reached() -> int:
-            checkpoint = await self.get(target)
-            return checkpoint.position if checkpoint is not None else 0
-
-        return await async_wait_for_checkpoint(name, position, timeout, reached)
+        return await async_poll_checkpoint(self, name, position, timeout)
 
     async def pages(
         self,
