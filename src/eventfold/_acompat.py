@@ -9,6 +9,7 @@ their transaction bodies are plain functions shared by both flavours.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -64,15 +65,32 @@ class AsyncRunner:
 
 
 class Clock:
-    """Blocking sleep for the sync flavour."""
+    """Blocking sleep and waits for the sync flavour."""
 
     sleep = staticmethod(time.sleep)
 
+    @staticmethod
+    def wait(event: threading.Event, seconds: float) -> bool:
+        """Wait up to ``seconds`` for ``event``; whether it is set."""
+        return event.wait(seconds)
+
 
 class AsyncClock:
-    """Non-blocking sleep for the async flavour."""
+    """Non-blocking sleep and waits for the async flavour."""
 
     sleep = staticmethod(asyncio.sleep)
+
+    @staticmethod
+    async def wait(event: asyncio.Event, seconds: float) -> bool:
+        """Await ``event`` for up to ``seconds`` (no task is left behind); whether it is set."""
+        if event.is_set():
+            return True
+        try:
+            async with asyncio.timeout(seconds):
+                await event.wait()
+        except TimeoutError:
+            return event.is_set()
+        return True
 
 
 class Offload:

@@ -24,10 +24,13 @@ Only one runner per projection name works at a time: runners take a lease
 (fenced: a runner that lost it cannot move the checkpoint), and another
 process takes over when the holder stops renewing it.
 
-The runner is synchronous; asyncio applications run it in a thread
-(``asyncio.to_thread(runner.run_forever, stop)``) like any background worker.
-It uses only public seams: a store's ``checkpoints()``
-(:class:`eventfold.store.Checkpoints`) and ``transaction()``.
+:class:`ProjectionRunner` runs on the sync stores, :class:`AsyncProjectionRunner`
+on the async ones (``AsyncSqliteEventStore``, ``AsyncPostgresEventStore``,
+``AsyncMemoryEventStore``), with the same delivery, leases, error policies and
+status; its handlers, setup and teardown may be ``async def``
+(``await ctx.execute(...)``) or plain functions. Both use only public seams: a
+store's ``checkpoints()`` (:class:`eventfold.store.Checkpoints`,
+:class:`eventfold.store.AsyncCheckpoints`) and ``transaction()``.
 """
 
 from eventfold.errors import LeaseHeld, LeaseLost, ProjectionStopped
@@ -36,6 +39,7 @@ from eventfold.projections._inline import attach_inline, detach_inline
 from eventfold.projections._model import (
     SKIP,
     STOP,
+    AsyncHandler,
     ErrorPolicy,
     Handler,
     Progress,
@@ -44,11 +48,14 @@ from eventfold.projections._model import (
     ProjectionStatus,
 )
 from eventfold.projections._runner import ProjectionRunner
+from eventfold.projections._runner_async import AsyncProjectionRunner
 from eventfold.store import DeadLetter
 
 __all__ = [
     "SKIP",
     "STOP",
+    "AsyncHandler",
+    "AsyncProjectionRunner",
     "DeadLetter",
     "ErrorPolicy",
     "Handler",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
@@ -10,11 +10,12 @@ from typing import Any, Literal
 from eventfold._checks import check_bool, check_non_negative, check_position, check_seconds
 from eventfold.errors import InvalidRequest
 from eventfold.events import RecordedEvent
-from eventfold.store import Holdup, Transaction
+from eventfold.store import AsyncTransaction, Holdup, Transaction
 
 __all__ = [
     "SKIP",
     "STOP",
+    "AsyncHandler",
     "ErrorPolicy",
     "Handler",
     "Progress",
@@ -58,14 +59,21 @@ class ProjectionContext:
     ``transaction`` is the store transaction the handler runs in (a SQL read
     model's batch), ``replaying`` whether the event was handled before a reset
     (by the runner that reset the projection), and ``connection`` its driver connection
-    (``sqlite3.Connection`` or ``psycopg.Connection``); both are None for
-    in-memory and external projections and on the memory store.
+    (``sqlite3.Connection`` or ``psycopg.Connection``; ``psycopg.AsyncConnection``
+    under an async runner on PostgreSQL); both are None for in-memory and
+    external projections and on the memory store. Under an async runner the
+    transaction is an :class:`~eventfold.store.AsyncTransaction`: ``await
+    ctx.execute(...)``.
     """
 
     __slots__ = ("projection", "replaying", "transaction")
 
     def __init__(
-        self, projection: Projection, transaction: Transaction | None, *, replaying: bool = False
+        self,
+        projection: Projection,
+        transaction: Transaction | AsyncTransaction | None,
+        *,
+        replaying: bool = False,
     ) -> None:
         self.projection = projection
         self.transaction = transaction
@@ -83,14 +91,20 @@ class ProjectionContext:
 
         A small helper for read models meant to run on both: the store's
         transaction says its placeholder style (psycopg wants ``%s``, so each
-        ``?`` becomes ``%s`` there: write no literal ``?``).
+        ``?`` becomes ``%s`` there: write no literal ``?``). Under an async
+        runner it returns an awaitable: ``await ctx.execute(...)``.
         """
         if self.transaction is None or self.transaction.connection is None:
             raise InvalidRequest(f"projection {self.projection.name!r} has no SQL connection")
         return self.transaction.execute(sql, params)
 
 
+#: A projection's handler: ``handle(ctx, event)``.
 Handler = Callable[[ProjectionContext, RecordedEvent], None]
+#: An ``async def handle(ctx, event)``, for :class:`AsyncProjectionRunner`.
+AsyncHandler = Callable[[ProjectionContext, RecordedEvent], Awaitable[None]]
+#: ``setup(ctx)`` / ``teardown(ctx)``, plain or ``async def`` (async runner only).
+Hook = Callable[[ProjectionContext], None] | Callable[[ProjectionContext], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -98,7 +112,8 @@ class Projection:
     """A read model declared as data.
 
     :param name: unique name; the checkpoint is stored under it.
-    :param handle: ``handle(ctx, event)``, called for each event in log order.
+    :param handle: ``handle(ctx, event)``, called for each event in log order
+        (an ``async def`` one is awaited; it needs an :class:`AsyncProjectionRunner`).
     :param types: event type names to receive (None: all).
     :param stream_prefix: only events of streams starting with this.
     :param setup: ``setup(ctx)`` creates the read model (e.g. ``CREATE TABLE IF
@@ -120,11 +135,11 @@ class Projection:
     """
 
     name: str
-    handle: Handler
+    handle: Handler | AsyncHandler
     types: Sequence[str] | None = None
     stream_prefix: str | None = None
-    setup: Callable[[ProjectionContext], None] | None = None
-    teardown: Callable[[ProjectionContext], None] | None = None
+    setup: Hook | None = None
+    teardown: Hook | None = None
     in_memory: bool = False
     external: bool = False
     on_error: ErrorPolicy = STOP
