@@ -1,111 +1,11 @@
-"""Process managers (sagas): events in, idempotent commands out.
+"""Process managers (sagas): events in, idempotent commands out (sync and async).
 
-A process manager reacts to recorded events by sending commands, possibly
-to other aggregates: a money transfer debits one account, then credits the
-other, and refunds the first if the credit is rejected. It runs as an
-``external`` projection (see :mod:`eventfold.projections`): events are
-delivered at least once, so every command it sends carries an idempotency
-key derived from the triggering event's id and the command's place in the
-reaction. A redelivered event therefore re-sends commands that the command
-handler recognises and does not run twice, across crashes and restarts.
-
-Keep a process's decisions in events (the saga's own stream, or the
-aggregates' events) rather than in memory: ``react`` may then look at that
-state, and a redelivery finds the decision already made. ``react`` must
-send the same commands for the same event: a redelivery that sends another
-command under a key already used raises ``IdempotencyKeyReused``, which
-meets the error policy (nothing is sent twice, nothing silently replayed).
+See :class:`ProcessManager` (sync command handlers, :class:`ProjectionRunner`)
+and :class:`AsyncProcessManager` (async command handlers,
+:class:`AsyncProjectionRunner`); both are one source (``_processes_async.py``).
 """
 
-from __future__ import annotations
+from eventfold._processes import Dispatch, ProcessManager
+from eventfold._processes_async import AsyncDispatch, AsyncProcessManager
 
-import logging
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any
-
-from eventfold.commands import CommandHandler
-from eventfold.errors import EventfoldError, InvalidRequest
-from eventfold.events import RecordedEvent, caused_by
-from eventfold.projections import ErrorPolicy, Projection, ProjectionContext
-
-__all__ = ["Dispatch", "ProcessManager"]
-
-logger = logging.getLogger("eventfold.processes")
-
-
-@dataclass(frozen=True)
-class Dispatch:
-    """A command for ``stream``, sent through ``handler``."""
-
-    handler: CommandHandler[Any, Any]
-    stream: str
-    command: Any
-
-
-React = Callable[[RecordedEvent], Sequence[Dispatch]]
-OnRejected = Callable[[RecordedEvent, Dispatch, Exception], Sequence[Dispatch]]
-
-
-class ProcessManager:
-    """Turns events into commands, idempotently.
-
-    :param name: the checkpoint name, and the prefix of idempotency keys.
-    :param react: ``react(event) -> [Dispatch, ...]``.
-    :param on_rejected: ``on_rejected(event, dispatch, error)`` for a command
-        rejected by the model's own exception: returns the compensating
-        commands (e.g. a refund). The reaction's later commands are still
-        sent, so make them depend on recorded state (they may decide nothing).
-        Without it a rejection goes to the error policy like any failure.
-    :param rejections: the exception types that count as rejections (default:
-        any exception that is not an eventfold error); others go to the
-        error policy.
-
-    A rejected command stores nothing, so its idempotency key cannot stop it
-    from being decided again on redelivery: record the outcome in events
-    (e.g. ``TransferFailed``) and let ``react`` check that state first.
-    """
-
-    def __init__(
-        self,
-        name: str,
-        react: React,
-        *,
-        types: Sequence[str] | None = None,
-        stream_prefix: str | None = None,
-        on_rejected: OnRejected | None = None,
-        rejections: tuple[type[Exception], ...] = (Exception,),
-        on_error: ErrorPolicy | None = None,
-    ) -> None:
-        if not name:
-            raise InvalidRequest("a process manager needs a name")
-        self.name = name
-        self.react = react
-        self.on_rejected = on_rejected
-        self.rejections = rejections
-        self.projection = Projection(
-            name,
-            self._handle,
-            types=types,
-            stream_prefix=stream_prefix,
-            external=True,
-            on_error=on_error or ErrorPolicy(),
-        )
-
-    def _handle(self, ctx: ProjectionContext, event: RecordedEvent) -> None:
-        for index, dispatch in enumerate(self.react(event)):
-            self._send(event, dispatch, f"{self.name}:{event.id}:{index}")
-
-    def _send(self, event: RecordedEvent, dispatch: Dispatch, key: str) -> None:
-        """Send one command; compensate it if the model rejects it."""
-        try:
-            dispatch.handler.handle(
-                dispatch.stream, dispatch.command, idempotency_key=key, metadata=caused_by(event)
-            )
-        except EventfoldError:
-            raise  # store trouble: the error policy retries or stops
-        except Exception as exc:
-            if self.on_rejected is None or not isinstance(exc, self.rejections):
-                raise
-            for index, compensation in enumerate(self.on_rejected(event, dispatch, exc)):
-                self._send(event, compensation, f"{key}:rejected:{index}")
+__all__ = ["AsyncDispatch", "AsyncProcessManager", "Dispatch", "ProcessManager"]

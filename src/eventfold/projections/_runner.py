@@ -15,6 +15,7 @@ import inspect
 import logging
 import os
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -42,13 +43,14 @@ from eventfold.store import (
     Transaction,
     Undecodable,
 )
-from eventfold.store._checkpoints import Stop
 
 __all__ = ["ProjectionRunner", "checkpoints_of", "status_of"]
 
 logger = logging.getLogger("eventfold.projections")
 
 
+#: A run's stop signal: an event set to end it (within one batch).
+Stop = threading.Event
 #: Whether this is the async flavour (the generated sync module says False).
 _ASYNC = False
 #: How a page iterator gives back what it holds.

@@ -10,6 +10,7 @@ functions; the sync flavour is generated from this.  # unasync: which also await
 
 from __future__ import annotations
 
+import asyncio  # unasync: import threading
 import inspect
 import logging
 import os
@@ -41,13 +42,14 @@ from eventfold.store import (
     DeadLetter,
     Undecodable,
 )
-from eventfold.store._checkpoints_async import Stop
 
 __all__ = ["AsyncProjectionRunner", "async_checkpoints_of", "async_status_of"]
 
 logger = logging.getLogger("eventfold.projections")
 
 
+#: A run's stop signal: an event set to end it (within one batch).
+Stop = asyncio.Event  # unasync: Stop = threading.Event
 #: Whether this is the async flavour (the generated sync module says False).
 _ASYNC = True  # unasync: _ASYNC = False
 #: How a page iterator gives back what it holds.
