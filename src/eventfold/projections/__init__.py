@@ -35,7 +35,13 @@ store's ``checkpoints()`` (:class:`eventfold.store.Checkpoints`,
 
 from eventfold.errors import LeaseHeld, LeaseLost, ProjectionStopped
 from eventfold.projections._admin import active_projection, projection_statuses, switch_projection
+from eventfold.projections._admin_async import (
+    async_active_projection,
+    async_projection_statuses,
+    async_switch_projection,
+)
 from eventfold.projections._inline import attach_inline, detach_inline
+from eventfold.projections._inline_async import async_attach_inline, async_detach_inline
 from eventfold.projections._model import (
     SKIP,
     STOP,
@@ -68,6 +74,11 @@ __all__ = [
     "ProjectionStatus",
     "ProjectionStopped",
     "active_projection",
+    "async_active_projection",
+    "async_attach_inline",
+    "async_detach_inline",
+    "async_projection_statuses",
+    "async_switch_projection",
     "attach_inline",
     "detach_inline",
     "projection_statuses",

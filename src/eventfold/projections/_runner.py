@@ -66,14 +66,19 @@ def checkpoints_of(store: EventStore) -> Checkpoints:
             "provides checkpoints (the store package's ProcessCheckpoints work over any store)"
         )
     checkpoints: Any = get()
-    if inspect.iscoroutinefunction(checkpoints.get) is not _ASYNC:
-        needs = "needs an async store" if _ASYNC else "needs a sync store"
-        other = "the sync ProjectionRunner" if _ASYNC else "the AsyncProjectionRunner class"
-        raise ConfigurationError(
-            f"this projection runner {needs}, not {type(store).__name__}: use {other}"
-        )
+    check_flavour(store, checkpoints.get)
     result: Checkpoints = checkpoints
     return result
+
+
+def check_flavour(store: object, method: Callable[..., Any]) -> None:
+    """Refuse a store of the other flavour (``method`` is one of its I/O methods)."""
+    if inspect.iscoroutinefunction(method) is not _ASYNC:
+        needs = "an async store" if _ASYNC else "a sync store"
+        other = "the sync flavour" if _ASYNC else "the async flavour (Async..., async_...)"
+        raise ConfigurationError(
+            f"this projection API needs {needs}, not {type(store).__name__}: use {other}"
+        )
 
 
 def check_handlers(projection: Projection) -> None:

@@ -34,7 +34,12 @@ from eventfold.store._checkpoints_async import (
     AsyncTransaction,
     async_wait_in_slices,
 )
-from eventfold.store._hooks import AppendHook, HookTransaction
+from eventfold.store._hooks import (
+    AppendHook,
+    AsyncAppendHook,
+    AsyncHookTransaction,
+    HookTransaction,
+)
 from eventfold.store._protocol import EventStore
 from eventfold.store._protocol_async import AsyncEventStore
 from eventfold.store._rows import Undecodable
@@ -57,6 +62,8 @@ from eventfold.store._types import (
 __all__ = [
     "ANY",
     "AppendHook",
+    "AsyncAppendHook",
+    "AsyncHookTransaction",
     "AppendResult",
     "AsyncCheckpoints",
     "AsyncDirectTransaction",

@@ -33,7 +33,10 @@ from eventfold.store._checkpoints import (
     Transaction,
     wait_in_slices,
 )
-from eventfold.store._hooks import AppendHook, HookTransaction
+from eventfold.store._hooks import (
+    AppendHook,
+    HookTransaction,
+)
 from eventfold.store._rows import (
     POSITION,
     RECORDED_AT,
@@ -64,7 +67,6 @@ __all__ = ["StoreBase", "Wait"]
 logger = logging.getLogger("eventfold.store")
 
 _LAST_VERSION = 2**62
-_ASYNC_HOOKS = "append hooks need a sync store: they run synchronously inside the append"
 
 #: ``wait(after, timeout)``: return True once events after position ``after``
 #: may exist, False after ``timeout`` seconds (a subscription's wait for news).
@@ -88,8 +90,7 @@ class StoreBase(abc.ABC):
         self.serializer = serializer or Serializer()
         self.page_size = check_non_negative("page_size", page_size, minimum=1)
         self._closed = False
-        # Append hooks (inline projections): run inside every append's
-        # transaction. Only the sync stores accept them.
+        # Append hooks (inline projections): run inside every append's transaction.
         self._inline: list[AppendHook] = []
         self._checkpoints: Checkpoints | None = None
 
@@ -223,11 +224,11 @@ class StoreBase(abc.ABC):
 
         :meth:`append_many` calls it once per stream's batch, all in the one
         transaction. If the hook raises, the append is rolled back and nothing
-        is stored. Remove it with :meth:`remove_append_hook`.
+        is stored. Remove it with :meth:`remove_append_hook`. On an async store
+        the hook may be ``async def``, awaiting its transaction's ``execute``.
         """
         if not callable(hook):
             raise InvalidRequest("an append hook must be callable")
-        # The async stores take no hooks yet: a hook runs synchronously in the append.
         self._inline.append(hook)
 
     def remove_append_hook(self, hook: AppendHook) -> None:
@@ -590,7 +591,18 @@ class StoreBase(abc.ABC):
         return None if checked is None else self.serializer.registry.stored_names(checked)
 
     def _call_inline(self, conn: Any, rows: list[Row]) -> None:
-        """Run the append hooks inside an append's transaction (``conn``) on its rows."""
+        """Run the append hooks inside an append's transaction (``conn``) on its rows.
+
+        Called where the append runs (a thread, under a lock): an async hook
+        is run to its end at once (``finish``), as it may wait for nothing.
+        """
+        tx = self._hook_transaction(conn)
+        events = decode_rows(self.serializer, rows)
+        for hook in list(self._inline):
+            hook(tx, events)
+
+    def _await_inline(self, conn: Any, rows: list[Row]) -> None:
+        """Run the append hooks on an append's connection ``conn``, awaiting async ones."""
         tx = self._hook_transaction(conn)
         events = decode_rows(self.serializer, rows)
         for hook in list(self._inline):

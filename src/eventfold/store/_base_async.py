@@ -21,7 +21,7 @@ from eventfold._checks import (
     check_seconds,
 )
 from eventfold._clock import datetime_to_us
-from eventfold.errors import ConfigurationError, InvalidRequest, StoreClosed, StoreError
+from eventfold.errors import InvalidRequest, StoreClosed, StoreError
 from eventfold.events import RecordedEvent
 from eventfold.serialization import Serializer
 from eventfold.store._checkpoints_async import (
@@ -32,7 +32,11 @@ from eventfold.store._checkpoints_async import (
     Stop,
     async_wait_in_slices,
 )
-from eventfold.store._hooks import AppendHook, HookTransaction
+from eventfold.store._hooks import (
+    AsyncAppendHook,
+    AsyncHookTransaction,
+    finish,  # unasync: remove
+)
 from eventfold.store._rows import (
     POSITION,
     RECORDED_AT,
@@ -63,7 +67,6 @@ __all__ = ["AsyncStoreBase", "Wait"]
 logger = logging.getLogger("eventfold.store")
 
 _LAST_VERSION = 2**62
-_ASYNC_HOOKS = "append hooks need a sync store: they run synchronously inside the append"
 
 #: ``wait(after, timeout)``: return True once events after position ``after``
 #: may exist, False after ``timeout`` seconds (a subscription's wait for news).
@@ -87,9 +90,8 @@ class AsyncStoreBase(abc.ABC):
         self.serializer = serializer or Serializer()
         self.page_size = check_non_negative("page_size", page_size, minimum=1)
         self._closed = False
-        # Append hooks (inline projections): run inside every append's
-        # transaction. Only the sync stores accept them.
-        self._inline: list[AppendHook] = []
+        # Append hooks (inline projections): run inside every append's transaction.
+        self._inline: list[AsyncAppendHook] = []
         self._checkpoints: AsyncCheckpoints | None = None
 
     # -- public API -----------------------------------------------------------------
@@ -217,19 +219,19 @@ class AsyncStoreBase(abc.ABC):
             return self._transaction()
         return self._transaction_on(connection)
 
-    def add_append_hook(self, hook: AppendHook) -> None:
+    def add_append_hook(self, hook: AsyncAppendHook) -> None:
         """Run ``hook(transaction, events)`` inside the transaction of every append.
 
         :meth:`append_many` calls it once per stream's batch, all in the one
         transaction. If the hook raises, the append is rolled back and nothing
-        is stored. Remove it with :meth:`remove_append_hook`.
+        is stored. Remove it with :meth:`remove_append_hook`. On an async store
+        the hook may be ``async def``, awaiting its transaction's ``execute``.
         """
         if not callable(hook):
             raise InvalidRequest("an append hook must be callable")
-        # The async stores take no hooks yet: a hook runs synchronously in the append.
-        raise ConfigurationError(_ASYNC_HOOKS)  # unasync: self._inline.append(hook)
+        self._inline.append(hook)
 
-    def remove_append_hook(self, hook: AppendHook) -> None:
+    def remove_append_hook(self, hook: AsyncAppendHook) -> None:
         """Stop running ``hook`` in appends (InvalidRequest if it was never added)."""
         try:
             self._inline.remove(hook)
@@ -251,9 +253,9 @@ class AsyncStoreBase(abc.ABC):
             f"{type(self).__name__} has no database connections: call transaction() without one"
         )
 
-    def _hook_transaction(self, conn: Any) -> HookTransaction:
+    def _hook_transaction(self, conn: Any) -> AsyncHookTransaction:
         """The append's transaction as hooks see it (backends set the placeholder style)."""
-        return HookTransaction(conn)
+        return AsyncHookTransaction(conn)
 
     async def read(
         self,
@@ -593,11 +595,26 @@ class AsyncStoreBase(abc.ABC):
         return None if checked is None else self.serializer.registry.stored_names(checked)
 
     def _call_inline(self, conn: Any, rows: list[Row]) -> None:
-        """Run the append hooks inside an append's transaction (``conn``) on its rows."""
+        """Run the append hooks inside an append's transaction (``conn``) on its rows.
+
+        Called where the append runs (a thread, under a lock): an async hook
+        is run to its end at once (``finish``), as it may wait for nothing.
+        """
         tx = self._hook_transaction(conn)
         events = decode_rows(self.serializer, rows)
         for hook in list(self._inline):
-            hook(tx, events)
+            result = hook(tx, events)  # unasync: hook(tx, events)
+            if result is not None:  # unasync: remove
+                finish(result)  # unasync: remove
+
+    async def _await_inline(self, conn: Any, rows: list[Row]) -> None:
+        """Run the append hooks on an append's connection ``conn``, awaiting async ones."""
+        tx = self._hook_transaction(conn)
+        events = decode_rows(self.serializer, rows)
+        for hook in list(self._inline):
+            result = hook(tx, events)  # unasync: hook(tx, events)
+            if result is not None:  # unasync: remove
+                await result  # unasync: remove
 
     def _check_open(self) -> None:
         if self._closed:

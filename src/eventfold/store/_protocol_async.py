@@ -16,7 +16,7 @@ from uuid import UUID
 from eventfold.events import RecordedEvent
 from eventfold.serialization import Serializer
 from eventfold.store._checkpoints_async import AsyncCheckpoints, AsyncTransaction, Stop
-from eventfold.store._hooks import AppendHook
+from eventfold.store._hooks import AsyncAppendHook
 from eventfold.store._types import (
     ANY,
     AppendResult,
@@ -166,11 +166,11 @@ class AsyncEventStore(Protocol):
         """
         ...
 
-    def add_append_hook(self, hook: AppendHook) -> None:
+    def add_append_hook(self, hook: AsyncAppendHook) -> None:
         """Run ``hook(transaction, events)`` inside the transaction of every append."""
         ...
 
-    def remove_append_hook(self, hook: AppendHook) -> None:
+    def remove_append_hook(self, hook: AsyncAppendHook) -> None:
         """Stop running ``hook`` in appends."""
         ...
 

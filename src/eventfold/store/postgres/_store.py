@@ -706,7 +706,7 @@ class PostgresEventStore(StoreBase):
         with conn.cursor(binary=True) as cursor:
             cursor.execute(self._sql["read_forward_own"], params)
             rows = to_rows(cursor.fetchall())
-        self._call_inline(conn, rows)
+        self._await_inline(conn, rows)
 
     def _find_batch(
         self, conn: Connection[Any], stream: str, batch: list[EncodedEvent]

@@ -40,7 +40,7 @@ from eventfold.errors import (
 from eventfold.serialization import Serializer
 from eventfold.store._base_async import AsyncStoreBase, Wait
 from eventfold.store._checkpoints_async import AsyncCheckpoints, AsyncTransaction
-from eventfold.store._hooks import HookTransaction
+from eventfold.store._hooks import AsyncHookTransaction
 from eventfold.store._rows import POSITION, EncodedEvent, Row, row_matches, snapshot_from_row
 from eventfold.store._rules import (
     deletion_version,
@@ -504,8 +504,8 @@ class AsyncPostgresEventStore(AsyncStoreBase):
             self._server = (row[0], row[1])
         return self._server
 
-    def _hook_transaction(self, conn: Any) -> HookTransaction:
-        return HookTransaction(conn, "%s")
+    def _hook_transaction(self, conn: Any) -> AsyncHookTransaction:
+        return AsyncHookTransaction(conn, "%s")
 
     async def _append(
         self, stream: str, batch: list[EncodedEvent], expected: Expected
@@ -716,7 +716,7 @@ class AsyncPostgresEventStore(AsyncStoreBase):
         async with conn.cursor(binary=True) as cursor:
             await cursor.execute(self._sql["read_forward_own"], params)
             rows = to_rows(await cursor.fetchall())
-        self._call_inline(conn, rows)
+        await self._await_inline(conn, rows)
 
     async def _find_batch(
         self, conn: AsyncConnection[Any], stream: str, batch: list[EncodedEvent]

@@ -29,7 +29,7 @@ from eventfold.errors import InvalidRequest
 from eventfold.serialization import Serializer
 from eventfold.store._base_async import AsyncStoreBase
 from eventfold.store._checkpoints_async import AsyncCheckpoints, AsyncTransaction
-from eventfold.store._hooks import HookTransaction
+from eventfold.store._hooks import AsyncHookTransaction
 from eventfold.store._rows import EncodedEvent, Row, snapshot_from_row
 from eventfold.store._rules import stream_info_from
 from eventfold.store._types import ANY, AppendResult, Expected, Snapshot, StreamInfo
@@ -143,9 +143,9 @@ class AsyncSqliteEventStore(AsyncStoreBase):
 
     async def _in_transaction(self, tx: AsyncTransaction, fn: Any, *args: Any) -> Any:
         """``fn(db, handle, *args)`` in the open transaction ``tx``, on its thread."""
-        if not isinstance(tx, (AsyncSqliteTransaction, HookTransaction)):
+        if not isinstance(tx, (AsyncSqliteTransaction, AsyncHookTransaction)):
             raise InvalidRequest("a transaction of another store was given to this one")
-        if isinstance(tx, HookTransaction):  # inside an append: on its thread already
+        if isinstance(tx, AsyncHookTransaction):  # inside an append: on its thread already
             return fn(self._db, _HookHandle(tx.connection), *args)
         return await tx._runner.run(fn, self._db, tx._handle, *args)
 
