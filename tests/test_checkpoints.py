@@ -1,4 +1,4 @@
-"""Every built-in store runs the checkpoints conformance suite, in both flavours."""
+"""Every built-in store runs the checkpoints and projections suites, in both flavours."""
 
 from __future__ import annotations
 
@@ -20,7 +20,12 @@ from eventfold.store.postgres import (
     async_migrate,
     migrate,
 )
-from eventfold.testing import AsyncCheckpointsSuite, CheckpointsSuite
+from eventfold.testing import (
+    AsyncCheckpointsSuite,
+    AsyncProjectionsSuite,
+    CheckpointsSuite,
+    ProjectionsSuite,
+)
 from tests.support.pg import new_schema_name
 
 
@@ -67,4 +72,53 @@ class TestAsyncPostgresCheckpoints(AsyncCheckpointsSuite):
         schema = new_schema_name()
         await async_migrate(pg_database, schema=schema)
         async with AsyncPostgresEventStore(pg_database, schema=schema, max_size=3) as store:
+            yield store
+
+
+# -- projections, process managers and inline projections on every store, both flavours ---
+
+
+class TestMemoryProjections(ProjectionsSuite):
+    @pytest.fixture
+    def store(self) -> Iterator[MemoryEventStore]:
+        with MemoryEventStore() as store:
+            yield store
+
+
+class TestAsyncMemoryProjections(AsyncProjectionsSuite):
+    @pytest_asyncio.fixture
+    async def store(self) -> AsyncIterator[AsyncMemoryEventStore]:
+        async with AsyncMemoryEventStore() as store:
+            yield store
+
+
+class TestSqliteProjections(ProjectionsSuite):
+    @pytest.fixture
+    def store(self, tmp_path: Path) -> Iterator[SqliteEventStore]:
+        with SqliteEventStore(tmp_path / "p.db", durability="off") as store:
+            yield store
+
+
+class TestAsyncSqliteProjections(AsyncProjectionsSuite):
+    @pytest_asyncio.fixture
+    async def store(self, tmp_path: Path) -> AsyncIterator[AsyncSqliteEventStore]:
+        async with AsyncSqliteEventStore(tmp_path / "p.db", durability="off") as store:
+            yield store
+
+
+class TestPostgresProjections(ProjectionsSuite):
+    @pytest.fixture
+    def store(self, pg_database: str) -> Iterator[PostgresEventStore]:
+        schema = new_schema_name()
+        migrate(pg_database, schema=schema)
+        with PostgresEventStore(pg_database, schema=schema, max_size=4) as store:
+            yield store
+
+
+class TestAsyncPostgresProjections(AsyncProjectionsSuite):
+    @pytest_asyncio.fixture
+    async def store(self, pg_database: str) -> AsyncIterator[AsyncPostgresEventStore]:
+        schema = new_schema_name()
+        await async_migrate(pg_database, schema=schema)
+        async with AsyncPostgresEventStore(pg_database, schema=schema, max_size=4) as store:
             yield store

@@ -32,7 +32,7 @@ from eventfold.store import (
     ProcessCheckpoints,
     Transaction,
 )
-from eventfold.testing import CheckpointsSuite, EventStoreSuite
+from eventfold.testing import CheckpointsSuite, EventStoreSuite, ProjectionsSuite
 from eventfold.testing._events import Deposited, Withdrawn
 
 
@@ -104,7 +104,9 @@ def wrapped() -> Iterator[WrappedStore]:
         yield store
 
 
-class TestWrappedStore(EventStoreSuite, CheckpointsSuite):
+class TestWrappedStore(EventStoreSuite, CheckpointsSuite, ProjectionsSuite):
+    append_hooks = False  # WrappedStore refuses them
+
     @pytest.fixture
     def store(self, wrapped: WrappedStore) -> WrappedStore:
         return wrapped

@@ -2,7 +2,9 @@
 
 Run the conformance suite against any backend, including your own, by
 subclassing and providing one ``store`` fixture (``CheckpointsSuite`` checks
-the seam projections use: a store that passes it runs projections)::
+the seam projections use: a store that passes it runs projections, and
+``ProjectionsSuite`` runs the projection runner, process managers and inline
+projections on it)::
 
     class TestMyStore(
         EventStoreSuite, EventStoreLifecycleSuite, EventStoreConcurrencySuite, CheckpointsSuite
@@ -21,6 +23,8 @@ from eventfold.testing._conformance import EventStoreSuite
 from eventfold.testing._conformance_async import AsyncEventStoreSuite
 from eventfold.testing._lifecycle import EventStoreLifecycleSuite
 from eventfold.testing._lifecycle_async import AsyncEventStoreLifecycleSuite
+from eventfold.testing._projections import ProjectionsSuite
+from eventfold.testing._projections_async import AsyncProjectionsSuite
 from eventfold.testing.concurrency import EventStoreConcurrencySuite, follow_log, run_threads
 from eventfold.testing.scenario import DeciderSpec
 
@@ -28,11 +32,13 @@ __all__ = [
     "AsyncCheckpointsSuite",
     "AsyncEventStoreLifecycleSuite",
     "AsyncEventStoreSuite",
+    "AsyncProjectionsSuite",
     "CheckpointsSuite",
     "DeciderSpec",
     "EventStoreConcurrencySuite",
     "EventStoreLifecycleSuite",
     "EventStoreSuite",
+    "ProjectionsSuite",
     "follow_log",
     "run_threads",
 ]

@@ -2,9 +2,22 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+from eventfold.decider import Decider
 from eventfold.events import Event
 
-__all__ = ["Deposited", "Measured", "Opened", "Received", "Unserialisable", "Withdrawn"]
+__all__ = [
+    "Deposited",
+    "Greet",
+    "Greeted",
+    "Measured",
+    "Opened",
+    "Received",
+    "Unserialisable",
+    "Withdrawn",
+    "welcome",
+]
 
 
 class Opened(Event, frozen=True):
@@ -48,3 +61,30 @@ class Measured(Event, frozen=True):
     __event_type__ = "eventfold.testing.Measured"
     value: float
     previous: float | None = None
+
+
+class Greeted(Event, frozen=True):
+    """A welcome was sent to the owner of an account."""
+
+    __event_type__ = "eventfold.testing.Greeted"
+    owner: str
+
+
+@dataclass(frozen=True)
+class Greet:
+    """Send the welcome (once per account: a second one is refused)."""
+
+    owner: str
+
+
+def _decide(command: Greet, greeted: bool) -> list[Greeted]:
+    if greeted:
+        raise ValueError("already greeted")
+    return [Greeted(owner=command.owner)]
+
+
+def _evolve(greeted: bool, event: object) -> bool:
+    return greeted or isinstance(event, Greeted)
+
+
+welcome: Decider[bool, Greet, Greeted] = Decider(_decide, _evolve, bool)
