@@ -6,10 +6,13 @@ handling its N-th event, for 20 different N: inside a batch's transaction,
 at its first event, right after a commit. Meanwhile a writer process keeps
 appending. After the last crash a clean run catches up, and the table must
 equal the counts taken from the log itself: every event counted exactly once.
+Both flavours: the sync runner, and the async runner with an ``async def``
+handler on the async store.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import multiprocessing
@@ -25,10 +28,15 @@ from typing import Any
 
 import pytest
 
-from eventfold import ANY, SqliteEventStore, StoreError
-from eventfold.projections import Projection, ProjectionContext, ProjectionRunner
-from eventfold.store import EventStore
-from eventfold.store.postgres import PostgresEventStore, migrate
+from eventfold import ANY, AsyncSqliteEventStore, SqliteEventStore, StoreError
+from eventfold.projections import (
+    AsyncProjectionRunner,
+    Projection,
+    ProjectionContext,
+    ProjectionRunner,
+)
+from eventfold.store import AsyncEventStore, EventStore
+from eventfold.store.postgres import AsyncPostgresEventStore, PostgresEventStore, migrate
 from eventfold.store.postgres import _store as sync_postgres
 from eventfold.testing._events import Deposited, Opened
 from tests.support.pg import new_schema_name
@@ -71,17 +79,55 @@ def counting_projection(kill_at: int | None) -> Projection:
     return Projection("crash-counts", handle, setup=setup, batch_size=BATCH)
 
 
+def async_counting_projection(kill_at: int | None) -> Projection:
+    """The same read model with ``async def`` handlers, for the async runner."""
+    handled = 0
+
+    async def setup(ctx: ProjectionContext) -> None:
+        await ctx.execute(
+            f"CREATE TABLE IF NOT EXISTS {TABLE} (stream TEXT PRIMARY KEY, n BIGINT NOT NULL)"
+        )
+
+    async def handle(ctx: ProjectionContext, event: Any) -> None:
+        nonlocal handled
+        handled += 1
+        await ctx.execute(
+            f"INSERT INTO {TABLE} (stream, n) VALUES (?, 1) "
+            f"ON CONFLICT (stream) DO UPDATE SET n = {TABLE}.n + 1",
+            (event.stream,),
+        )
+        if handled == kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return Projection("crash-counts", handle, setup=setup, batch_size=BATCH)
+
+
 def open_store(kind: str, where: str, schema: str) -> EventStore:
     if kind == "sqlite":
         return SqliteEventStore(where, durability="normal", busy_timeout=30)
     return PostgresEventStore(where, schema=schema, max_size=2)
 
 
-def projection_process(kind: str, where: str, schema: str, kill_at: int) -> None:
+def open_async_store(kind: str, where: str, schema: str) -> AsyncEventStore:
+    if kind == "sqlite":
+        return AsyncSqliteEventStore(where, durability="normal", busy_timeout=30)
+    return AsyncPostgresEventStore(where, schema=schema, max_size=2)
+
+
+def projection_process(kind: str, where: str, schema: str, kill_at: int, flavour: str) -> None:
+    # The restarted process has the same identity, so it resumes at once
+    # instead of waiting for the dead one's lease to run out.
+    if flavour == "async":
+        asyncio.run(async_projection_run(kind, where, schema, kill_at))
+        return
     with open_store(kind, where, schema) as store:
-        # The restarted process has the same identity, so it resumes at once
-        # instead of waiting for the dead one's lease to run out.
         ProjectionRunner(store, counting_projection(kill_at), owner=OWNER).run_once()
+
+
+async def async_projection_run(kind: str, where: str, schema: str, kill_at: int) -> None:
+    async with open_async_store(kind, where, schema) as store:
+        projection = async_counting_projection(kill_at)
+        await AsyncProjectionRunner(store, projection, owner=OWNER).run_once()
 
 
 def writer_process(kind: str, where: str, schema: str) -> None:
@@ -110,7 +156,10 @@ def target(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, str, st
 
 
 @pytest.mark.slow
-def test_kill_9_at_twenty_points_loses_and_doubles_nothing(target: tuple[str, str, str]) -> None:
+@pytest.mark.parametrize("flavour", ["sync", "async"])
+def test_kill_9_at_twenty_points_loses_and_doubles_nothing(
+    target: tuple[str, str, str], flavour: str
+) -> None:
     kind, where, schema = target
     with open_store(kind, where, schema) as store:
         for i in range(200):
@@ -119,7 +168,9 @@ def test_kill_9_at_twenty_points_loses_and_doubles_nothing(target: tuple[str, st
     writer.start()
     exit_codes = []
     for kill_at in KILL_POINTS:
-        crashing = CTX.Process(target=projection_process, args=(kind, where, schema, kill_at))
+        crashing = CTX.Process(
+            target=projection_process, args=(kind, where, schema, kill_at, flavour)
+        )
         crashing.start()
         crashing.join(60)
         exit_codes.append(crashing.exitcode)
