@@ -28,6 +28,7 @@ from eventfold import (
     MemoryEventStore,
     RecordedEvent,
     StoreError,
+    StoreTimeout,
 )
 from eventfold.processes import AsyncDispatch, AsyncProcessManager, Dispatch, ProcessManager
 from eventfold.projections import (
@@ -308,3 +309,65 @@ async def test_an_async_runner_resumes_after_a_postgres_restart(pg_database: str
         assert await counted.read(store) == {"s-0": 20, "s-1": 20, "s-2": 20}
         assert counted.handled == [e.position async for e in store.read_all()]
         assert (await runner.status()).restarts == 0  # retried inside run(), not restarted
+
+
+# -- one async SQLite store, several tasks -------------------------------------------------
+
+
+async def test_runners_of_one_async_sqlite_store_take_turns(tmp_path: Path) -> None:
+    # The async SQLite store runs transactions on one thread: two runners' SQL
+    # batches (two tasks) used to meet there, the second refused as if nested.
+    async with AsyncSqliteEventStore(tmp_path / "t.db", durability="off") as store:
+        models = [Counted(), Counted()]
+        runners = [AsyncProjectionRunner(store, m.projection(batch_size=3)) for m in models]
+        stop = asyncio.Event()
+        tasks = [asyncio.create_task(runner.run_forever(stop)) for runner in runners]
+        last = 0
+        for n in range(60):
+            last = (await store.append(f"s-{n % 4}", [Deposited(amount=n)])).position
+        for model in models:
+            await store.wait_for(model.name, last, timeout=30)
+        stop.set()
+        await asyncio.gather(*tasks)
+        for runner, model in zip(runners, models, strict=True):
+            assert (await runner.status()).restarts == 0
+            assert await model.read(store) == await counts(store)
+
+
+async def test_a_task_writing_inside_its_own_async_sqlite_transaction_is_refused_at_once(
+    tmp_path: Path,
+) -> None:
+    async with AsyncSqliteEventStore(tmp_path / "t.db", busy_timeout=30) as store:
+        async with store.transaction() as tx:
+            await tx.append("s", [Deposited(amount=1)])
+            with pytest.raises(StoreError, match="wait for itself"):
+                await store.append("s", [Deposited(amount=2)])  # not the transaction's
+            with pytest.raises(StoreError, match="wait for itself"):
+                async with store.transaction():
+                    pass
+        assert [e.data async for e in store.read("s")] == [Deposited(amount=1)]
+
+
+async def test_a_task_waiting_past_busy_timeout_for_another_tasks_transaction_times_out(
+    tmp_path: Path,
+) -> None:
+    async with AsyncSqliteEventStore(tmp_path / "t.db", busy_timeout=0.1) as store:
+        held, done = asyncio.Event(), asyncio.Event()
+
+        async def holder() -> None:
+            async with store.transaction() as tx:
+                await tx.append("s", [Deposited(amount=1)])
+                held.set()
+                await done.wait()
+
+        task = asyncio.create_task(holder(), name="slow-handler")
+        await held.wait()
+        with pytest.raises(StoreTimeout, match="slow-handler") as timeout:
+            async with store.transaction():
+                pass
+        assert timeout.value.retryable
+        done.set()
+        await task
+        async with store.transaction() as tx:  # its turn now
+            await tx.append("s", [Deposited(amount=2)])
+        assert len([e async for e in store.read("s")]) == 2

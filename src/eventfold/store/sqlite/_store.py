@@ -37,6 +37,7 @@ from eventfold.store.sqlite import _event_ops as ops
 from eventfold.store.sqlite._checkpoints import SqliteCheckpoints
 from eventfold.store.sqlite._db import Durability, SqliteDatabase
 from eventfold.store.sqlite._errors import closed_error
+from eventfold.store.sqlite._turns import Turn
 
 __all__ = ["SqliteEventStore"]
 
@@ -81,6 +82,8 @@ class SqliteEventStore(StoreBase):
         # Transactions a caller drives (store.transaction()): begun, used and
         # ended on one thread, as a sqlite3 transaction must be.
         self._tx_runner = Runner()
+        # ...so tasks take turns holding one (threads wait for the write lock).
+        self._turn = Turn(self._db.path, busy_timeout)
 
     @property
     def path(self) -> str:
@@ -111,14 +114,15 @@ class SqliteEventStore(StoreBase):
 
     @contextmanager
     def _transaction(self) -> Iterator[Transaction]:
-        handle = self._tx_runner.run(self._db.begin_write, "a transaction")
-        tx = SqliteTransaction(self, handle)
-        try:
-            yield tx
-        except BaseException:
-            self._tx_runner.run(self._db.end_write, handle, False)
-            raise
-        self._tx_runner.run(self._db.end_write, handle, True)
+        with self._turn():
+            handle = self._tx_runner.run(self._db.begin_write, "a transaction")
+            tx = SqliteTransaction(self, handle)
+            try:
+                yield tx
+            except BaseException:
+                self._tx_runner.run(self._db.end_write, handle, False)
+                raise
+            self._tx_runner.run(self._db.end_write, handle, True)
 
     @contextmanager
     def _transaction_on(self, connection: Any) -> Iterator[Transaction]:
@@ -150,12 +154,14 @@ class SqliteEventStore(StoreBase):
         return tx._runner.run(fn, self._db, tx._handle, *args)
 
     def _append(self, stream: str, batch: list[EncodedEvent], expected: Expected) -> AppendResult:
+        self._turn.check()
         inline = self._call_inline if self._inline else None
         return self._run(ops.append, self._db, stream, batch, expected, inline)
 
     def _append_many(
         self, appends: list[tuple[str, list[EncodedEvent], Expected]]
     ) -> list[AppendResult]:
+        self._turn.check()
         inline = self._call_inline if self._inline else None
         return self._run(ops.append_many, self._db, appends, inline)
 

@@ -37,6 +37,7 @@ from eventfold.store.sqlite import _event_ops as ops
 from eventfold.store.sqlite._checkpoints_async import AsyncSqliteCheckpoints
 from eventfold.store.sqlite._db import Durability, SqliteDatabase
 from eventfold.store.sqlite._errors import closed_error
+from eventfold.store.sqlite._turns import AsyncTurn
 
 __all__ = ["AsyncSqliteEventStore"]
 
@@ -81,6 +82,8 @@ class AsyncSqliteEventStore(AsyncStoreBase):
         # Transactions a caller drives (store.transaction()): begun, used and
         # ended on one thread, as a sqlite3 transaction must be.
         self._tx_runner = AsyncRunner(max_workers=1)  # unasync: self._tx_runner = Runner()
+        # ...so tasks take turns holding one (threads wait for the write lock).
+        self._turn = AsyncTurn(self._db.path, busy_timeout)
 
     @property
     def path(self) -> str:
@@ -111,14 +114,15 @@ class AsyncSqliteEventStore(AsyncStoreBase):
 
     @asynccontextmanager
     async def _transaction(self) -> AsyncIterator[AsyncTransaction]:
-        handle = await self._tx_runner.run(self._db.begin_write, "a transaction")
-        tx = AsyncSqliteTransaction(self, handle)
-        try:
-            yield tx
-        except BaseException:
-            await self._tx_runner.run(self._db.end_write, handle, False)
-            raise
-        await self._tx_runner.run(self._db.end_write, handle, True)
+        async with self._turn():
+            handle = await self._tx_runner.run(self._db.begin_write, "a transaction")
+            tx = AsyncSqliteTransaction(self, handle)
+            try:
+                yield tx
+            except BaseException:
+                await self._tx_runner.run(self._db.end_write, handle, False)
+                raise
+            await self._tx_runner.run(self._db.end_write, handle, True)
 
     @asynccontextmanager
     async def _transaction_on(self, connection: Any) -> AsyncIterator[AsyncTransaction]:
@@ -152,12 +156,14 @@ class AsyncSqliteEventStore(AsyncStoreBase):
     async def _append(
         self, stream: str, batch: list[EncodedEvent], expected: Expected
     ) -> AppendResult:
+        self._turn.check()
         inline = self._call_inline if self._inline else None
         return await self._run(ops.append, self._db, stream, batch, expected, inline)
 
     async def _append_many(
         self, appends: list[tuple[str, list[EncodedEvent], Expected]]
     ) -> list[AppendResult]:
+        self._turn.check()
         inline = self._call_inline if self._inline else None
         return await self._run(ops.append_many, self._db, appends, inline)
 
