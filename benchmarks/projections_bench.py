@@ -13,6 +13,7 @@ log live. See ``benchmarks/README.md`` for what each contender does.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import gc
 import importlib.metadata
 import sqlite3
@@ -85,12 +86,20 @@ except ImportError as exc:  # pragma: no cover
     ) from exc
 
 import eventfold
-from eventfold import SqliteEventStore
-from eventfold.projections import Projection, ProjectionContext, ProjectionRunner
-from eventfold.store.postgres import PostgresEventStore, migrate
+from eventfold import AsyncSqliteEventStore, SqliteEventStore
+from eventfold.projections import (
+    AsyncProjectionRunner,
+    Projection,
+    ProjectionContext,
+    ProjectionRunner,
+)
+from eventfold.store import AsyncEventStore
+from eventfold.store.postgres import AsyncPostgresEventStore, PostgresEventStore, migrate
 
 RAW_SQLITE, RAW_PG, ES, EF = "raw-sqlite3", "raw-psycopg", "eventsourcing", "eventfold"
 EF_WAIT = "eventfold, append + wait_for"
+EF_ASYNC = "eventfold async runner"
+EF_SUB = "eventfold subscribe()"
 BATCH = PAGE_SIZE  # eventfold's default batch_size; raw and eventsourcing (its select limit) alike
 CHUNK = 20  # events per stream per append while writing the log (streams interleave)
 LATENCY_GAP_S = 0.002  # the live writer sleeps this long after each append
@@ -638,6 +647,7 @@ def sqlite_suite(counts: Counts, stack: ExitStack) -> list[dict[str, Measurement
     latency = ef_live_latency(
         "SQLite",
         SqliteEventStore(directory / "live.db", durability="normal"),
+        lambda: AsyncSqliteEventStore(directory / "live.db", durability="normal"),
         counts,
         stack,
     )
@@ -794,7 +804,14 @@ def postgres_suite(url: str, counts: Counts, stack: ExitStack) -> list[dict[str,
 
     migrate(url, schema="ef_live")
     live_store = PostgresEventStore(url, schema="ef_live", max_size=4)
-    latency = ef_live_latency("PostgreSQL", live_store, counts, stack, es_env(url, "es_live", 2))
+    latency = ef_live_latency(
+        "PostgreSQL",
+        live_store,
+        lambda: AsyncPostgresEventStore(url, schema="ef_live", max_size=4),
+        counts,
+        stack,
+        es_env(url, "es_live", 2),
+    )
     return [memory, sql_results, latency]
 
 
@@ -804,6 +821,7 @@ def postgres_suite(url: str, counts: Counts, stack: ExitStack) -> list[dict[str,
 def ef_live_latency(
     backend: str,
     store: Any,
+    open_async: Callable[[], AsyncEventStore],
     counts: Counts,
     stack: ExitStack,
     es_live_env: dict[str, str] | None = None,
@@ -813,7 +831,11 @@ def ef_live_latency(
     read model. Latency = that time - the time just before the append call.
     The "wait_for" row: the writer appends, then ``store.wait_for`` waits for the
     runner's checkpoint to pass the append (read your writes), and takes the time
-    when that returns.
+    when that returns. The async runner follows the same log from an event loop
+    in its own thread (an async store on the same database), and ``subscribe()``
+    (a plain subscription in a thread, no read model, no checkpoint) is the floor
+    a runner's latency is compared with. Each contender writes its own stream;
+    every runner handles every event, and records the samples of its stream.
 
     ``es_live_env``: also eventsourcing's ProjectionRunner (PostgreSQL only)."""
     stack.callback(store.close)
@@ -823,7 +845,8 @@ def ef_live_latency(
     def handle(ctx: ProjectionContext, event: Any) -> None:
         data = event.data
         ctx.execute(EF_UPSERT, (event.stream, data.amount))
-        received.append((data.amount, clock()))
+        if event.stream == "live":
+            received.append((data.amount, clock()))
 
     runner = ProjectionRunner(store, Projection("balances-live", handle, setup=ef_setup))
     stop = threading.Event()
@@ -835,7 +858,70 @@ def ef_live_latency(
         thread.join(30)
 
     stack.callback(stop_ef)
+
+    # The async runner: an event loop in a thread, on an async store of the same database.
+    async_received: list[tuple[int, int]] = []
+    loops: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
+    async_ready = threading.Event()
+
+    async def async_handle(ctx: ProjectionContext, event: Any) -> None:
+        data = event.data
+        await ctx.execute(EF_UPSERT, (event.stream, data.amount))
+        if event.stream == "live-async":
+            async_received.append((data.amount, clock()))
+
+    async def async_setup(ctx: ProjectionContext) -> None:
+        await ctx.execute(
+            "CREATE TABLE IF NOT EXISTS ef_balances (account TEXT PRIMARY KEY, balance BIGINT)"
+        )
+
+    async def async_service() -> None:
+        async with open_async() as astore:
+            projection = Projection("balances-live-async", async_handle, setup=async_setup)
+            arunner = AsyncProjectionRunner(astore, projection)
+            astop = asyncio.Event()
+            loops.append((asyncio.get_running_loop(), astop))
+            async_ready.set()
+            await arunner.run(astop)
+
+    async_thread = threading.Thread(
+        target=asyncio.run, args=(async_service(),), name="eventfold-async-runner"
+    )
+    async_thread.start()
+    if not async_ready.wait(WAIT_S):
+        raise RuntimeError(f"{backend}: the async runner did not start")
+
+    def stop_async() -> None:
+        loop, astop = loops[0]
+        loop.call_soon_threadsafe(astop.set)
+        async_thread.join(30)
+
+    stack.callback(stop_async)
+
+    # subscribe(): the same log, no read model and no checkpoint.
+    subscribed: list[tuple[int, int]] = []
+    sub_stop = threading.Event()
+    head = store.last_position()
+
+    def follow() -> None:
+        for event in store.subscribe(after=head, poll_interval=1.0, stop=sub_stop):
+            if event.stream == "live-sub":
+                subscribed.append((event.data.amount, clock()))
+
+    sub_thread = threading.Thread(target=follow, name="eventfold-subscriber")
+    sub_thread.start()
+
+    def stop_sub() -> None:
+        sub_stop.set()
+        sub_thread.join(30)
+
+    stack.callback(stop_sub)
     ef_version = 0
+    versions = {"live-async": 0, "live-sub": 0}
+
+    def append_to(stream: str, sample: int) -> None:
+        result = store.append(stream, [Deposited(amount=sample)], expected=versions[stream])
+        versions[stream] = result.to_version
 
     def ef_write(sample: int) -> None:
         nonlocal ef_version
@@ -856,6 +942,8 @@ def ef_live_latency(
     writers: dict[str, tuple[Callable[[int], None], list[tuple[int, int]]]] = {
         EF: (ef_write, received),
         EF_WAIT: (ef_write_and_wait, waited),
+        EF_ASYNC: (lambda sample: append_to("live-async", sample), async_received),
+        EF_SUB: (lambda sample: append_to("live-sub", sample), subscribed),
     }
 
     if es_live_env is not None:
@@ -945,9 +1033,17 @@ def _report(results: dict[str, Measurement]) -> dict[str, Any]:
 
 
 def _report_latency(results: dict[str, Measurement]) -> dict[str, Any]:
-    ratio_values = latency_ratios(results, EF, [ES]) if ES in results else {}
+    ratio_values = latency_ratios(results, EF, [EF_SUB, *([ES] if ES in results else [])])
+    ratio_values |= latency_ratios(results, EF_ASYNC, [EF_SUB])
     first = next(iter(results.values()))
     print_latency_table(first.scenario, results, ratio_values)
+    checks = []
+    for runner in (EF, EF_ASYNC):
+        p50 = ratio_values[f"p50 {runner}/{EF_SUB}"]
+        p99 = results[runner].latency_us(99)
+        checks.append(f"{runner}: p50 <= 1.5x subscribe(): {'met' if p50 <= 1.5 else 'MISSED'}")
+        checks.append(f"{runner}: p99 < 3 ms: {'met' if p99 < 3000 else 'MISSED'}")
+    print("targets: " + "   ".join(checks))
     if ES not in results:
         print(
             "eventsourcing: not measured on SQLite; its SQLite recorder (9.5.6) has no"

@@ -31,28 +31,28 @@ from eventfold.store.postgres import AsyncPostgresEventStore
 
 
 class StockAdded(Event, frozen=True):
-    __event_type__ = "orders.StockAdded"
+    __event_type__ = "async_orders.StockAdded"
     quantity: int
 
 
 class StockReserved(Event, frozen=True):
-    __event_type__ = "orders.StockReserved"
+    __event_type__ = "async_orders.StockReserved"
     order: str
     quantity: int
 
 
 class OrderPlaced(Event, frozen=True):
-    __event_type__ = "orders.OrderPlaced"
+    __event_type__ = "async_orders.OrderPlaced"
     sku: str
     quantity: int
 
 
 class OrderConfirmed(Event, frozen=True):
-    __event_type__ = "orders.OrderConfirmed"
+    __event_type__ = "async_orders.OrderConfirmed"
 
 
 class OrderRejected(Event, frozen=True):
-    __event_type__ = "orders.OrderRejected"
+    __event_type__ = "async_orders.OrderRejected"
     reason: str
 
 
@@ -150,7 +150,7 @@ def reservations(store: AsyncEventStore) -> AsyncProcessManager:
     return AsyncProcessManager(
         "reservations",
         react,
-        types=["orders.OrderPlaced", "orders.StockReserved"],
+        types=["async_orders.OrderPlaced", "async_orders.StockReserved"],
         on_rejected=on_rejected,
         rejections=(OutOfStock,),
     )
@@ -191,10 +191,10 @@ def order_view() -> Projection:
         )
 
     types = [
-        "orders.OrderPlaced",
-        "orders.OrderConfirmed",
-        "orders.OrderRejected",
-        "orders.StockReserved",
+        "async_orders.OrderPlaced",
+        "async_orders.OrderConfirmed",
+        "async_orders.OrderRejected",
+        "async_orders.StockReserved",
     ]
     return Projection("order-view", handle, types=types, setup=setup, teardown=teardown)
 
