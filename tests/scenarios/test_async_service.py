@@ -1,6 +1,6 @@
 """An asyncio order service across its life, on SQLite and PostgreSQL, with real processes.
 
-The service (``tests/scenarios/orders_service.py``) runs a saga and a SQL read
+The service (``examples/async_worker/service.py``) runs a saga and a SQL read
 model as two ``run_forever`` tasks of one event loop, in its own process;
 this test is the web tier: it places orders with async command handlers and
 reads its writes with ``store.wait_for`` from another process than the
@@ -34,7 +34,7 @@ from eventfold import AsyncCommandHandler, LeaseHeld
 from eventfold.projections import AsyncProjectionRunner
 from eventfold.store import AsyncEventStore
 from eventfold.store.postgres import async_migrate
-from tests.scenarios import orders_service as app
+from examples.async_worker import service as app
 from tests.support.pg import new_schema_name
 
 pytestmark = pytest.mark.asyncio
@@ -54,7 +54,7 @@ class Site:
 
     def start(self, owner: str, slow_ms: int = 0) -> subprocess.Popen[str]:
         env = {**os.environ, "ORDERS_SLOW_MS": str(slow_ms)}
-        command = [sys.executable, "-m", "tests.scenarios.orders_service"]
+        command = [sys.executable, "-m", "examples.async_worker.service"]
         service = subprocess.Popen(
             [*command, self.kind, self.where, self.schema, owner],
             cwd=ROOT,

@@ -1,4 +1,4 @@
-"""An asyncio order service: the application the async scenarios run.
+"""An asyncio worker: a read model and a saga as tasks of one event loop (no web framework).
 
 Orders reserve stock through a saga (an async process manager dispatching
 to async command handlers): an order placed reserves its quantity on the
@@ -6,11 +6,18 @@ stock stream, then is confirmed, or rejected when the stock is short (a
 compensation). An async SQL read model keeps each order's status and each
 sku's reserved quantity in the store's database.
 
-Run as a process (``python -m tests.scenarios.orders_service KIND WHERE SCHEMA OWNER``)
-it runs both with ``run_forever`` as two tasks of one event loop and stops
-cleanly on SIGTERM (within the batch in hand). ``ORDERS_SLOW_MS`` makes each
-read model event take that long (a workload: a backlog then lasts long
-enough for a signal to arrive during it).
+Run it as a process::
+
+    python -m examples.async_worker.service sqlite orders.db "" worker-1
+    python -m examples.async_worker.service postgres "dbname=app" app worker-1
+
+It runs both with ``run_forever`` as two tasks of a TaskGroup and stops
+cleanly on SIGTERM (within the batch in hand): the shape of any asyncio
+service's background work (a FastAPI lifespan runs the same two tasks).
+``ORDERS_SLOW_MS`` makes each read model event take that long (a workload:
+a backlog then lasts long enough for a signal to arrive during it).
+``tests/scenarios/test_async_service.py`` runs it across its life, and
+``test_async_worker.py`` beside it is the quick tour.
 """
 
 from __future__ import annotations
