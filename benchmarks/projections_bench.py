@@ -370,6 +370,31 @@ def ef_memory_contender(store: Any, passes: int, events: int) -> Contender:
     return Contender(run, lambda: _by_number(balances), balances.clear, passes)
 
 
+def ef_async_memory_contender(
+    open_async: Callable[[], AsyncEventStore], passes: int, events: int, stack: ExitStack
+) -> Contender:
+    """The async runner into the same in-memory read model: one event loop (an
+    ``asyncio.Runner`` kept across passes) on an async store of the same database."""
+    loop = stack.enter_context(asyncio.Runner())
+    astore = open_async()
+    stack.callback(lambda: loop.run(astore.close()))
+    balances: dict[str, int] = {}
+
+    def handle(ctx: ProjectionContext, event: Any) -> None:
+        data = event.data
+        stream = event.stream
+        balances[stream] = balances.get(stream, 0) + (data.amount if type(data) is Deposited else 0)
+
+    projection = Projection("balances-memory-async", handle, in_memory=True)
+
+    def run() -> None:
+        handled = loop.run(AsyncProjectionRunner(astore, projection).run_once())
+        if handled != events:
+            raise RuntimeError(f"eventfold (async) handled {handled} events, not {events}")
+
+    return Contender(run, lambda: _by_number(balances), balances.clear, passes)
+
+
 def ef_sql_contender(store: Any, passes: int, events: int, db: Callable[[], Any]) -> Contender:
     """``db()`` opens a plain connection to the store's database (resets and checks)."""
     n = 0
@@ -600,6 +625,12 @@ def sqlite_suite(counts: Counts, stack: ExitStack) -> list[dict[str, Measurement
                 counts.memory_passes,
             ),
             EF: ef_memory_contender(store, counts.memory_passes, events),
+            EF_ASYNC: ef_async_memory_contender(
+                lambda: AsyncSqliteEventStore(ef_path, durability="normal"),
+                counts.memory_passes,
+                events,
+                stack,
+            ),
         },
         expected,
     )
@@ -752,6 +783,12 @@ def postgres_suite(url: str, counts: Counts, stack: ExitStack) -> list[dict[str,
                 passes=counts.memory_passes,
             ),
             EF: ef_memory_contender(store, counts.memory_passes, events),
+            EF_ASYNC: ef_async_memory_contender(
+                lambda: AsyncPostgresEventStore(url, schema="ef_proj", max_size=4),
+                counts.memory_passes,
+                events,
+                stack,
+            ),
         },
         expected,
     )
@@ -1036,9 +1073,14 @@ def _report(results: dict[str, Measurement]) -> dict[str, Any]:
         return _report_latency(results)
     raw = next(name for name in results if name.startswith("raw-"))
     ratio_values = ratios(results, EF, [raw, ES])
+    if EF_ASYNC in results:
+        ratio_values |= ratios(results, EF_ASYNC, [EF])
     print_table(first.scenario, results, ratio_values)
     kind = "in-memory" if "in-memory" in first.scenario else "SQL"
     checks = []
+    if EF_ASYNC in results:
+        value = ratio_values[f"{EF_ASYNC}/{EF}"]
+        checks.append(f"{EF_ASYNC}/{EF} >= 0.8x: {'met' if value >= 0.8 else 'MISSED'}")
     for other, target in TARGETS[kind].items():
         name = raw if other == "raw" else other
         value = ratio_values[f"{EF}/{name}"]
