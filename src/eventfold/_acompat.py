@@ -11,9 +11,9 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
-from typing import ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -91,6 +91,44 @@ class AsyncClock:
         except TimeoutError:
             return event.is_set()
         return True
+
+
+class Ahead:
+    """Work started before it is needed: the sync flavour simply does it now."""
+
+    @staticmethod
+    def start(value: T) -> T:
+        """``value``, already computed by the caller."""
+        return value
+
+    @staticmethod
+    def cancel(value: object) -> None:
+        """Nothing runs: nothing to cancel."""
+
+
+class AsyncAhead:
+    """Work started before it is needed (a read of the next page while one is handled)."""
+
+    @staticmethod
+    def start(work: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+        """Run ``work`` as a task now; await the task when its result is needed."""
+        return asyncio.ensure_future(work)
+
+    @staticmethod
+    async def cancel(task: asyncio.Task[Any]) -> None:
+        """Cancel ``task`` if it still runs and wait for it: no task is left behind."""
+        if task.done():
+            if not task.cancelled():
+                task.exception()  # retrieved: never "exception was never retrieved"
+            return
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            if not task.cancelled():  # the caller itself is being cancelled
+                raise
+        except Exception:
+            pass
 
 
 class Offload:

@@ -30,6 +30,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from eventfold._logs import fields
 from eventfold.commands import CommandHandler
 from eventfold.errors import ConfigurationError, EventfoldError, InvalidRequest
 from eventfold.events import RecordedEvent, caused_by
@@ -133,6 +134,18 @@ class ProcessManager:
         except Exception as exc:
             if self.on_rejected is None or not isinstance(exc, self.rejections):
                 raise
+            logger.info(
+                "process manager %s: %s for %r rejected (%s), reacting to %s in %r v%d; "
+                "compensating",
+                self.name,
+                type(dispatch.command).__name__,
+                dispatch.stream,
+                exc,
+                event.type,
+                event.stream,
+                event.version,
+                extra=fields(projection=self.name, event=event),
+            )
             compensations = _sent(self.on_rejected(event, dispatch, exc))
             for index, compensation in enumerate(compensations):
                 self._send(event, compensation, f"{key}:rejected:{index}")

@@ -29,6 +29,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from eventfold._logs import fields
 from eventfold.commands import AsyncCommandHandler
 from eventfold.errors import ConfigurationError, EventfoldError, InvalidRequest
 from eventfold.events import RecordedEvent, caused_by
@@ -134,6 +135,18 @@ class AsyncProcessManager:
         except Exception as exc:
             if self.on_rejected is None or not isinstance(exc, self.rejections):
                 raise
+            logger.info(
+                "process manager %s: %s for %r rejected (%s), reacting to %s in %r v%d; "
+                "compensating",
+                self.name,
+                type(dispatch.command).__name__,
+                dispatch.stream,
+                exc,
+                event.type,
+                event.stream,
+                event.version,
+                extra=fields(projection=self.name, event=event),
+            )
             compensations = await _sent(self.on_rejected(event, dispatch, exc))
             for index, compensation in enumerate(compensations):
                 await self._send(event, compensation, f"{key}:rejected:{index}")

@@ -6,6 +6,7 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 
+from eventfold._logs import fields
 from eventfold.events import RecordedEvent
 
 __all__ = ["EventBus", "Subscriber"]
@@ -45,4 +46,12 @@ class EventBus:
                 try:
                     subscriber(event)
                 except Exception:
-                    logger.exception("event bus subscriber %r failed on %s", subscriber, event.id)
+                    logger.exception(
+                        "event bus subscriber %r failed on %s (%r v%d, position %d)",
+                        subscriber,
+                        event.id,
+                        event.stream,
+                        event.version,
+                        event.position,
+                        extra=fields(event=event),
+                    )

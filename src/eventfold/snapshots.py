@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 import msgspec
 
 from eventfold._checks import check_non_negative
+from eventfold._logs import fields
 from eventfold.aggregate import TRANSIENT_ATTRIBUTES, Aggregate
 from eventfold.decider import Loaded
 from eventfold.errors import InvalidRequest
@@ -159,10 +160,15 @@ class SnapshotPolicy(Generic[S]):
                     snapshot.stream,
                     snapshot.version,
                     self.state_type,
+                    extra=fields(stream=snapshot.stream, version=snapshot.version),
                 )
         except (ValueError, msgspec.MsgspecError) as exc:
             logger.warning(
-                "ignoring undecodable snapshot of %s@%s: %s", snapshot.stream, snapshot.version, exc
+                "ignoring undecodable snapshot of %s@%s: %s",
+                snapshot.stream,
+                snapshot.version,
+                exc,
+                extra=fields(stream=snapshot.stream, version=snapshot.version),
             )
         return None
 

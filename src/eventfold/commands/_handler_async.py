@@ -11,6 +11,7 @@ from typing import Any, Generic, TypeVar, cast, overload
 
 from eventfold._acompat import AsyncClock
 from eventfold._checks import check_non_negative, check_seconds
+from eventfold._logs import fields
 from eventfold.aggregate import Aggregate, decider_of
 from eventfold.bus import EventBus
 from eventfold.commands._types import (
@@ -341,7 +342,13 @@ class AsyncCommandHandler(Generic[S, C]):
             )
         except EventfoldError as exc:
             # The events are committed; a missing snapshot only costs a longer load.
-            logger.warning("snapshot of %s@%s not saved: %s", stream, version, exc)
+            logger.warning(
+                "snapshot of %s@%s not saved: %s",
+                stream,
+                version,
+                exc,
+                extra=fields(stream=stream, version=version),
+            )
             return False
         return True
 

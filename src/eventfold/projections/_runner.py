@@ -26,6 +26,7 @@ from typing import Any, TypeAlias
 from eventfold._acompat import Clock
 from eventfold._checks import check_bool, check_seconds
 from eventfold._clock import us_to_datetime
+from eventfold._logs import fields
 from eventfold.errors import (
     ConfigurationError,
     InvalidRequest,
@@ -292,7 +293,7 @@ class ProjectionRunner:
                     finally:
                         self._busy_since = None
                     done = clock()
-                    self._note_slow(done - started, len(page))
+                    self._note_slow(done - started, page)
                     self._rate.add(count, done - started)
                     handled += count
                     if after_page is not None:
@@ -325,17 +326,19 @@ class ProjectionRunner:
             return self.store.last_position()
         return int(start)
 
-    def _note_slow(self, seconds: float, events: int) -> None:
+    def _note_slow(self, seconds: float, page: list[RecordedEvent]) -> None:
         """Log a batch that took more than half the lease (another runner may take over)."""
         if seconds > self.lease_seconds / 2 and not self.projection.in_memory:
             logger.warning(
-                "projection %s: a batch of %d events took %.1f s, more than half the "
-                "lease (%.1f s): a handler is slow or stuck; past the lease another "
-                "runner takes over and this one's writes are refused",
+                "projection %s: a batch of %d events from position %d took %.1f s, more "
+                "than half the lease (%.1f s): a handler is slow or stuck; past the lease "
+                "another runner takes over and this one's writes are refused",
                 self.projection.name,
-                events,
+                len(page),
+                page[0].position,
                 seconds,
                 self.lease_seconds,
+                extra=fields(projection=self.projection.name, event=page[0]),
             )
 
     def _pages(self, position: int) -> Iterator[list[RecordedEvent]]:
@@ -386,9 +389,16 @@ class ProjectionRunner:
                     # Another runner took over (this one was too slow to renew, or
                     # an operator reset the projection): back to hot standby.
                     self._standby = True
+                    where = self._position
                     self._position = None
                     self._last_error = f"LeaseLost: {exc}"
-                    logger.warning("projection %s: %s; now on standby", self.projection.name, exc)
+                    logger.warning(
+                        "projection %s at position %s: %s; now on standby",
+                        self.projection.name,
+                        where,
+                        exc,
+                        extra=fields(projection=self.projection.name, position=where),
+                    )
                     Clock.wait(stop, self.poll_interval)
                 except StoreError as exc:
                     if not exc.retryable:
@@ -396,7 +406,14 @@ class ProjectionRunner:
                     # The database is restarting or unreachable: keep the error
                     # visible in status() and try again, backing off.
                     self._last_error = f"{type(exc).__name__}: {exc}"
-                    logger.warning("projection %s: %s", self.projection.name, exc)
+                    logger.warning(
+                        "projection %s at position %s: %s; trying again in %.2f s",
+                        self.projection.name,
+                        self._position,
+                        exc,
+                        pause,
+                        extra=fields(projection=self.projection.name, position=self._position),
+                    )
                     Clock.wait(stop, pause)
                     pause = min(pause * 2, self.poll_interval)
         finally:
@@ -412,8 +429,9 @@ class ProjectionRunner:
         :meth:`status` (``last_error``, ``restarts``) and followed by a restart
         after a back-off growing from ``poll_interval / 10`` to ``max_backoff``
         seconds (reset after a run that lasted longer than ``max_backoff``).
-        This is how a service runs its projections: one thread per runner,
-        ``run_forever(stop)``, and ``stop.set()`` at shutdown.
+        This is how a service runs its projections: one thread (a task, for
+        the async runner) per runner, ``run_forever(stop)``, and ``stop.set()``
+        at shutdown (or the task cancelled).
         """
         check_seconds("max_backoff", max_backoff)
         stop = stop or Stop()
@@ -427,13 +445,18 @@ class ProjectionRunner:
                     pause = self.poll_interval / 10
                 self._restarts += 1
                 self._last_error = f"{type(exc).__name__}: {exc}"
+                stopped = exc.event if isinstance(exc, ProjectionStopped) else None
                 logger.error(
-                    "projection %s failed (restart %d in %.2f s): %s",
+                    "projection %s failed at position %s (restart %d in %.2f s): %s",
                     self.projection.name,
+                    stopped.position if stopped is not None else self._position,
                     self._restarts,
                     pause,
                     exc,
                     exc_info=exc,
+                    extra=fields(
+                        projection=self.projection.name, position=self._position, event=stopped
+                    ),
                 )
                 self._running = True  # supervised: it is coming back
                 Clock.wait(stop, pause)
@@ -771,7 +794,15 @@ class ProjectionRunner:
 
     def _note_error(self, event: RecordedEvent, error: Exception) -> None:
         self._last_error = f"{type(error).__name__}: {error} (position {event.position})"
-        logger.warning("projection %s: %s", self.projection.name, self._last_error)
+        logger.warning(
+            "projection %s: %s in %r v%d: %s",
+            self.projection.name,
+            event.type,
+            event.stream,
+            event.version,
+            self._last_error,
+            extra=fields(projection=self.projection.name, event=event),
+        )
 
     def _handle_external(self, event: RecordedEvent) -> None:
         # Effects outside the database cannot share its transaction: run the

@@ -22,6 +22,7 @@ from eventfold._checks import (
     check_seconds,
 )
 from eventfold._clock import datetime_to_us
+from eventfold._logs import fields
 from eventfold.errors import InvalidRequest, StoreClosed, StoreError
 from eventfold.events import RecordedEvent
 from eventfold.serialization import Serializer
@@ -414,6 +415,7 @@ class StoreBase(abc.ABC):
                                 "subscription resumed after position %d (%d failed attempts)",
                                 cursor,
                                 failures,
+                                extra=fields(position=cursor),
                             )
                             failures = 0
                         for event in self.read_all(
@@ -445,6 +447,7 @@ class StoreBase(abc.ABC):
                     type(exc).__name__,
                     exc,
                     pause,
+                    extra=fields(position=cursor),
                 )
                 if stop is None:
                     Clock.sleep(pause)

@@ -21,6 +21,7 @@ from eventfold._checks import (
     check_seconds,
 )
 from eventfold._clock import datetime_to_us
+from eventfold._logs import fields
 from eventfold.errors import InvalidRequest, StoreClosed, StoreError
 from eventfold.events import RecordedEvent
 from eventfold.serialization import Serializer
@@ -416,6 +417,7 @@ class AsyncStoreBase(abc.ABC):
                                 "subscription resumed after position %d (%d failed attempts)",
                                 cursor,
                                 failures,
+                                extra=fields(position=cursor),
                             )
                             failures = 0
                         async for event in self.read_all(
@@ -447,6 +449,7 @@ class AsyncStoreBase(abc.ABC):
                     type(exc).__name__,
                     exc,
                     pause,
+                    extra=fields(position=cursor),
                 )
                 if stop is None:
                     await AsyncClock.sleep(pause)

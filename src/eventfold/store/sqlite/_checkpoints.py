@@ -13,6 +13,7 @@ from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from eventfold._acompat import Ahead
 from eventfold.events import RecordedEvent
 from eventfold.store._base import StoreBase
 from eventfold.store._checkpoints import (
@@ -29,6 +30,9 @@ if TYPE_CHECKING:
     from eventfold.store.sqlite._store import SqliteEventStore
 
 __all__ = ["SqliteCheckpoints"]
+
+#: Whether reading ahead overlaps the consumer's work (a task; not in the sync flavour).
+_OVERLAPS = False
 
 
 class SqliteCheckpoints:
@@ -104,14 +108,28 @@ class SqliteCheckpoints:
         *,
         read_ahead: bool = False,
     ) -> Iterator[list[RecordedEvent]]:
-        # SQLite reads are local and cheap: page by page, never ahead.
+        # SQLite reads are local and cheap: page by page. With ``read_ahead``
+        # the async flavour reads the next page on its thread while the
+        # consumer handles this one (the sync flavour has nothing to overlap).
         store: StoreBase = self._store
-        serializer = store.serializer
-        while page := self._store._read_all_page(after, types, prefix, size):
-            yield decode_rows_lenient(serializer, page)
-            if len(page) < size:
-                return
-            after = page[-1][POSITION]
+        serializer, read = store.serializer, self._store._read_all_page
+        ahead = None
+        try:
+            page = read(after, types, prefix, size)
+            while page:
+                full = len(page) == size
+                if read_ahead and full and _OVERLAPS:
+                    ahead = Ahead.start(read(page[-1][POSITION], types, prefix, size))
+                yield decode_rows_lenient(serializer, page)
+                if not full:
+                    return
+                if ahead is not None:
+                    page, ahead = ahead, None
+                else:
+                    page = read(page[-1][POSITION], types, prefix, size)
+        finally:
+            if ahead is not None:
+                Ahead.cancel(ahead)
 
     def set_alias(self, alias: str, target: str) -> None:
         self._run(ops.set_alias, self._db, alias, target)

@@ -12,6 +12,7 @@ from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from eventfold._acompat import AsyncAhead
 from eventfold.events import RecordedEvent
 from eventfold.store._base_async import AsyncStoreBase
 from eventfold.store._checkpoints_async import (
@@ -28,6 +29,9 @@ if TYPE_CHECKING:
     from eventfold.store.sqlite._store_async import AsyncSqliteEventStore
 
 __all__ = ["AsyncSqliteCheckpoints"]
+
+#: Whether reading ahead overlaps the consumer's work (a task; not in the sync flavour).
+_OVERLAPS = True  # unasync: _OVERLAPS = False
 
 
 class AsyncSqliteCheckpoints:
@@ -107,14 +111,28 @@ class AsyncSqliteCheckpoints:
         *,
         read_ahead: bool = False,
     ) -> AsyncIterator[list[RecordedEvent]]:
-        # SQLite reads are local and cheap: page by page, never ahead.
+        # SQLite reads are local and cheap: page by page. With ``read_ahead``
+        # the async flavour reads the next page on its thread while the
+        # consumer handles this one (the sync flavour has nothing to overlap).
         store: AsyncStoreBase = self._store
-        serializer = store.serializer
-        while page := await self._store._read_all_page(after, types, prefix, size):
-            yield decode_rows_lenient(serializer, page)
-            if len(page) < size:
-                return
-            after = page[-1][POSITION]
+        serializer, read = store.serializer, self._store._read_all_page
+        ahead = None
+        try:
+            page = await read(after, types, prefix, size)
+            while page:
+                full = len(page) == size
+                if read_ahead and full and _OVERLAPS:
+                    ahead = AsyncAhead.start(read(page[-1][POSITION], types, prefix, size))
+                yield decode_rows_lenient(serializer, page)
+                if not full:
+                    return
+                if ahead is not None:
+                    page, ahead = await ahead, None
+                else:
+                    page = await read(page[-1][POSITION], types, prefix, size)
+        finally:
+            if ahead is not None:
+                await AsyncAhead.cancel(ahead)
 
     async def set_alias(self, alias: str, target: str) -> None:
         await self._run(ops.set_alias, self._db, alias, target)
