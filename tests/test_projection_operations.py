@@ -242,7 +242,7 @@ def test_run_forever_restarts_after_a_failure_and_stops_cleanly(
         status = runner.status()
         assert status.restarts == 2 and status.running
         assert status.last_error is None  # recovered
-        failed = [r for r in caplog.records if "failed (restart" in r.getMessage()]
+        failed = [r for r in caplog.records if "(restart" in r.getMessage()]
         assert len(failed) == 2 and "a bug" in failed[0].getMessage()
     finally:
         stop.set()
