@@ -9,6 +9,7 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Generic, TypeVar, cast, overload
 
+from eventfold import telemetry
 from eventfold._acompat import AsyncClock
 from eventfold._checks import check_non_negative, check_seconds
 from eventfold._logs import fields
@@ -190,10 +191,57 @@ class AsyncCommandHandler(Generic[S, C]):
         transaction. As the handler cannot know whether the transaction will
         commit, it then writes no snapshot and publishes nothing on its bus.
         """
+        if not telemetry.active():
+            return await self._handle(
+                stream,
+                command,
+                expected_version,
+                idempotency_key,
+                command_digest,
+                metadata,
+                transaction,
+                None,
+            )
+        attributes = {
+            "eventfold.stream": stream,
+            "eventfold.command.type": type(command).__qualname__,
+        }
+        with telemetry.span("eventfold.handle", attributes) as current:
+            result = await self._handle(
+                stream,
+                command,
+                expected_version,
+                idempotency_key,
+                command_digest,
+                metadata,
+                transaction,
+                current,
+            )
+            done = {
+                "eventfold.version": result.version,
+                "eventfold.position": result.position,
+                "eventfold.events": len(result.events),
+                "eventfold.replayed": result.replayed,
+            }
+            telemetry.set_attributes(current, done)
+            return result
+
+    async def _handle(
+        self,
+        stream: str,
+        command: C,
+        expected_version: int | None,
+        idempotency_key: str | None,
+        command_digest: str | None,
+        metadata: Mapping[str, Any] | None,
+        transaction: AsyncTransaction | None,
+        current: Any,
+    ) -> CommandResult[S]:
         if expected_version is not None:
             check_non_negative("expected_version", expected_version)
         digest = keyed_digest(command, idempotency_key, command_digest)
         event_metadata = {**self.metadata, **(metadata or {})}
+        telemetry.inject(event_metadata)  # the command's trace goes on with its events
         if idempotency_key is not None:
             event_metadata[IDEMPOTENCY_KEY] = idempotency_key
             if digest is not None:
@@ -202,7 +250,8 @@ class AsyncCommandHandler(Generic[S, C]):
         attempt = 0
         stale = False
         while True:
-            state, version = await self._load(stream, None)
+            with telemetry.span("eventfold.load", {"eventfold.stream": stream}):
+                state, version = await self._load(stream, None)
             if idempotency_key is not None:
                 replay = await self._replay(stream, idempotency_key, digest)
                 if replay is not None:
@@ -210,7 +259,8 @@ class AsyncCommandHandler(Generic[S, C]):
                     return CommandResult(state, events_then, version_then, position_then, True)
             if expected_version is not None and (stale or version != expected_version):
                 raise WrongExpectedVersion(stream, expected_version, version)
-            events = decider.decide(command, state)
+            with telemetry.span("eventfold.decide", {"eventfold.stream": stream}):
+                events = decider.decide(command, state)
             if not events:
                 return CommandResult(state, (), version)
             batch = _batch(stream, events, idempotency_key, event_metadata)
@@ -231,6 +281,9 @@ class AsyncCommandHandler(Generic[S, C]):
                     raise
                 await AsyncClock.sleep(random.uniform(0, self.retry_delay * 2**attempt))
                 attempt += 1
+                retried = {"eventfold.stream": stream, "eventfold.attempt": attempt}
+                telemetry.add_event(current, "eventfold.retry", retried)
+                telemetry.record("eventfold.command.retries", 1, {"eventfold.stream": stream})
                 continue
             if idempotency_key is not None and digest is not None:
                 await self._check_stored_digest(stream, idempotency_key, digest, batch[0])

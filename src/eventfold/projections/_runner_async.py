@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeAlias
 
+from eventfold import telemetry
 from eventfold._acompat import AsyncClock
 from eventfold._checks import check_bool, check_seconds
 from eventfold._clock import us_to_datetime
@@ -603,7 +604,18 @@ class AsyncProjectionRunner:
         """Handle ``page``; return how many of its events were handled (fewer if stopped)."""
         projection = self.projection
         if projection.in_memory:
-            await self._handle_in_memory(page)
+            attributes = {"eventfold.projection": projection.name}
+            first = {
+                "eventfold.projection": projection.name,
+                "eventfold.position": page[0].position,
+                "messaging.batch.message_count": len(page),
+            }
+            with (
+                telemetry.span("eventfold.projection.batch", first, links=page),
+                telemetry.timed("eventfold.projection.batch.duration", attributes),
+            ):
+                await self._handle_in_memory(page)
+            telemetry.lag(projection.name, page[-1].recorded_at)
             return len(page)
         stop = self._stop
         if projection.external or not self._checkpoints.transactional:
@@ -646,6 +658,22 @@ class AsyncProjectionRunner:
         The transaction ends after ``max_batch_seconds`` of handling (at least
         one event): other writers of the database wait at most that long.
         """
+        name = self.projection.name
+        attributes = {"eventfold.projection": name}
+        first = {"eventfold.projection": name, "eventfold.position": events[0].position}
+        with (
+            telemetry.span("eventfold.projection.batch", first, links=events) as current,
+            telemetry.timed("eventfold.projection.batch.duration", attributes),
+        ):
+            count = await self._commit_in(events)
+            telemetry.set_attributes(current, {"messaging.batch.message_count": count})
+        self._position = events[count - 1].position
+        self._last_error = None
+        telemetry.lag(name, events[count - 1].recorded_at)
+        return count
+
+    async def _commit_in(self, events: list[RecordedEvent]) -> int:
+        """The transaction of :meth:`_commit`: how many of ``events`` it handled."""
         projection = self.projection
         checkpoints = self._checkpoints
         limit = time.monotonic() + self.max_batch_seconds
@@ -669,10 +697,7 @@ class AsyncProjectionRunner:
                 count += 1
                 if clock() > limit or stop.is_set():
                     break
-            last = events[count - 1].position
-            await self._advance(tx, last)
-        self._position = last
-        self._last_error = None
+            await self._advance(tx, events[count - 1].position)
         return count
 
     async def _skip_to(self, head: int) -> None:
@@ -819,7 +844,21 @@ class AsyncProjectionRunner:
         projection, checkpoints = self.projection, self._checkpoints
         if not await checkpoints.owns(projection.name, self.owner):
             raise self._lease_lost()
-        await _call(projection.handle, self._context(event), await self._decoded(event))
+        attributes = {
+            "eventfold.projection": projection.name,
+            "eventfold.stream": event.stream,
+            "eventfold.version": event.version,
+            "eventfold.position": event.position,
+            "eventfold.event.type": event.type,
+        }
+        with (
+            telemetry.span("eventfold.process", attributes, parent=event.metadata, kind="consumer"),
+            telemetry.timed(
+                "eventfold.projection.batch.duration", {"eventfold.projection": projection.name}
+            ),
+        ):
+            await _call(projection.handle, self._context(event), await self._decoded(event))
+        telemetry.lag(projection.name, event.recorded_at)
         async with checkpoints.transaction() as tx:
             await self._advance(tx, event.position)
         self._position = event.position
@@ -827,6 +866,9 @@ class AsyncProjectionRunner:
 
     async def _skip(self, event: RecordedEvent, error: BaseException) -> None:
         projection = self.projection
+        telemetry.record(
+            "eventfold.projection.dead_letters", 1, {"eventfold.projection": projection.name}
+        )
         async with self._checkpoints.transaction() as tx:
             await self._checkpoints.dead_letter(
                 tx, projection.name, event, f"{type(error).__name__}: {error}"

@@ -13,6 +13,7 @@ from types import TracebackType
 from typing import Any, Self
 from uuid import UUID
 
+from eventfold import telemetry
 from eventfold._acompat import FIRST_POLL, Clock, next_poll
 from eventfold._checks import (
     MAX_VERSION,
@@ -23,7 +24,7 @@ from eventfold._checks import (
 )
 from eventfold._clock import datetime_to_us
 from eventfold._logs import fields
-from eventfold.errors import InvalidRequest, StoreClosed, StoreError
+from eventfold.errors import InvalidRequest, StoreClosed, StoreError, WrongExpectedVersion
 from eventfold.events import RecordedEvent
 from eventfold.serialization import Serializer
 from eventfold.store._checkpoints import (
@@ -86,6 +87,8 @@ class StoreBase(abc.ABC):
 
     #: The largest position this backend can issue.
     _max_position: int = MAX_VERSION
+    #: ``db.system.name`` in telemetry.
+    _db_system: str = "other"
 
     def __init__(self, *, serializer: Serializer | None = None, page_size: int = 500) -> None:
         self.serializer = serializer or Serializer()
@@ -108,7 +111,35 @@ class StoreBase(abc.ABC):
         batch whose ids are already stored in this stream is a retry and
         returns the original result.
         """
-        return self._append(*self._checked_append(stream, events, expected))
+        checked = self._checked_append(stream, events, expected)
+        if not telemetry.active():
+            return self._append(*checked)
+        return self._append_observed(*checked)
+
+    def _append_observed(
+        self, stream: str, batch: list[EncodedEvent], expected: Expected
+    ) -> AppendResult:
+        """An append in a span, timed, its conflicts counted (telemetry on)."""
+        attributes = {
+            "db.system.name": self._db_system,
+            "db.operation.name": "append",
+            "messaging.destination.name": stream,
+            "eventfold.stream": stream,
+        }
+        with telemetry.span(
+            "eventfold.append",
+            {**attributes, "messaging.batch.message_count": len(batch)},
+            kind="producer",
+        ) as current:
+            try:
+                with telemetry.timed("eventfold.append.duration", attributes):
+                    result = self._append(stream, batch, expected)
+            except WrongExpectedVersion:
+                telemetry.record("eventfold.append.conflicts", 1, attributes)
+                raise
+            done = {"eventfold.version": result.to_version, "eventfold.position": result.position}
+            telemetry.set_attributes(current, done)
+            return result
 
     def _checked_append(
         self, stream: str, events: Sequence[object], expected: Expected
@@ -294,7 +325,12 @@ class StoreBase(abc.ABC):
         serializer = self.serializer
         while remaining:
             count = min(self.page_size, remaining)
-            page = self._read_page(stream, cursor, backwards, count)
+            with telemetry.span(
+                "eventfold.read",
+                {"db.system.name": self._db_system, "eventfold.stream": stream},
+                kind="client",
+            ):
+                page = self._read_page(stream, cursor, backwards, count)
             full = len(page) == count
             if bound is not None and page and _beyond(page[-1][VERSION], bound, backwards):
                 # A truncated stream starts later than the cursor: cut at the bound.
@@ -345,7 +381,12 @@ class StoreBase(abc.ABC):
             return  # no event of this store lies in (after, last]
         while remaining:
             count = min(self.page_size, remaining)
-            page = self._read_all_page(after, type_list, stream_prefix, count)
+            with telemetry.span(
+                "eventfold.read",
+                {"db.system.name": self._db_system, "eventfold.position": after},
+                kind="client",
+            ):
+                page = self._read_all_page(after, type_list, stream_prefix, count)
             if not page:
                 return
             after = page[-1][POSITION]

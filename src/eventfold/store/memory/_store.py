@@ -53,6 +53,8 @@ class MemoryEventStore(StoreBase):
     commit order (1, 2, 3, ...; erased events leave holes).
     """
 
+    _db_system = "memory"
+
     def __init__(self, *, serializer: Serializer | None = None, page_size: int = 500) -> None:
         super().__init__(serializer=serializer, page_size=page_size)
         # A plain lock is right for both flavours: it is never held across an await.

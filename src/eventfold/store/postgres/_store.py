@@ -286,6 +286,8 @@ class PostgresEventStore(StoreBase):
         ``holdup_warning`` seconds while it lasts.
     """
 
+    _db_system = "postgresql"
+
     #: Positions are (tx << 64) | seq with a 64-bit transaction id.
     _max_position = MAX_POSITION
 

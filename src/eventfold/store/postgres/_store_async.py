@@ -288,6 +288,8 @@ class AsyncPostgresEventStore(AsyncStoreBase):
         ``holdup_warning`` seconds while it lasts.
     """
 
+    _db_system = "postgresql"
+
     #: Positions are (tx << 64) | seq with a 64-bit transaction id.
     _max_position = MAX_POSITION
 

@@ -64,6 +64,8 @@ class AsyncSqliteEventStore(AsyncStoreBase):
         (``mode=ro``): no migration, no write; writes raise InvalidRequest.
     """
 
+    _db_system = "sqlite"
+
     def __init__(
         self,
         path: str | os.PathLike[str],
