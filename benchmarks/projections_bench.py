@@ -103,6 +103,7 @@ EF_SUB = "eventfold subscribe()"
 BATCH = PAGE_SIZE  # eventfold's default batch_size; raw and eventsourcing (its select limit) alike
 CHUNK = 20  # events per stream per append while writing the log (streams interleave)
 LATENCY_GAP_S = 0.002  # the live writer sleeps this long after each append
+PHASE_WARMUP = 5  # events each consumer handles, unmeasured, after it starts
 WAIT_S = 600.0  # a catch-up or a live round that takes longer than this has failed
 
 
@@ -867,7 +868,7 @@ def ef_live_latency(
     stack: ExitStack,
     es_live_env: dict[str, str] | None = None,
 ) -> dict[str, Measurement]:
-    """A runner follows the log in a thread; the writer (this thread) appends one
+    """A consumer follows the log in a thread; the writer (this thread) appends one
     deposit every LATENCY_GAP_S; the handler takes the time when it updates the
     read model. Latency = that time - the time just before the append call.
     The "wait_for" row: the writer appends, then ``store.wait_for`` waits for the
@@ -875,123 +876,117 @@ def ef_live_latency(
     when that returns. The async runner follows the same log from an event loop
     in its own thread (an async store on the same database), and ``subscribe()``
     (a plain subscription in a thread, no read model, no checkpoint) is the floor
-    a runner's latency is compared with. Each contender writes its own stream,
-    and each consumer reads only its own (a stream prefix): every append wakes
-    them all, but only one has work.
+    a runner's latency is compared with.
+
+    Only the consumer being measured is live during its round (each append would
+    wake all of them otherwise, and on two cores they would mostly measure each
+    other): it is started before the round, warmed up, and stopped after it.
+    Rounds rotate, so drift is shared. Each consumer writes and reads its own stream.
 
     ``es_live_env``: also eventsourcing's ProjectionRunner (PostgreSQL only)."""
     stack.callback(store.close)
     clock = time.perf_counter_ns
     received: list[tuple[int, int]] = []
+    waited: list[tuple[int, int]] = []
+    async_received: list[tuple[int, int]] = []
+    subscribed: list[tuple[int, int]] = []
+    versions = {"live": 0, "async-live": 0, "sub-live": 0}
+
+    def append_to(stream: str, sample: int) -> int:
+        result = store.append(stream, [Deposited(amount=sample)], expected=versions[stream])
+        versions[stream] = result.to_version
+        return result.position
 
     def handle(ctx: ProjectionContext, event: Any) -> None:
-        data = event.data
-        ctx.execute(EF_UPSERT, (event.stream, data.amount))
-        if event.stream == "live":
-            received.append((data.amount, clock()))
+        ctx.execute(EF_UPSERT, (event.stream, event.data.amount))
+        received.append((event.data.amount, clock()))
 
-    runner = ProjectionRunner(
-        store, Projection("balances-live", handle, stream_prefix="live", setup=ef_setup)
-    )
-    stop = threading.Event()
-    thread = threading.Thread(target=runner.run, args=(stop,), name="eventfold-runner")
-    thread.start()
+    sync_projection = Projection("balances-live", handle, stream_prefix="live", setup=ef_setup)
 
-    def stop_ef() -> None:
-        stop.set()
-        thread.join(30)
+    def start_sync() -> Callable[[], None]:
+        stop = threading.Event()
+        runner = ProjectionRunner(store, sync_projection)
+        thread = threading.Thread(target=runner.run, args=(stop,), name="eventfold-runner")
+        thread.start()
 
-    stack.callback(stop_ef)
+        def halt() -> None:
+            stop.set()
+            thread.join(30)
 
-    # The async runner: an event loop in a thread, on an async store of the same database.
-    async_received: list[tuple[int, int]] = []
-    loops: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
-    async_ready = threading.Event()
+        return halt
 
     async def async_handle(ctx: ProjectionContext, event: Any) -> None:
-        data = event.data
-        await ctx.execute(ASYNC_UPSERT, (event.stream, data.amount))
-        if event.stream == "async-live":
-            async_received.append((data.amount, clock()))
+        await ctx.execute(ASYNC_UPSERT, (event.stream, event.data.amount))
+        async_received.append((event.data.amount, clock()))
 
     async def async_setup(ctx: ProjectionContext) -> None:
         await ctx.execute(
             "CREATE TABLE IF NOT EXISTS ef_async_balances (account TEXT PRIMARY KEY, balance BIGINT)"
         )
 
-    async def async_service() -> None:
-        async with open_async() as astore:
-            projection = Projection(
-                "balances-live-async", async_handle, stream_prefix="async-", setup=async_setup
-            )
-            arunner = AsyncProjectionRunner(astore, projection)
-            astop = asyncio.Event()
-            loops.append((asyncio.get_running_loop(), astop))
-            async_ready.set()
-            await arunner.run(astop)
-
-    async_thread = threading.Thread(
-        target=asyncio.run, args=(async_service(),), name="eventfold-async-runner"
+    async_projection = Projection(
+        "balances-live-async", async_handle, stream_prefix="async-", setup=async_setup
     )
-    async_thread.start()
-    if not async_ready.wait(WAIT_S):
-        raise RuntimeError(f"{backend}: the async runner did not start")
 
-    def stop_async() -> None:
-        loop, astop = loops[0]
-        loop.call_soon_threadsafe(astop.set)
-        async_thread.join(30)
+    def start_async() -> Callable[[], None]:
+        loops: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
+        ready = threading.Event()
 
-    stack.callback(stop_async)
+        async def service() -> None:
+            async with open_async() as astore:
+                astop = asyncio.Event()
+                loops.append((asyncio.get_running_loop(), astop))
+                ready.set()
+                await AsyncProjectionRunner(astore, async_projection).run(astop)
 
-    # subscribe(): the same log, no read model and no checkpoint.
-    subscribed: list[tuple[int, int]] = []
-    sub_stop = threading.Event()
-    head = store.last_position()
+        thread = threading.Thread(
+            target=asyncio.run, args=(service(),), name="eventfold-async-runner"
+        )
+        thread.start()
+        if not ready.wait(WAIT_S):
+            raise RuntimeError(f"{backend}: the async runner did not start")
 
-    def follow() -> None:
-        for event in store.subscribe(
-            after=head, stream_prefix="sub-", poll_interval=1.0, stop=sub_stop
-        ):
-            if event.stream == "sub-live":
+        def halt() -> None:
+            loop, astop = loops[0]
+            loop.call_soon_threadsafe(astop.set)
+            thread.join(30)
+
+        return halt
+
+    def start_subscriber() -> Callable[[], None]:
+        stop = threading.Event()
+        head = store.last_position()
+
+        def follow() -> None:
+            for event in store.subscribe(
+                after=head, stream_prefix="sub-", poll_interval=1.0, stop=stop
+            ):
                 subscribed.append((event.data.amount, clock()))
 
-    sub_thread = threading.Thread(target=follow, name="eventfold-subscriber")
-    sub_thread.start()
+        thread = threading.Thread(target=follow, name="eventfold-subscriber")
+        thread.start()
 
-    def stop_sub() -> None:
-        sub_stop.set()
-        sub_thread.join(30)
+        def halt() -> None:
+            stop.set()
+            thread.join(30)
 
-    stack.callback(stop_sub)
-    ef_version = 0
-    versions = {"async-live": 0, "sub-live": 0}
+        return halt
 
-    def append_to(stream: str, sample: int) -> None:
-        result = store.append(stream, [Deposited(amount=sample)], expected=versions[stream])
-        versions[stream] = result.to_version
-
-    def ef_write(sample: int) -> None:
-        nonlocal ef_version
-        ef_version = store.append(
-            "live", [Deposited(amount=sample)], expected=ef_version
-        ).to_version
-
-    waited: list[tuple[int, int]] = []
-
-    def ef_write_and_wait(sample: int) -> None:
+    def write_and_wait(sample: int) -> None:
         # Read your writes: the append, then store.wait_for the read model to pass it.
-        nonlocal ef_version
-        result = store.append("live", [Deposited(amount=sample)], expected=ef_version)
-        ef_version = result.to_version
-        store.wait_for("balances-live", result.position, timeout=WAIT_S)
+        position = append_to("live", sample)
+        store.wait_for("balances-live", position, timeout=WAIT_S)
         waited.append((sample, clock()))
 
-    writers: dict[str, tuple[Callable[[int], None], list[tuple[int, int]]]] = {
-        EF: (ef_write, received),
-        EF_WAIT: (ef_write_and_wait, waited),
-        EF_ASYNC: (lambda sample: append_to("async-live", sample), async_received),
-        EF_SUB: (lambda sample: append_to("sub-live", sample), subscribed),
+    def nothing() -> None:
+        return None
+
+    Writer = tuple[Callable[[int], Any], list[tuple[int, int]], Callable[[], Callable[[], None]]]
+    writers: dict[str, Writer] = {
+        EF: (lambda sample: append_to("live", sample), received, start_sync),
+        EF_WAIT: (write_and_wait, waited, start_sync),
+        EF_ASYNC: (lambda sample: append_to("async-live", sample), async_received, start_async),
+        EF_SUB: (lambda sample: append_to("sub-live", sample), subscribed, start_subscriber),
     }
 
     if es_live_env is not None:
@@ -1016,7 +1011,7 @@ def ef_live_latency(
             account.deposit(sample)
             writer_app.save(account)
 
-        writers[ES] = (es_write, es_received)
+        writers[ES] = (es_write, es_received, lambda: nothing)  # its own schema: always live
 
     title = (
         f"{backend}: live latency, append -> read model updated ({counts.latency_samples} samples)"
@@ -1027,17 +1022,28 @@ def ef_live_latency(
     sample = 0
     for round_index, n in enumerate(per_round):
         for name in rotated(names, round_index):
-            write, got = writers[name]
-            got.clear()
-            sent: dict[int, int] = {}
-            for _ in range(n):
-                sample += 1
-                sent[sample] = clock()
-                write(sample)
-                time.sleep(LATENCY_GAP_S)
-            deadline = time.monotonic() + WAIT_S
-            while len(got) < n and time.monotonic() < deadline:
-                time.sleep(0.005)
+            write, got, start = writers[name]
+            halt = start()
+            try:
+                for _ in range(PHASE_WARMUP):  # the consumer's first events: not measured
+                    sample += 1
+                    got.clear()
+                    write(sample)
+                    deadline = time.monotonic() + WAIT_S
+                    while not got and time.monotonic() < deadline:
+                        time.sleep(0.001)
+                got.clear()
+                sent: dict[int, int] = {}
+                for _ in range(n):
+                    sample += 1
+                    sent[sample] = clock()
+                    write(sample)
+                    time.sleep(LATENCY_GAP_S)
+                deadline = time.monotonic() + WAIT_S
+                while len(got) < n and time.monotonic() < deadline:
+                    time.sleep(0.005)
+            finally:
+                halt()
             # Every sample exactly once and in order.
             if [s for s, _ in got] != list(sent):
                 seen = [s for s, _ in got]
