@@ -32,6 +32,7 @@ from eventfold import (
 )
 from eventfold.processes import AsyncDispatch, AsyncProcessManager, Dispatch, ProcessManager
 from eventfold.projections import (
+    SKIP,
     AsyncProjectionRunner,
     Projection,
     ProjectionContext,
@@ -371,3 +372,44 @@ async def test_a_task_waiting_past_busy_timeout_for_another_tasks_transaction_ti
         async with store.transaction() as tx:  # its turn now
             await tx.append("s", [Deposited(amount=2)])
         assert len([e async for e in store.read("s")]) == 2
+
+
+# -- what handlers return ---------------------------------------------------------------
+
+
+class Sneaky:
+    """An object whose __call__ is async: not an ``async def`` function, still async."""
+
+    async def __call__(self, ctx: ProjectionContext, event: RecordedEvent) -> None:
+        return None
+
+
+@pytest.mark.parametrize("in_memory", [True, False])
+async def test_the_sync_runner_refuses_an_awaitable_from_a_handler_whatever_the_policy(
+    in_memory: bool,
+) -> None:
+    # Not awaited, the handler would do nothing at all: a silent, empty read model.
+    store = MemoryEventStore()
+    store.append("s", [Deposited(amount=1)])
+    projection = Projection("sneaky", Sneaky(), in_memory=in_memory, on_error=SKIP)
+    runner = ProjectionRunner(store, projection)
+    with pytest.raises(ConfigurationError, match="AsyncProjectionRunner"):
+        runner.run_once()
+    assert runner.dead_letters() == []  # not the event's fault: no policy applied
+
+
+async def test_a_plain_handler_returning_a_value_runs_on_the_async_runner(
+    store: AsyncEventStore,
+) -> None:
+    await store.append("s", [Deposited(amount=1), Deposited(amount=2)])
+    seen: list[int] = []
+
+    def handle(ctx: ProjectionContext, event: RecordedEvent) -> int:
+        seen.append(event.data.amount)
+        return len(seen)  # a value, not an awaitable: ignored
+
+    for in_memory in (True, False):
+        name = f"valued-{in_memory}-{uuid.uuid4().hex[:6]}"
+        projection = Projection(name, handle, in_memory=in_memory)  # type: ignore[arg-type]
+        assert await AsyncProjectionRunner(store, projection).run_once() == 2
+    assert seen == [1, 2, 1, 2]

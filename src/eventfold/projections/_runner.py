@@ -98,7 +98,27 @@ def check_handlers(projection: Projection) -> None:
 
 def _call(function: Callable[..., Any], *args: Any) -> None:
     """Call a handler, awaiting what an ``async def`` one returns."""
-    function(*args)
+    result = function(*args)
+    if result is not None:
+        _settle(result)
+
+
+def _settle(result: object) -> None:
+    """What a handler returned: awaited if awaitable, else ignored (a plain one's value)."""
+    if inspect.isawaitable(result):
+        _refuse(result)
+
+
+def _refuse(result: object) -> None:
+    """The sync runner met an awaitable from a handler: refuse it, loudly."""
+    if inspect.isawaitable(result):
+        close = getattr(result, "close", None)
+        if close is not None:
+            close()  # no "coroutine was never awaited" warning on top of the error
+        raise ConfigurationError(
+            "a projection handler returned an awaitable: it is async, and the sync "
+            "ProjectionRunner cannot await it; run it with AsyncProjectionRunner"
+        )
 
 
 def status_of(checkpoints: Checkpoints, name: str, position: int, **known: Any) -> ProjectionStatus:
@@ -629,7 +649,7 @@ class ProjectionRunner:
             rest = page[done:]
             try:
                 done += self._commit(rest)
-            except (ProjectionStopped, LeaseLost):
+            except (ProjectionStopped, LeaseLost, ConfigurationError):
                 raise
             except StoreError as exc:
                 if exc.retryable:
@@ -688,7 +708,9 @@ class ProjectionRunner:
                     event = self._decoded(event)  # noqa: PLW2901 - or raises
                 if replay_until:
                     ctx.replaying = event.position <= replay_until
-                handle(ctx, event)
+                result = handle(ctx, event)
+                if result is not None:
+                    _settle(result)
                 count += 1
                 if clock() > limit or stop.is_set():
                     break
@@ -749,7 +771,11 @@ class ProjectionRunner:
                         event = self._decoded(event)  # or raises for the policy
                     if replay_until:
                         ctx.replaying = event.position <= replay_until
-                    handle(ctx, event)
+                    result = handle(ctx, event)
+                    if result is not None:
+                        _settle(result)
+            except ConfigurationError:
+                raise  # a misconfigured handler: no policy applies
             except Exception as exc:
                 if index > start:
                     self._memory_position = page[index - 1].position
@@ -781,8 +807,8 @@ class ProjectionRunner:
                 else:
                     self._commit([event])
                 return
-            except LeaseLost:
-                raise
+            except (LeaseLost, ConfigurationError):
+                raise  # not the event's fault: no policy applies
             except Exception as exc:
                 error = exc
                 self._note_error(event, exc)

@@ -97,9 +97,27 @@ def check_handlers(projection: Projection) -> None:
 
 async def _call(function: Callable[..., Any], *args: Any) -> None:
     """Call a handler, awaiting what an ``async def`` one returns."""
-    result = function(*args)  # unasync: function(*args)
-    if inspect.isawaitable(result):  # unasync: remove
-        await result  # unasync: remove
+    result = function(*args)
+    if result is not None:
+        await _settle(result)
+
+
+async def _settle(result: object) -> None:
+    """What a handler returned: awaited if awaitable, else ignored (a plain one's value)."""
+    if inspect.isawaitable(result):
+        await result  # unasync: _refuse(result)
+
+
+def _refuse(result: object) -> None:
+    """The sync runner met an awaitable from a handler: refuse it, loudly."""
+    if inspect.isawaitable(result):
+        close = getattr(result, "close", None)
+        if close is not None:
+            close()  # no "coroutine was never awaited" warning on top of the error
+        raise ConfigurationError(
+            "a projection handler returned an awaitable: it is async, and the sync "
+            "ProjectionRunner cannot await it; run it with AsyncProjectionRunner"
+        )
 
 
 async def async_status_of(
@@ -632,7 +650,7 @@ class AsyncProjectionRunner:
             rest = page[done:]
             try:
                 done += await self._commit(rest)
-            except (ProjectionStopped, LeaseLost):
+            except (ProjectionStopped, LeaseLost, ConfigurationError):
                 raise
             except StoreError as exc:
                 if exc.retryable:
@@ -691,9 +709,9 @@ class AsyncProjectionRunner:
                     event = await self._decoded(event)  # noqa: PLW2901 - or raises
                 if replay_until:
                     ctx.replaying = event.position <= replay_until
-                result = handle(ctx, event)  # unasync: handle(ctx, event)
-                if result is not None:  # unasync: remove
-                    await result  # unasync: remove
+                result = handle(ctx, event)
+                if result is not None:
+                    await _settle(result)
                 count += 1
                 if clock() > limit or stop.is_set():
                     break
@@ -754,9 +772,11 @@ class AsyncProjectionRunner:
                         event = await self._decoded(event)  # or raises for the policy
                     if replay_until:
                         ctx.replaying = event.position <= replay_until
-                    result = handle(ctx, event)  # unasync: handle(ctx, event)
-                    if result is not None:  # unasync: remove
-                        await result  # unasync: remove
+                    result = handle(ctx, event)
+                    if result is not None:
+                        await _settle(result)
+            except ConfigurationError:
+                raise  # a misconfigured handler: no policy applies
             except Exception as exc:
                 if index > start:
                     self._memory_position = page[index - 1].position
@@ -790,8 +810,8 @@ class AsyncProjectionRunner:
                 else:
                     await self._commit([event])
                 return
-            except LeaseLost:
-                raise
+            except (LeaseLost, ConfigurationError):
+                raise  # not the event's fault: no policy applies
             except Exception as exc:
                 error = exc
                 self._note_error(event, exc)
