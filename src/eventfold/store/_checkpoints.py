@@ -202,8 +202,10 @@ def wait_in_slices(stop: Stop, timeout: float, step: Step) -> None:
             return
 
 
-#: One wait for a checkpoint to move: returns when it may have (or after the seconds given).
-Changed = Callable[[float], None]
+#: One wait for a checkpoint to move: returns when it may have (or after the seconds
+#: given), with the position it moved to when the signal says so (else None).
+_Moved = int | None
+Changed = Callable[[float], _Moved]
 #: A poll for a checkpoint starts this fine: a live runner passes a new event
 #: within a millisecond or two, and a read-your-writes wait is on a request's path.
 FIRST_CHECKPOINT_POLL = 0.0002
@@ -234,7 +236,9 @@ def wait_for_checkpoint(
         if remaining <= 0:
             raise ProjectionBehind(name, position, current, timeout)
         if changed is not None:
-            changed(remaining)
+            moved = changed(remaining)
+            if moved is not None and moved >= position:
+                return moved  # the signal said where to: no look needed
         else:
             Clock.sleep(min(pause, remaining))
             pause = next_poll(pause)
@@ -244,9 +248,10 @@ def poll_checkpoint(checkpoints: Checkpoints, name: str, position: int, timeout:
     """``wait_for`` by polling ``checkpoints.get`` (of the alias's target, if ``name``
     is an alias): for checkpoints whose backend announces no move."""
     check_wait(name, position, timeout)
-    target = checkpoints.get_alias(name) or name
 
     def reached() -> int:
+        # The alias is looked up on every look: it may be switched while one waits.
+        target = checkpoints.get_alias(name) or name
         checkpoint = checkpoints.get(target)
         return checkpoint.position if checkpoint is not None else 0
 

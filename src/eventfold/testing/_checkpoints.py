@@ -230,3 +230,23 @@ class CheckpointsSuite:
         assert store.wait_for(f"{n}-live", second.position, timeout=0) == second.position
         with pytest.raises(ProjectionBehind):
             store.wait_for(f"{n}-live", second.position + 1, timeout=0.05)
+
+    def test_wait_for_an_alias_follows_a_switch_made_while_waiting(self, store: EventStore) -> None:
+        cps, blue, green, alias = store.checkpoints(), name(), name(), name()
+        positions = [(store.append("s", [Deposited(amount=n)])).position for n in range(3)]
+        for consumer in (blue, green):
+            assert cps.acquire(consumer, "a", 30)
+        cps.set_alias(alias, blue)
+
+        def switch_then_move() -> None:
+            cps.set_alias(alias, green)
+            with cps.transaction() as tx:  # the old target passes: not the alias's
+                assert cps.advance(tx, blue, positions[1], "a", 30)
+            with cps.transaction() as tx:
+                assert cps.advance(tx, green, positions[2], "a", 30)
+
+        def wait() -> int:
+            return store.wait_for(alias, positions[1], timeout=30)
+
+        reached, _ = alongside(wait, switch_then_move)
+        assert reached == positions[2]  # green's, where the alias points

@@ -240,3 +240,25 @@ class AsyncCheckpointsSuite:
         assert await store.wait_for(f"{n}-live", second.position, timeout=0) == second.position
         with pytest.raises(ProjectionBehind):
             await store.wait_for(f"{n}-live", second.position + 1, timeout=0.05)
+
+    async def test_wait_for_an_alias_follows_a_switch_made_while_waiting(
+        self, store: AsyncEventStore
+    ) -> None:
+        cps, blue, green, alias = store.checkpoints(), name(), name(), name()
+        positions = [(await store.append("s", [Deposited(amount=n)])).position for n in range(3)]
+        for consumer in (blue, green):
+            assert await cps.acquire(consumer, "a", 30)
+        await cps.set_alias(alias, blue)
+
+        async def switch_then_move() -> None:
+            await cps.set_alias(alias, green)
+            async with cps.transaction() as tx:  # the old target passes: not the alias's
+                assert await cps.advance(tx, blue, positions[1], "a", 30)
+            async with cps.transaction() as tx:
+                assert await cps.advance(tx, green, positions[2], "a", 30)
+
+        async def wait() -> int:
+            return await store.wait_for(alias, positions[1], timeout=30)
+
+        reached, _ = await async_alongside(wait, switch_then_move)
+        assert reached == positions[2]  # green's, where the alias points

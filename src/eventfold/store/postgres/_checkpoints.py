@@ -162,6 +162,7 @@ class PostgresCheckpoints:
                 first = conn.execute(self._sql["checkpoint_wait"], params)
                 pipeline.sync()
             looks = [first.fetchone()]
+            target = [name]  # the consumer `name` is, or points at (an alias)
             try:
 
                 def reached() -> int:
@@ -170,12 +171,23 @@ class PostgresCheckpoints:
                     else:
                         cursor = conn.execute(self._sql["checkpoint_wait"], params)
                         row = cursor.fetchone()
-                    return int(row[0]) if row is not None else 0
+                    if row is None:
+                        return 0
+                    target[0] = row[1]
+                    return int(row[0])
 
-                def changed(seconds: float) -> None:
+                def changed(seconds: float) -> int | None:
+                    # The payload is "<position> <name>": the awaited consumer's own
+                    # move needs no look. Not through an alias: it may have been
+                    # switched since the last look (the next look sees where to).
                     notifies = conn.notifies(timeout=seconds, stop_after=1)
                     with closing(notifies):
-                        next(notifies, None)
+                        notify = next(notifies, None)
+                    if notify is None:
+                        return None
+                    moved, _, mover = notify.payload.partition(" ")
+                    direct = mover == target[0] == name
+                    return int(moved) if direct and moved.isdigit() else None
 
                 notified = changed if self._store._notify else None
                 return wait_for_checkpoint(name, position, timeout, reached, notified)

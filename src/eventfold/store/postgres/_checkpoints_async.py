@@ -170,6 +170,7 @@ class AsyncPostgresCheckpoints:
                     first = await conn.execute(self._sql["checkpoint_wait"], params)
                     await pipeline.sync()
                 looks = [await first.fetchone()]
+                target = [name]  # the consumer `name` is, or points at (an alias)
                 try:
 
                     async def reached() -> int:
@@ -178,12 +179,23 @@ class AsyncPostgresCheckpoints:
                         else:
                             cursor = await conn.execute(self._sql["checkpoint_wait"], params)
                             row = await cursor.fetchone()
-                        return int(row[0]) if row is not None else 0
+                        if row is None:
+                            return 0
+                        target[0] = row[1]
+                        return int(row[0])
 
-                    async def changed(seconds: float) -> None:
+                    async def changed(seconds: float) -> int | None:
+                        # The payload is "<position> <name>": the awaited consumer's own
+                        # move needs no look. Not through an alias: it may have been
+                        # switched since the last look (the next look sees where to).
                         notifies = conn.notifies(timeout=seconds, stop_after=1)
                         async with aclosing(notifies):
-                            await anext(notifies, None)
+                            notify = await anext(notifies, None)
+                        if notify is None:
+                            return None
+                        moved, _, mover = notify.payload.partition(" ")
+                        direct = mover == target[0] == name
+                        return int(moved) if direct and moved.isdigit() else None
 
                     notified = changed if self._store._notify else None
                     return await async_wait_for_checkpoint(

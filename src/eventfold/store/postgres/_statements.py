@@ -136,7 +136,9 @@ class PostgresStatements:
             "notify": notify_call if notify else sql.SQL("NULL"),
             "checkpoint_channel_name": sql.Identifier(f"{schema}.checkpoints"),
             "checkpoint_notify": (
-                sql.SQL("pg_notify({}, name)").format(sql.Literal(f"{schema}.checkpoints"))
+                sql.SQL("pg_notify({}, position::text || ' ' || name)").format(
+                    sql.Literal(f"{schema}.checkpoints")
+                )
                 if notify
                 else sql.SQL("NULL")
             ),
