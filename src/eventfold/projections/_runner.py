@@ -572,15 +572,23 @@ class ProjectionRunner:
             return self.run_once()
         done = 0
         name = self.projection.name
+        last_left = [0]
 
         def report(count: int, seconds: float) -> None:
             nonlocal done
             done += count
             left, _ = self._checkpoints.backlog(self.get_position())
+            last_left[0] = left
             rate = count / max(seconds, 1e-9)
             progress(Progress(name, done, left, left / rate if rate else 0.0))
 
-        return self._run_pages(report)
+        handled = self._run_pages(report)
+        if last_left[0]:
+            # The run ended by moving over events this projection skips, after the
+            # last page was reported: say what is really left now.
+            left, _ = self._checkpoints.backlog(self.get_position())
+            progress(Progress(name, done, left, 0.0))
+        return handled
 
     def status(self) -> ProjectionStatus:
         """Position, lag, throughput and errors of this projection."""

@@ -573,15 +573,23 @@ class AsyncProjectionRunner:
             return await self.run_once()
         done = 0
         name = self.projection.name
+        last_left = [0]
 
         async def report(count: int, seconds: float) -> None:
             nonlocal done
             done += count
             left, _ = await self._checkpoints.backlog(await self.get_position())
+            last_left[0] = left
             rate = count / max(seconds, 1e-9)
             progress(Progress(name, done, left, left / rate if rate else 0.0))
 
-        return await self._run_pages(report)
+        handled = await self._run_pages(report)
+        if last_left[0]:
+            # The run ended by moving over events this projection skips, after the
+            # last page was reported: say what is really left now.
+            left, _ = await self._checkpoints.backlog(await self.get_position())
+            progress(Progress(name, done, left, 0.0))
+        return handled
 
     async def status(self) -> ProjectionStatus:
         """Position, lag, throughput and errors of this projection."""
