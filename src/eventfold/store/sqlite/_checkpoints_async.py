@@ -32,6 +32,8 @@ __all__ = ["AsyncSqliteCheckpoints"]
 
 #: Whether reading ahead overlaps the consumer's work (a task; not in the sync flavour).
 _OVERLAPS = True  # unasync: _OVERLAPS = False
+#: Pages read per trip to the store's thread when reading ahead.
+_PAGES_PER_TRIP = 4
 
 
 class AsyncSqliteCheckpoints:
@@ -112,24 +114,27 @@ class AsyncSqliteCheckpoints:
         read_ahead: bool = False,
     ) -> AsyncIterator[list[RecordedEvent]]:
         # SQLite reads are local and cheap: page by page. With ``read_ahead``
-        # the async flavour reads the next page on its thread while the
-        # consumer handles this one (the sync flavour has nothing to overlap).
+        # the async flavour reads several pages per trip to its thread (a trip
+        # costs more than a page's handling saves), the next trip's while the
+        # consumer handles these (the sync flavour has nothing to overlap).
         store: AsyncStoreBase = self._store
         serializer, read = store.serializer, self._store._read_all_page
+        chunk = size * _PAGES_PER_TRIP if read_ahead and _OVERLAPS else size
         ahead = None
         try:
-            page = await read(after, types, prefix, size)
-            while page:
-                full = len(page) == size
-                if read_ahead and full and _OVERLAPS:
-                    ahead = AsyncAhead.start(read(page[-1][POSITION], types, prefix, size))
-                yield decode_rows_lenient(serializer, page)
+            rows = await read(after, types, prefix, chunk)
+            while rows:
+                full = len(rows) == chunk
+                if full and chunk > size:
+                    ahead = AsyncAhead.start(read(rows[-1][POSITION], types, prefix, chunk))
+                for start in range(0, len(rows), size):
+                    yield decode_rows_lenient(serializer, rows[start : start + size])
                 if not full:
                     return
                 if ahead is not None:
-                    page, ahead = await ahead, None
+                    rows, ahead = await ahead, None
                 else:
-                    page = await read(page[-1][POSITION], types, prefix, size)
+                    rows = await read(rows[-1][POSITION], types, prefix, chunk)
         finally:
             if ahead is not None:
                 await AsyncAhead.cancel(ahead)
