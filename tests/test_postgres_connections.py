@@ -311,7 +311,10 @@ def _cut_while_subscribed(
         PostgresEventStore(proxy.conninfo(pg_database), schema=schema, connect_timeout=2) as store,
         PostgresEventStore(pg_database, schema=schema) as writer,
     ):
-        subscription = store.subscribe(poll_interval=0.5)
+        # The subscriber follows until told to stop, so it is alive (connected, or
+        # reconnecting) at every cut, however far ahead of it the writer runs.
+        stop = threading.Event()
+        subscription = store.subscribe(poll_interval=0.5, stop=stop)
 
         def follow() -> None:
             try:
@@ -319,8 +322,6 @@ def _cut_while_subscribed(
                     with progress:
                         received.append(event)
                         progress.notify_all()
-                    if len(received) == total:
-                        return
             except BaseException as exc:
                 failures.append(exc)
                 with progress:
@@ -347,8 +348,10 @@ def _cut_while_subscribed(
                 time.sleep(0.01)
             cuts += proxy.cut()
         appender.join(GUARD)
+        with progress:
+            assert progress.wait_for(lambda: len(received) >= total or failures, GUARD)
+        stop.set()
         follower.join(GUARD)
-        subscription.close()
         assert not failures, failures
         assert not follower.is_alive(), f"the subscriber stopped at {len(received)} events"
         log = list(writer.read_all())
