@@ -28,10 +28,10 @@ def attach_inline(store: EventStore, projection: Projection) -> None:
     effects of the events before (there is no database transaction to roll
     them back). :func:`detach_inline` stops it.
 
-    On an async store the handler and setup may be ``async def``, with ``await
-    ctx.execute(...)`` (awaited on PostgreSQL; on SQLite and in memory they
-    run inside the append and may nothing else: see
-    ``eventfold.store.HookTransaction``).
+    On an async store the handler and setup may be ``async def``, awaiting
+    ``ctx.execute(...)``: awaited on PostgreSQL; on SQLite and in memory they
+    run inside the append and may wait for nothing else (InvalidRequest, and
+    nothing is stored).
     """
     if projection.in_memory or projection.external:
         raise InvalidRequest("an inline projection writes in the append's transaction")

@@ -27,10 +27,10 @@ async def async_attach_inline(store: AsyncEventStore, projection: Projection) ->
     effects of the events before (there is no database transaction to roll
     them back). :func:`async_detach_inline` stops it.
 
-    On an async store the handler and setup may be ``async def``, with ``await
-    ctx.execute(...)`` (awaited on PostgreSQL; on SQLite and in memory they
-    run inside the append and may await nothing else: see
-    ``eventfold.store.AsyncHookTransaction``).
+    On an async store the handler and setup may be ``async def``, awaiting
+    ``ctx.execute(...)``: awaited on PostgreSQL; on SQLite and in memory they
+    run inside the append and may wait for nothing else (InvalidRequest, and
+    nothing is stored).
     """
     if projection.in_memory or projection.external:
         raise InvalidRequest("an inline projection writes in the append's transaction")
