@@ -188,6 +188,39 @@ def _timed(instrument: str, attributes: Mapping[str, Any]) -> Iterator[None]:
         record(instrument, time.perf_counter() - start, attributes)
 
 
+def batch(
+    name: str,
+    attributes: Mapping[str, Any],
+    projection: str,
+    *,
+    links: Sequence[Any] = (),
+    parent: Mapping[str, Any] | None = None,
+    kind: str = "internal",
+) -> AbstractContextManager[Any]:
+    """A projection's unit of work: a :func:`span` (the value of the block) timed in
+    ``eventfold.projection.batch.duration``; nothing when off."""
+    if not active():
+        return _NOTHING
+    return _batch(name, attributes, projection, links, parent, kind)
+
+
+@contextmanager
+def _batch(
+    name: str,
+    attributes: Mapping[str, Any],
+    projection: str,
+    links: Sequence[Any],
+    parent: Mapping[str, Any] | None,
+    kind: str,
+) -> Iterator[Any]:
+    duration = {"eventfold.projection": projection}
+    with (
+        span(name, attributes, links=links, parent=parent, kind=kind) as current,
+        timed("eventfold.projection.batch.duration", duration),
+    ):
+        yield current
+
+
 def timed(instrument: str, attributes: Mapping[str, Any]) -> AbstractContextManager[Any]:
     """Record how long the block took in the histogram ``instrument`` (when measuring)."""
     if not _measuring():

@@ -191,22 +191,9 @@ class AsyncCommandHandler(Generic[S, C]):
         transaction. As the handler cannot know whether the transaction will
         commit, it then writes no snapshot and publishes nothing on its bus.
         """
-        if not telemetry.active():
-            return await self._handle(
-                stream,
-                command,
-                expected_version,
-                idempotency_key,
-                command_digest,
-                metadata,
-                transaction,
-                None,
-            )
-        attributes = {
-            "eventfold.stream": stream,
-            "eventfold.command.type": type(command).__qualname__,
-        }
-        with telemetry.span("eventfold.handle", attributes) as current:
+        command_type = type(command).__qualname__
+        attributes = {"eventfold.stream": stream, "eventfold.command.type": command_type}
+        with telemetry.span("eventfold.handle", attributes) as current:  # None when off
             result = await self._handle(
                 stream,
                 command,
@@ -217,13 +204,14 @@ class AsyncCommandHandler(Generic[S, C]):
                 transaction,
                 current,
             )
-            done = {
-                "eventfold.version": result.version,
-                "eventfold.position": result.position,
-                "eventfold.events": len(result.events),
-                "eventfold.replayed": result.replayed,
-            }
-            telemetry.set_attributes(current, done)
+            if current is not None:
+                done = {
+                    "eventfold.version": result.version,
+                    "eventfold.position": result.position,
+                    "eventfold.events": len(result.events),
+                    "eventfold.replayed": result.replayed,
+                }
+                telemetry.set_attributes(current, done)
             return result
 
     async def _handle(

@@ -110,14 +110,13 @@ async def _settle(result: object) -> None:
 
 def _refuse(result: object) -> None:
     """The sync runner met an awaitable from a handler: refuse it, loudly."""
-    if inspect.isawaitable(result):
-        close = getattr(result, "close", None)
-        if close is not None:
-            close()  # no "coroutine was never awaited" warning on top of the error
-        raise ConfigurationError(
-            "a projection handler returned an awaitable: it is async, and the sync "
-            "ProjectionRunner cannot await it; run it with AsyncProjectionRunner"
-        )
+    close = getattr(result, "close", None)
+    if close is not None:
+        close()  # no "coroutine was never awaited" warning on top of the error
+    raise ConfigurationError(
+        "a projection handler returned an awaitable: it is async, and the sync "
+        "ProjectionRunner cannot await it; run it with AsyncProjectionRunner"
+    )
 
 
 async def async_status_of(
@@ -630,16 +629,12 @@ class AsyncProjectionRunner:
         """Handle ``page``; return how many of its events were handled (fewer if stopped)."""
         projection = self.projection
         if projection.in_memory:
-            attributes = {"eventfold.projection": projection.name}
             first = {
                 "eventfold.projection": projection.name,
                 "eventfold.position": page[0].position,
                 "messaging.batch.message_count": len(page),
             }
-            with (
-                telemetry.span("eventfold.projection.batch", first, links=page),
-                telemetry.timed("eventfold.projection.batch.duration", attributes),
-            ):
+            with telemetry.batch("eventfold.projection.batch", first, projection.name, links=page):
                 await self._handle_in_memory(page)
             telemetry.lag(projection.name, page[-1].recorded_at)
             return len(page)
@@ -685,12 +680,8 @@ class AsyncProjectionRunner:
         one event): other writers of the database wait at most that long.
         """
         name = self.projection.name
-        attributes = {"eventfold.projection": name}
         first = {"eventfold.projection": name, "eventfold.position": events[0].position}
-        with (
-            telemetry.span("eventfold.projection.batch", first, links=events) as current,
-            telemetry.timed("eventfold.projection.batch.duration", attributes),
-        ):
+        with telemetry.batch("eventfold.projection.batch", first, name, links=events) as current:
             count = await self._commit_in(events)
             telemetry.set_attributes(current, {"messaging.batch.message_count": count})
         self._position = events[count - 1].position
@@ -879,11 +870,8 @@ class AsyncProjectionRunner:
             "eventfold.position": event.position,
             "eventfold.event.type": event.type,
         }
-        with (
-            telemetry.span("eventfold.process", attributes, parent=event.metadata, kind="consumer"),
-            telemetry.timed(
-                "eventfold.projection.batch.duration", {"eventfold.projection": projection.name}
-            ),
+        with telemetry.batch(
+            "eventfold.process", attributes, projection.name, parent=event.metadata, kind="consumer"
         ):
             await _call(projection.handle, self._context(event), await self._decoded(event))
         telemetry.lag(projection.name, event.recorded_at)
