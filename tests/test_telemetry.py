@@ -1,8 +1,9 @@
 """OpenTelemetry: spans and metrics through the SDK's in-memory exporters, trace context.
 
-The SDK's providers are global and set once per process: from this module on,
-the rest of the suite also runs with telemetry recording (every path then
-runs with it on as well as off).
+The SDK's providers are global and set once per process: this module sets
+them for its tests and takes them away again after them (as OpenTelemetry's
+own test utilities do), so no other test runs with telemetry recording and
+its metadata (a ``traceparent``) in the events.
 """
 
 from __future__ import annotations
@@ -15,11 +16,13 @@ from typing import Any
 
 import pytest
 from opentelemetry import metrics, trace
+from opentelemetry.metrics import _internal as metrics_internal
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.util._once import Once
 
 from eventfold import (
     AsyncCommandHandler,
@@ -40,12 +43,22 @@ READER = InMemoryMetricReader()
 
 @pytest.fixture(scope="module", autouse=True)
 def sdk() -> Iterator[None]:
-    if not telemetry.enabled():
-        provider = TracerProvider()
-        provider.add_span_processor(SimpleSpanProcessor(EXPORTER))
-        trace.set_tracer_provider(provider)
-        metrics.set_meter_provider(MeterProvider(metric_readers=[READER]))
+    assert not telemetry.active()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(EXPORTER))
+    trace.set_tracer_provider(provider)
+    meters = MeterProvider(metric_readers=[READER])
+    metrics.set_meter_provider(meters)
     yield
+    # No public API unsets a global provider: reset what set_*_provider set once.
+    trace._TRACER_PROVIDER = None  # type: ignore[attr-defined]
+    trace._TRACER_PROVIDER_SET_ONCE = Once()  # type: ignore[attr-defined]
+    metrics_internal._METER_PROVIDER = None  # type: ignore[attr-defined]
+    metrics_internal._METER_PROVIDER_SET_ONCE = Once()  # type: ignore[attr-defined]
+    telemetry._instruments.clear()  # made by the meter provider just taken away
+    provider.shutdown()
+    meters.shutdown()
+    assert not telemetry.active()
 
 
 @pytest.fixture
