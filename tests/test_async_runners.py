@@ -43,6 +43,7 @@ from eventfold.projections import (
 from eventfold.store import AsyncEventStore
 from eventfold.store.postgres import AsyncPostgresEventStore, async_migrate
 from eventfold.testing._events import Deposited, Greet, welcome
+from eventfold.testing._support import async_fetchall
 from tests.support.pg import new_schema_name
 
 pytestmark = pytest.mark.asyncio
@@ -102,10 +103,7 @@ class Counted:
             if tx.connection is None:
                 return dict(self.memory)
             cursor = await tx.execute(f"SELECT stream, n FROM {self.name}")
-            rows = cursor.fetchall()
-            if asyncio.iscoroutine(rows):
-                rows = await rows
-            return {row[0]: int(row[1]) for row in rows}
+            return {row[0]: int(row[1]) for row in await async_fetchall(cursor)}
 
 
 async def counts(store: AsyncEventStore) -> dict[str, int]:

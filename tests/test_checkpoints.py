@@ -29,84 +29,35 @@ from eventfold.testing import (
 from tests.support.pg import new_schema_name
 
 
-class TestMemoryCheckpoints(CheckpointsSuite):
+class TestMemory(CheckpointsSuite, ProjectionsSuite):
     @pytest.fixture
     def store(self) -> Iterator[MemoryEventStore]:
         with MemoryEventStore() as store:
             yield store
 
 
-class TestAsyncMemoryCheckpoints(AsyncCheckpointsSuite):
+class TestAsyncMemory(AsyncCheckpointsSuite, AsyncProjectionsSuite):
     @pytest_asyncio.fixture
     async def store(self) -> AsyncIterator[AsyncMemoryEventStore]:
         async with AsyncMemoryEventStore() as store:
             yield store
 
 
-class TestSqliteCheckpoints(CheckpointsSuite):
+class TestSqlite(CheckpointsSuite, ProjectionsSuite):
     @pytest.fixture
     def store(self, tmp_path: Path) -> Iterator[SqliteEventStore]:
         with SqliteEventStore(tmp_path / "cp.db", durability="off") as store:
             yield store
 
 
-class TestAsyncSqliteCheckpoints(AsyncCheckpointsSuite):
+class TestAsyncSqlite(AsyncCheckpointsSuite, AsyncProjectionsSuite):
     @pytest_asyncio.fixture
     async def store(self, tmp_path: Path) -> AsyncIterator[AsyncSqliteEventStore]:
         async with AsyncSqliteEventStore(tmp_path / "cp.db", durability="off") as store:
             yield store
 
 
-class TestPostgresCheckpoints(CheckpointsSuite):
-    @pytest.fixture
-    def store(self, pg_database: str) -> Iterator[PostgresEventStore]:
-        schema = new_schema_name()
-        migrate(pg_database, schema=schema)
-        with PostgresEventStore(pg_database, schema=schema, max_size=3) as store:
-            yield store
-
-
-class TestAsyncPostgresCheckpoints(AsyncCheckpointsSuite):
-    @pytest_asyncio.fixture
-    async def store(self, pg_database: str) -> AsyncIterator[AsyncPostgresEventStore]:
-        schema = new_schema_name()
-        await async_migrate(pg_database, schema=schema)
-        async with AsyncPostgresEventStore(pg_database, schema=schema, max_size=3) as store:
-            yield store
-
-
-# -- projections, process managers and inline projections on every store, both flavours ---
-
-
-class TestMemoryProjections(ProjectionsSuite):
-    @pytest.fixture
-    def store(self) -> Iterator[MemoryEventStore]:
-        with MemoryEventStore() as store:
-            yield store
-
-
-class TestAsyncMemoryProjections(AsyncProjectionsSuite):
-    @pytest_asyncio.fixture
-    async def store(self) -> AsyncIterator[AsyncMemoryEventStore]:
-        async with AsyncMemoryEventStore() as store:
-            yield store
-
-
-class TestSqliteProjections(ProjectionsSuite):
-    @pytest.fixture
-    def store(self, tmp_path: Path) -> Iterator[SqliteEventStore]:
-        with SqliteEventStore(tmp_path / "p.db", durability="off") as store:
-            yield store
-
-
-class TestAsyncSqliteProjections(AsyncProjectionsSuite):
-    @pytest_asyncio.fixture
-    async def store(self, tmp_path: Path) -> AsyncIterator[AsyncSqliteEventStore]:
-        async with AsyncSqliteEventStore(tmp_path / "p.db", durability="off") as store:
-            yield store
-
-
-class TestPostgresProjections(ProjectionsSuite):
+class TestPostgres(CheckpointsSuite, ProjectionsSuite):
     @pytest.fixture
     def store(self, pg_database: str) -> Iterator[PostgresEventStore]:
         schema = new_schema_name()
@@ -115,7 +66,7 @@ class TestPostgresProjections(ProjectionsSuite):
             yield store
 
 
-class TestAsyncPostgresProjections(AsyncProjectionsSuite):
+class TestAsyncPostgres(AsyncCheckpointsSuite, AsyncProjectionsSuite):
     @pytest_asyncio.fixture
     async def store(self, pg_database: str) -> AsyncIterator[AsyncPostgresEventStore]:
         schema = new_schema_name()

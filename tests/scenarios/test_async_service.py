@@ -18,7 +18,6 @@ runners'.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import subprocess
@@ -34,6 +33,7 @@ from eventfold import AsyncCommandHandler, LeaseHeld
 from eventfold.projections import AsyncProjectionRunner
 from eventfold.store import AsyncEventStore
 from eventfold.store.postgres import async_migrate
+from eventfold.testing._support import async_fetchall
 from examples.async_worker import service as app
 from tests.support.pg import new_schema_name
 
@@ -83,10 +83,7 @@ async def view(store: AsyncEventStore) -> tuple[dict[str, str], dict[str, int]]:
     async with store.transaction() as tx:
         result = []
         for query in ("SELECT id, status FROM order_view", "SELECT sku, quantity FROM reserved"):
-            cursor = await tx.execute(query)
-            rows = cursor.fetchall()
-            if asyncio.iscoroutine(rows):
-                rows = await rows
+            rows = await async_fetchall(await tx.execute(query))
             result.append({row[0]: row[1] for row in rows})
     return result[0], {sku: int(n) for sku, n in result[1].items()}
 

@@ -36,7 +36,7 @@ from eventfold.projections import (
 )
 from eventfold.store import EventStore
 from eventfold.testing._events import Deposited, Greet, Greeted, Opened, Withdrawn, welcome
-from eventfold.testing._support import alongside, collect
+from eventfold.testing._support import alongside, collect, fetchall
 
 __all__ = ["ProjectionsSuite"]
 
@@ -45,12 +45,6 @@ DEPOSITED = "eventfold.testing.Deposited"
 
 class Boom(Exception):
     """A handler's failure."""
-
-
-def _rows(cursor: Any) -> list[Any]:
-    """The rows of a driver cursor (psycopg's async cursor fetches with await)."""
-    rows = cursor.fetchall()
-    return list(rows)
 
 
 class Tally:
@@ -106,7 +100,7 @@ class Tally:
             if tx.connection is None:
                 return dict(self.memory)
             cursor = tx.execute(f"SELECT stream, n, total FROM {self.name}")
-            return {row[0]: (int(row[1]), int(row[2])) for row in _rows(cursor)}
+            return {row[0]: (int(row[1]), int(row[2])) for row in fetchall(cursor)}
 
 
 def folded(store: EventStore, skip: Sequence[int] = ()) -> dict[str, tuple[int, int]]:

@@ -11,7 +11,6 @@ with the same tally folded from the log itself.
 from __future__ import annotations
 
 import asyncio  # unasync: import threading
-import inspect  # unasync: remove
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -36,7 +35,7 @@ from eventfold.projections import (
 )
 from eventfold.store import AsyncEventStore
 from eventfold.testing._events import Deposited, Greet, Greeted, Opened, Withdrawn, welcome
-from eventfold.testing._support import async_alongside, async_collect
+from eventfold.testing._support import async_alongside, async_collect, async_fetchall
 
 __all__ = ["AsyncProjectionsSuite"]
 
@@ -45,14 +44,6 @@ DEPOSITED = "eventfold.testing.Deposited"
 
 class Boom(Exception):
     """A handler's failure."""
-
-
-async def _rows(cursor: Any) -> list[Any]:
-    """The rows of a driver cursor (psycopg's async cursor fetches with await)."""
-    rows = cursor.fetchall()
-    if inspect.isawaitable(rows):  # unasync: remove
-        rows = await rows  # unasync: remove
-    return list(rows)
 
 
 class Tally:
@@ -108,7 +99,7 @@ class Tally:
             if tx.connection is None:
                 return dict(self.memory)
             cursor = await tx.execute(f"SELECT stream, n, total FROM {self.name}")
-            return {row[0]: (int(row[1]), int(row[2])) for row in await _rows(cursor)}
+            return {row[0]: (int(row[1]), int(row[2])) for row in await async_fetchall(cursor)}
 
 
 async def folded(store: AsyncEventStore, skip: Sequence[int] = ()) -> dict[str, tuple[int, int]]:

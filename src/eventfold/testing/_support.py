@@ -8,16 +8,19 @@ maps each ``async_`` name to its sync twin here.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from typing import TypeVar
+from typing import Any, TypeVar
 
 __all__ = [
     "alongside",
     "async_alongside",
     "async_collect",
+    "async_fetchall",
     "async_within_seconds",
     "collect",
+    "fetchall",
     "within_seconds",
 ]
 
@@ -33,6 +36,20 @@ async def async_collect(items: AsyncIterator[T]) -> list[T]:
 def collect(items: Iterator[T]) -> list[T]:
     """All items of an iterator, as a list."""
     return list(items)
+
+
+async def async_fetchall(cursor: Any) -> list[Any]:
+    """The rows of a driver cursor from an async store's transaction: psycopg's async
+    cursor fetches with await, sqlite3's (the async SQLite store's) at once."""
+    rows = cursor.fetchall()
+    if inspect.isawaitable(rows):
+        rows = await rows
+    return list(rows)
+
+
+def fetchall(cursor: Any) -> list[Any]:
+    """The rows of a driver cursor, as a list."""
+    return list(cursor.fetchall())
 
 
 async def async_within_seconds(seconds: float, fn: Callable[[], Awaitable[T]]) -> T:
