@@ -300,76 +300,110 @@ def test_a_real_partition_is_noticed_by_tcp_user_timeout(
 # -- B: subscriptions resume ---------------------------------------------------------------
 
 
+class _Outages(logging.Handler):
+    """Counts the store's warnings that a subscription failed and that it resumed."""
+
+    def __init__(self, changed: threading.Condition) -> None:
+        super().__init__(logging.WARNING)
+        self.changed = changed
+        self.failed = 0
+        self.resumed = 0
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        with self.changed:
+            self.messages.append(message)
+            if "resuming in" in message:
+                self.failed += 1
+            if "subscription resumed after position" in message:
+                self.resumed += 1
+            self.changed.notify_all()
+
+
 def _cut_while_subscribed(
     pg_database: str, schema: str, proxy: TcpProxy, total: int, cut_at: list[int]
-) -> tuple[list[RecordedEvent], list[RecordedEvent], int]:
-    """A subscriber behind the proxy, a writer beside it, a cut at each count in ``cut_at``."""
+) -> tuple[list[RecordedEvent], list[RecordedEvent], _Outages]:
+    """A subscriber behind the proxy, a writer beside it, a cut at each count in ``cut_at``.
+
+    Each cut waits until the subscriber has noticed the one before and resumed
+    (its warnings say so), so every cut lands on a live subscription.
+    """
     received: list[RecordedEvent] = []
     progress = threading.Condition()
     failures: list[BaseException] = []
-    with (
-        PostgresEventStore(proxy.conninfo(pg_database), schema=schema, connect_timeout=2) as store,
-        PostgresEventStore(pg_database, schema=schema) as writer,
-    ):
-        # The subscriber follows until told to stop, so it is alive (connected, or
-        # reconnecting) at every cut, however far ahead of it the writer runs.
-        stop = threading.Event()
-        subscription = store.subscribe(poll_interval=0.5, stop=stop)
+    outages = _Outages(progress)
+    store_logger = logging.getLogger("eventfold.store")
+    store_logger.addHandler(outages)
+    try:
+        with (
+            PostgresEventStore(
+                proxy.conninfo(pg_database), schema=schema, connect_timeout=2
+            ) as store,
+            PostgresEventStore(pg_database, schema=schema) as writer,
+        ):
+            # The subscriber follows until told to stop, so it is alive (connected, or
+            # reconnecting) at every cut, however far ahead of it the writer runs.
+            stop = threading.Event()
+            subscription = store.subscribe(poll_interval=0.5, stop=stop)
 
-        def follow() -> None:
-            try:
-                for event in subscription:
+            def follow() -> None:
+                try:
+                    for event in subscription:
+                        with progress:
+                            received.append(event)
+                            progress.notify_all()
+                except BaseException as exc:
+                    failures.append(exc)
                     with progress:
-                        received.append(event)
                         progress.notify_all()
-            except BaseException as exc:
-                failures.append(exc)
+
+            def write() -> None:
+                for n in range(total):
+                    writer.append(f"w-{n % 4}", [Deposited(amount=n)])
+
+            follower = threading.Thread(target=follow, daemon=True)
+            follower.start()
+            appender = threading.Thread(target=write, daemon=True)
+            appender.start()
+            for n, count in enumerate(cut_at):
                 with progress:
-                    progress.notify_all()
-
-        def write() -> None:
-            for n in range(total):
-                writer.append(f"w-{n % 4}", [Deposited(amount=n)])
-
-        follower = threading.Thread(target=follow, daemon=True)
-        follower.start()
-        appender = threading.Thread(target=write, daemon=True)
-        appender.start()
-        cuts = 0
-        for count in cut_at:
+                    assert progress.wait_for(
+                        lambda c=count: len(received) >= c or bool(failures), GUARD
+                    )
+                    assert not failures, failures
+                    before = outages.resumed
+                assert proxy.cut() >= 1
+                with progress:
+                    # Resumed (so LISTENing on a live connection again) before the next cut.
+                    assert progress.wait_for(
+                        lambda b=before: outages.resumed > b or bool(failures), GUARD
+                    ), f"cut {n + 1}: the subscriber never resumed: {outages.messages}"
+            appender.join(GUARD)
             with progress:
-                assert progress.wait_for(lambda c=count: len(received) >= c or failures, GUARD)
+                assert progress.wait_for(lambda: len(received) >= total or bool(failures), GUARD)
+            stop.set()
+            follower.join(GUARD)
             assert not failures, failures
-            # The subscriber may still be resuming from the previous cut: cut once
-            # it is connected again (the writer can run far ahead of it).
-            deadline = time.monotonic() + GUARD
-            while proxy.connections < 1:
-                assert time.monotonic() < deadline, "the subscriber never reconnected"
-                time.sleep(0.01)
-            cuts += proxy.cut()
-        appender.join(GUARD)
-        with progress:
-            assert progress.wait_for(lambda: len(received) >= total or failures, GUARD)
-        stop.set()
-        follower.join(GUARD)
-        assert not failures, failures
-        assert not follower.is_alive(), f"the subscriber stopped at {len(received)} events"
-        log = list(writer.read_all())
-    return received, log, cuts
+            assert not follower.is_alive(), f"the subscriber stopped at {len(received)} events"
+            log = list(writer.read_all())
+    finally:
+        store_logger.removeHandler(outages)
+    return received, log, outages
 
 
 def test_a_subscription_resumes_after_every_cut_and_delivers_each_event_once(
-    pg_database: str, schema: str, proxy: TcpProxy, caplog: pytest.LogCaptureFixture
+    pg_database: str, schema: str, proxy: TcpProxy
 ) -> None:
-    with caplog.at_level(logging.WARNING, logger="eventfold.store"):
-        received, log, cuts = _cut_while_subscribed(
-            pg_database, schema, proxy, total=90, cut_at=[10, 40, 70]
-        )
-    assert cuts >= 3  # at least the LISTEN connection each time
+    received, log, outages = _cut_while_subscribed(
+        pg_database, schema, proxy, total=90, cut_at=[10, 40, 70]
+    )
     assert [e.id for e in received] == [e.id for e in log]  # every event, once, in order
-    warnings = [r.getMessage() for r in caplog.records if r.name == "eventfold.store"]
-    assert any("StoreUnavailable" in w and "resuming in" in w for w in warnings), warnings
-    assert any("subscription resumed after position" in w for w in warnings), warnings
+    assert outages.resumed >= 3, outages.messages  # at least one resume per cut
+    assert outages.failed >= 3, outages.messages  # each cut was noticed and said
+    assert all("StoreUnavailable" in m for m in outages.messages if "resuming in" in m), (
+        outages.messages
+    )
 
 
 @pytest.mark.asyncio
