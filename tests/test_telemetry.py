@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -256,3 +257,29 @@ async def test_the_async_flavour_records_the_same_spans(spans: InMemorySpanExpor
     assert event.metadata[telemetry.TRACEPARENT].split("-")[1] == format(
         handle.context.trace_id, "032x"
     )
+
+
+def test_the_lag_in_events_is_a_gauge_counted_while_catching_up_and_zero_once_caught_up(
+    store: EventStore,
+) -> None:
+    for n in range(6):
+        store.append(f"lagging-{n}", [Deposited(amount=n)])
+    seen: list[list[int]] = []
+    name = f"lagging-{uuid.uuid4().hex[:8]}"  # a gauge keeps its value: one name per test
+
+    def lag_events() -> list[int]:
+        return [
+            p.value
+            for p in metric_points("eventfold.projection.lag.events")
+            if p.attributes["eventfold.projection"] == name
+        ]
+
+    def handle(ctx: ProjectionContext, event: RecordedEvent) -> None:
+        seen.append(lag_events())
+
+    runner = ProjectionRunner(store, Projection(name, handle, batch_size=2))
+    assert runner.run_once() == 6
+    # Counted after the first page (4 to go), then not again within the second...
+    assert seen[0] == [] and seen[2] == [4] and seen[5] == [4]
+    # ...and at the end of the run, because it lagged: caught up.
+    assert lag_events() == [0]

@@ -14,7 +14,10 @@ meter provider set), eventfold reports
   (histograms, seconds), ``eventfold.append.conflicts``,
   ``eventfold.command.retries`` and ``eventfold.projection.dead_letters``
   (counters), ``eventfold.projection.lag`` (a histogram of how old, in seconds,
-  the last event of each batch was when it was handled);
+  the last event of each batch was when it was handled) and
+  ``eventfold.projection.lag.events`` (a gauge: how many events of the log
+  are after the projection's position, counted at most once a second while
+  it runs, and when it has caught up);
 * trace context: a command's events carry the W3C ``traceparent`` (and
   ``tracestate``) of its span in their metadata, and a projection or process
   manager handling them continues that trace, so one trace follows a saga
@@ -233,6 +236,7 @@ _HISTOGRAMS = {
     "eventfold.projection.batch.duration": "s",
     "eventfold.projection.lag": "s",
 }
+_GAUGES = {"eventfold.projection.lag.events": "{event}"}
 _COUNTERS = {
     "eventfold.append.conflicts": "{conflict}",
     "eventfold.command.retries": "{retry}",
@@ -246,6 +250,8 @@ def _instrument(name: str) -> Any:
         meter = _api[1].get_meter("eventfold")
         if name in _HISTOGRAMS:
             found = meter.create_histogram(name, unit=_HISTOGRAMS[name])
+        elif name in _GAUGES:
+            found = meter.create_gauge(name, unit=_GAUGES[name])
         else:
             found = meter.create_counter(name, unit=_COUNTERS[name])
         _instruments[name] = found
@@ -253,12 +259,14 @@ def _instrument(name: str) -> Any:
 
 
 def record(instrument: str, value: float, attributes: Mapping[str, Any]) -> None:
-    """Record ``value`` in a histogram, or add it to a counter (when measuring)."""
+    """Record ``value`` in a histogram or gauge, or add it to a counter (when measuring)."""
     if not _measuring():
         return
     metric = _instrument(instrument)
     if instrument in _HISTOGRAMS:
         metric.record(value, attributes=dict(attributes))
+    elif instrument in _GAUGES:
+        metric.set(value, attributes=dict(attributes))
     else:
         metric.add(value, attributes=dict(attributes))
 
@@ -268,6 +276,11 @@ def lag(projection: str, recorded_at: datetime) -> None:
     if _measuring():
         age = (datetime.now(UTC) - recorded_at).total_seconds()
         record("eventfold.projection.lag", max(age, 0.0), {"eventfold.projection": projection})
+
+
+def measuring() -> bool:
+    """Whether metrics are recorded (a meter provider is set): worth counting for."""
+    return _measuring()
 
 
 def inject(metadata: MutableMapping[str, Any]) -> None:

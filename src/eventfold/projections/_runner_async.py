@@ -196,6 +196,8 @@ class AsyncProjectionRunner:
         self._started = False  # an in-memory read model took its start_from
         self._replay_until = 0  # events up to here were handled before a reset
         self._lease_until = 0.0  # monotonic time the lease this runner holds runs out
+        self._backlog_due = 0.0  # monotonic time the lag in events is counted next
+        self._backlog = 0  # the lag in events as last counted (for the metric)
 
     # -- running ------------------------------------------------------------------------
 
@@ -321,6 +323,7 @@ class AsyncProjectionRunner:
                         await after_page(count, done - mark)
                         done = clock()
                     mark = done
+                    await self._count_backlog(final=False)
                     if self._stop.is_set():
                         # Stopped: the checkpoint stays at the last event handled,
                         # never moved over events not yet read.
@@ -332,7 +335,26 @@ class AsyncProjectionRunner:
             if handled == before or not repeat:
                 break
         await self._skip_to(head)
+        await self._count_backlog(final=True)
         return handled
+
+    async def _count_backlog(self, *, final: bool) -> None:
+        """Set the lag-in-events metric: at most once a second, and at a run's end if it lagged.
+
+        Only with metrics on: it costs a count of the log after the position.
+        """
+        if not telemetry.measuring():
+            return
+        now = time.monotonic()
+        if now < self._backlog_due and not (final and self._backlog):
+            return
+        self._backlog_due = now + 1.0
+        self._backlog, _ = await self._checkpoints.backlog(await self.get_position())
+        telemetry.record(
+            "eventfold.projection.lag.events",
+            self._backlog,
+            {"eventfold.projection": self.projection.name},
+        )
 
     async def _start_position(self) -> int:
         """Where a new projection starts (``start_from``): events after this are its."""
