@@ -59,6 +59,19 @@ _ASYNC = False
 _CLOSE = "close"
 
 
+def _with_head(
+    pages: Iterator[list[RecordedEvent]], head: int
+) -> Iterator[tuple[list[RecordedEvent], int]]:
+    """``pages``, each with ``head`` (read before them: every event up to it is in them)."""
+    try:
+        for page in pages:
+            yield page, head
+    finally:
+        close = getattr(pages, _CLOSE, None)
+        if close is not None:
+            close()  # a streaming read gives its connection back now
+
+
 def checkpoints_of(store: EventStore) -> Checkpoints:
     """The checkpoints of ``store`` (ConfigurationError for a store of the other flavour)."""
     get = getattr(store, "checkpoints", None)
@@ -273,31 +286,17 @@ class ProjectionRunner:
         repeat: bool,
     ) -> int:
         self._stop = stop if stop is not None else Stop()
-        if not self.projection.in_memory and not self._holds_lease():
-            new = self._checkpoints.get(self.projection.name) is None
-            self._standby = not self._checkpoints.acquire(
-                self.projection.name, self.owner, self.lease_seconds
-            )
-            if self._standby:
-                self._lease_until = 0.0
-                return 0
-            self._lease_until = time.monotonic() + self.lease_seconds
-            # Read the checkpoint when the lease is taken: another runner may have
-            # moved it while this one had none. While the lease is held, only
-            # this runner moves it, so the position is then tracked here (and a
-            # run woken by news goes straight to reading: no lease or checkpoint
-            # round trip on the live path).
-            self._position = None
-            if new and self.get_position() == 0:
-                self._skip_to(self._start_position())
-        elif not self._started:
-            self._memory_position = max(self._memory_position, self._start_position())
+        if not self._hold_or_start():
+            return 0
         self._started = True
         self._setup()
         # Every event up to `head` is read below: at the end the checkpoint
         # moves over the ones this projection skips. Otherwise a log ending
-        # with them would wake the runner's wait at once, again and again.
-        head = self.store.last_position()
+        # with them would wake the runner's wait at once, again and again (and
+        # a wait_for such an event's position would never return). Checkpoints
+        # whose pages say how far each read got need no head read first.
+        reads_head = getattr(self._checkpoints, "pages_with_head", None) is not None
+        head = 0 if reads_head else self.store.last_position()
         handled = 0
         clock = time.perf_counter
         mark = clock()  # the end of the previous page: its time includes the read
@@ -305,9 +304,12 @@ class ProjectionRunner:
             # Until a read finds nothing (``repeat``): events the handlers
             # appended (a process manager's) are handled in this run too.
             before = handled
-            pages = self._pages(self.get_position())
+            pages = self._pages(self.get_position(), head)
             try:
-                for page in pages:
+                for page, reached in pages:
+                    head = max(head, reached)
+                    if not page:
+                        continue
                     started = clock()
                     self._busy_since = time.monotonic()
                     try:
@@ -355,6 +357,29 @@ class ProjectionRunner:
             {"eventfold.projection": self.projection.name},
         )
 
+    def _hold_or_start(self) -> bool:
+        """Hold the lease (False: another runner does: standby), or start in memory."""
+        if not self.projection.in_memory and not self._holds_lease():
+            new = self._checkpoints.get(self.projection.name) is None
+            self._standby = not self._checkpoints.acquire(
+                self.projection.name, self.owner, self.lease_seconds
+            )
+            if self._standby:
+                self._lease_until = 0.0
+                return False
+            self._lease_until = time.monotonic() + self.lease_seconds
+            # Read the checkpoint when the lease is taken: another runner may have
+            # moved it while this one had none. While the lease is held, only
+            # this runner moves it, so the position is then tracked here (and a
+            # run woken by news goes straight to reading: no lease or checkpoint
+            # round trip on the live path).
+            self._position = None
+            if new and self.get_position() == 0:
+                self._skip_to(self._start_position())
+        elif not self._started:
+            self._memory_position = max(self._memory_position, self._start_position())
+        return True
+
     def _start_position(self) -> int:
         """Where a new projection starts (``start_from``): events after this are its."""
         start = self.projection.start_from
@@ -383,8 +408,10 @@ class ProjectionRunner:
                 extra=fields(projection=self.projection.name, event=page[0]),
             )
 
-    def _pages(self, position: int) -> Iterator[list[RecordedEvent]]:
-        """The log after ``position``, decoded, in pages of ``batch_size``."""
+    def _pages(self, position: int, head: int) -> Iterator[tuple[list[RecordedEvent], int]]:
+        """The log after ``position``, decoded, in pages of ``batch_size``, each with
+        how far the log was read (``head``, read before, where the checkpoints
+        cannot say)."""
         projection, store = self.projection, self.store
         types = list(projection.types) if projection.types is not None else None
         if types is not None:
@@ -393,13 +420,24 @@ class ProjectionRunner:
         # An in-memory read model may read ahead (PostgreSQL streams a backlog),
         # holding a connection meanwhile. SQL read models take connections of
         # their own for each batch, so they read page by page.
-        return self._checkpoints.pages(
+        reader = getattr(self._checkpoints, "pages_with_head", None)
+        if reader is not None:
+            found: Iterator[tuple[list[RecordedEvent], int]] = reader(
+                position,
+                types,
+                projection.stream_prefix,
+                projection.batch_size,
+                read_ahead=projection.in_memory,
+            )
+            return found
+        pages = self._checkpoints.pages(
             position,
             types,
             projection.stream_prefix,
             projection.batch_size,
             read_ahead=projection.in_memory,
         )
+        return _with_head(pages, head)
 
     def run(self, stop: Stop | None = None) -> None:
         """Catch up, then follow new events until ``stop`` is set.

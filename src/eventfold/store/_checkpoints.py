@@ -169,6 +169,12 @@ class Checkpoints(Protocol):
         event that cannot be decoded comes with data ``Undecodable``, for the
         consumer's error policy. ``read_ahead`` lets a backend read the next
         pages while the consumer handles one (holding a connection meanwhile).
+
+        Optional, beside it: ``pages_with_head`` (the same arguments) yields
+        each page with the position its read got to (every event up to it was
+        read, those the filters skip included; the last item may be an empty
+        page). A runner on checkpoints that have it reads no head of the log
+        before its pages: the PostgreSQL store's save a round trip per wake.
         """
         ...
 

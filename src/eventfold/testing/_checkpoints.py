@@ -164,6 +164,29 @@ class CheckpointsSuite:
         pages = collect(cps.pages(every[0].position, deposits, "acc-", 10))
         assert [(e.stream, e.data) for p in pages for e in p] == [("acc-2", Deposited(amount=3))]
 
+    def test_pages_with_head_say_how_far_each_read_got(self, store: EventStore) -> None:
+        cps = store.checkpoints()
+        store.append("acc-1", [Deposited(amount=1), Withdrawn(amount=1)])
+        store.append("other", [Deposited(amount=2), Deposited(amount=3)])
+        every = collect(store.read_all())
+        reader = getattr(cps, "pages_with_head", None)
+        if reader is None:  # optional: a runner reads the log's head instead
+            assert store.last_position() == every[-1].position
+            return
+        deposits = ["eventfold.testing.Deposited"]
+        for read_ahead in (False, True):
+            for size in (1, 2, 10):
+                items = collect(reader(0, deposits, "acc-", size, read_ahead=read_ahead))
+                pages = [page for page, _ in items]
+                assert [e.data for p in pages for e in p] == [Deposited(amount=1)]
+                assert all(len(p) <= size for p in pages) and all(pages[:-1])
+                heads = [head for _, head in items]
+                assert heads == sorted(heads)  # never back
+                # Past the events the filters skip at the end of the log.
+                assert heads[-1] == every[-1].position
+                for page, head in items:
+                    assert all(e.position <= head for e in page)
+
     def test_pages_hand_over_undecodable_events(self, store: EventStore) -> None:
         store.append("s", [Deposited(amount=1), Received(quantity=2), Deposited(amount=3)])
         registry = TypeRegistry()

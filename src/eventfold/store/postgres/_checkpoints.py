@@ -227,6 +227,34 @@ class PostgresCheckpoints:
             for page in pages:
                 yield decode_rows_lenient(serializer, page)
 
+    def pages_with_head(
+        self,
+        after: int,
+        types: list[str] | None,
+        prefix: str | None,
+        size: int,
+        *,
+        read_ahead: bool = False,
+    ) -> Iterator[tuple[list[RecordedEvent], int]]:
+        # Each read says how far it got, filters or not: no round trip for the
+        # log's head before the first page (a live runner's wake is one less).
+        serializer, store = self._store.serializer, self._store
+        if read_ahead:
+            # A backlog streams (see pages): the head is read first.
+            head = store.last_position()
+            ahead = store._log_pages(after, types, prefix, size, read_ahead=True)
+            with closing(ahead):
+                for rows in ahead:
+                    yield decode_rows_lenient(serializer, rows), head
+            yield [], head
+            return
+        while True:
+            rows, reach = store._read_all_page_reach(after, types, prefix, size)
+            yield decode_rows_lenient(serializer, rows), reach
+            if len(rows) < size:
+                return
+            after = reach
+
     def set_alias(self, alias: str, target: str) -> None:
         with self._errors, self._store._connection() as conn:
             conn.execute(self._sql["alias_set"], {"alias": alias, "target": target})

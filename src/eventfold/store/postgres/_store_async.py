@@ -442,16 +442,27 @@ class AsyncPostgresEventStore(AsyncStoreBase):
         # the events table's lock before it has an id (claim.sql); readers wait
         # for it from its first write. A checkpoint's transaction (a SQL read
         # model's batch) does not: it holds nobody back.
+        # ``pipeline``: from the block's second statement on, statements are
+        # queued and sent together, the client waiting only where the block
+        # reads a result (a checkpoint's advance does) and before COMMIT: a SQL
+        # read model's batch of many events costs a few round trips, not one per
+        # statement. Not from the first: psycopg's pipeline mode costs more
+        # than the round trip it saves for a batch of one or two statements (a
+        # live runner's usual batch; measured in /benchmarks). An error in a
+        # queued statement reaches the block at its next read or at its end,
+        # inside the transaction, which rolls back.
         errors = translate_errors(self.schema)
         with errors:
             async with self._connection() as conn, conn.transaction():
                 if claim:
                     await conn.execute(self._sql["claim"])
-                if pipeline:
-                    async with conn.pipeline():
-                        yield AsyncPostgresTransaction(self, conn)
-                else:
-                    yield AsyncPostgresTransaction(self, conn)
+                tx = AsyncPostgresTransaction(self, conn, pipeline_from=2 if pipeline else None)
+                try:
+                    yield tx
+                except BaseException as exc:
+                    await tx._end_pipeline(exc)
+                    raise
+                await tx._end_pipeline(None)
 
     @asynccontextmanager
     async def _transaction_on(self, connection: Any) -> AsyncIterator[AsyncTransaction]:
@@ -750,29 +761,43 @@ class AsyncPostgresEventStore(AsyncStoreBase):
     async def _read_all_page(
         self, after: int, types: list[str] | None, prefix: str | None, count: int
     ) -> Sequence[Row]:
+        rows, _ = await self._read_all_page_reach(after, types, prefix, count)
+        return rows
+
+    async def _read_all_page_reach(
+        self, after: int, types: list[str] | None, prefix: str | None, count: int
+    ) -> tuple[list[Row], int]:
+        """A page of the log after ``after``, and how far the read got: every event
+        up to that position was read (those the filters keep are in the page)."""
         params = _read_all_params(after, count)
         if params is None:
-            return []
+            return [], after
         if types is None and prefix is None:
             rows = await self._rows(self._sql["read_all"], params)
             if len(rows) < count:
                 await self._watch_horizon()
-            return rows
+            return rows, rows[-1][POSITION] if rows else after
         # Filters are applied here, on pages read in (tx, seq) order. With the
         # filter in SQL the planner, misjudging how many rows match (always so
         # before the table is first analysed), sorts every row after the cursor
         # for each page instead of walking the index: quadratic catch-ups.
         wanted = frozenset(types) if types is not None else None
         matched: list[Row] = []
+        reach = after
         while len(matched) < count:
             page = await self._rows(self._sql["read_all"], params)
             matched += _matching(page, wanted, prefix)
+            if page:
+                reach = page[-1][POSITION]
             if len(page) < count:
                 await self._watch_horizon()
                 break
-            tx, seq = split_position(page[-1][POSITION])
+            tx, seq = split_position(reach)
             params.update(tx=str(tx), seq=seq)
-        return matched[:count]
+        if len(matched) > count:
+            del matched[count:]  # read again by the next page: the read got this far
+            reach = matched[-1][POSITION]
+        return matched, reach
 
     async def _read_all_pages(
         self, after: int, types: list[str] | None, prefix: str | None, count: int
@@ -1062,13 +1087,39 @@ class AsyncPostgresTransaction:
     ``?`` placeholders (turned into psycopg's ``%s``: write no literal ``?``).
     """
 
-    def __init__(self, store: AsyncPostgresEventStore, conn: AsyncConnection[Any]) -> None:
+    def __init__(
+        self,
+        store: AsyncPostgresEventStore,
+        conn: AsyncConnection[Any],
+        *,
+        pipeline_from: int | None = None,
+    ) -> None:
         self._store = store
         self.connection = conn
+        # Enter psycopg's pipeline mode at this statement of execute (None: never).
+        self._pipeline_from = pipeline_from
+        self._statements = 0
+        self._pipeline: Any = None  # psycopg's pipeline context, while in it
 
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
         """Run ``sql`` (``?`` placeholders) in the transaction."""
+        if self._pipeline is None and self._pipeline_from is not None:
+            self._statements += 1
+            if self._statements >= self._pipeline_from:
+                pipeline = self.connection.pipeline()
+                await pipeline.__aenter__()
+                self._pipeline = pipeline
         return await self.connection.execute(sql.replace("?", "%s"), params)
+
+    async def _end_pipeline(self, error: BaseException | None) -> None:
+        """Leave pipeline mode (sending what is queued) before the transaction ends."""
+        pipeline, self._pipeline = self._pipeline, None
+        if pipeline is None:
+            return
+        if error is None:
+            await pipeline.__aexit__(None, None, None)
+        else:
+            await pipeline.__aexit__(type(error), error, error.__traceback__)
 
     async def append(
         self, stream: str, events: Sequence[object], *, expected: Expected = ANY
