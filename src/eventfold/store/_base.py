@@ -419,7 +419,8 @@ class StoreBase(abc.ABC):
         ``types`` and ``stream_prefix`` filter as in :meth:`read_all`. The
         subscription catches up through ``read_all``, then waits for news:
         PostgreSQL LISTENs for appends, a memory store is woken by them, SQLite
-        checks its newest position with a short back-off (at most every 50 ms).
+        checks its newest position with a short back-off (at most every 50 ms)
+        and is woken at once by commits to its file from the same process.
         A read happens at least every ``poll_interval`` seconds whatever the
         wait says. It runs until the consumer stops iterating (close it to
         release what waiting holds) or until ``stop`` is set: with ``stop``

@@ -110,10 +110,13 @@ def backlog(db: SqliteDatabase, after: int) -> tuple[int, datetime | None]:
 def has_news(db: SqliteDatabase, after: int, seconds: float, start: list[int | None]) -> bool:
     """Poll for news for up to ``seconds``: another connection's commit, or events after
     ``after``. ``start`` keeps the data_version seen first (one cheap statement a poll,
-    backing off from 1 ms to 50 ms; each poll is one translated use of the connection)."""
+    backing off from 1 ms to 50 ms; each poll is one translated use of the connection).
+    A commit to the file from this process cuts the pause short."""
     deadline = time.monotonic() + seconds
     pause = FIRST_POLL
+    commits = db.commits
     while True:
+        seen = commits.count
         with db.reading() as conn:
             (version,) = conn.execute(SQL["data_version"]).fetchone()
             if start[0] is None:
@@ -127,7 +130,7 @@ def has_news(db: SqliteDatabase, after: int, seconds: float, start: list[int | N
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             return False
-        time.sleep(min(pause, remaining))  # a poll interval, not synchronisation
+        commits.wait(seen, min(pause, remaining))  # a poll interval, or a commit here
         pause = next_poll(pause)
 
 

@@ -7,8 +7,8 @@ machine's clock: processes sharing one file share that clock.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import AbstractAsyncContextManager, aclosing
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +24,7 @@ from eventfold.store._checkpoints_async import (
 from eventfold.store._rows import POSITION, decode_rows_lenient
 from eventfold.store._types import Checkpoint, DeadLetter, Holdup
 from eventfold.store.sqlite import _checkpoint_ops as ops
+from eventfold.store.sqlite import _event_ops as event_ops
 
 if TYPE_CHECKING:
     from eventfold.store.sqlite._store_async import AsyncSqliteEventStore
@@ -117,12 +118,43 @@ class AsyncSqliteCheckpoints:
         # the async flavour reads several pages per trip to its thread (a trip
         # costs more than a page's handling saves), the next trip's while the
         # consumer handles these (the sync flavour has nothing to overlap).
+        chunk = size * _PAGES_PER_TRIP if read_ahead and _OVERLAPS else size
+        rows = list(await self._store._read_all_page(after, types, prefix, chunk))
+        async with aclosing(self._pages_from(rows, types, prefix, size, chunk)) as pages:
+            async for page in pages:
+                yield page
+
+    async def pages_with_head(
+        self,
+        after: int,
+        types: list[str] | None,
+        prefix: str | None,
+        size: int,
+        *,
+        read_ahead: bool = False,
+    ) -> AsyncIterator[tuple[list[RecordedEvent], int]]:
+        # The log's head and the first page in one trip to the store's thread:
+        # a live runner's wake costs one trip, not two.
+        chunk = size * _PAGES_PER_TRIP if read_ahead and _OVERLAPS else size
+        head, rows = await self._run(event_ops.head_and_page, self._db, after, types, prefix, chunk)
+        async with aclosing(self._pages_from(rows, types, prefix, size, chunk)) as pages:
+            async for page in pages:
+                yield page, head
+        yield [], head
+
+    async def _pages_from(
+        self,
+        rows: list[Any],
+        types: list[str] | None,
+        prefix: str | None,
+        size: int,
+        chunk: int,
+    ) -> AsyncGenerator[list[RecordedEvent], None]:
+        """Pages of ``size`` from ``rows`` (a read of ``chunk``), then on to the log's end."""
         store: AsyncStoreBase = self._store
         serializer, read = store.serializer, self._store._read_all_page
-        chunk = size * _PAGES_PER_TRIP if read_ahead and _OVERLAPS else size
         ahead = None
         try:
-            rows = await read(after, types, prefix, chunk)
             while rows:
                 full = len(rows) == chunk
                 if full and chunk > size:
@@ -132,9 +164,9 @@ class AsyncSqliteCheckpoints:
                 if not full:
                     return
                 if ahead is not None:
-                    rows, ahead = await ahead, None
+                    rows, ahead = list(await ahead), None
                 else:
-                    rows = await read(rows[-1][POSITION], types, prefix, chunk)
+                    rows = list(await read(rows[-1][POSITION], types, prefix, chunk))
         finally:
             if ahead is not None:
                 await AsyncAhead.cancel(ahead)

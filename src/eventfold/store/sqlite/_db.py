@@ -43,6 +43,7 @@ import os
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
@@ -111,6 +112,45 @@ _TURN_MAX = 0.01
 _CONTENDED_FOR = 1.0
 
 
+class LocalCommits:
+    """The commits to one SQLite file made by the stores of this process.
+
+    SQLite tells no one of a commit: a follower polls. A commit made here
+    wakes this process's pollers at once (other processes' commits are still
+    found by the poll), so a runner beside its writer has no poll delay.
+    """
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self.count = 0  # commits so far (compare with a count seen earlier)
+
+    def committed(self) -> None:
+        with self._changed:
+            self.count += 1
+            self._changed.notify_all()
+
+    def wait(self, seen: int, seconds: float) -> None:
+        """Block up to ``seconds``, or until a commit after ``seen`` (a ``count``)."""
+        with self._changed:
+            self._changed.wait_for(lambda: self.count != seen, seconds)
+
+
+_commits: weakref.WeakValueDictionary[tuple[int, int], LocalCommits]
+_commits = weakref.WeakValueDictionary()
+_commits_lock = threading.Lock()
+
+
+def _local_commits(path: str) -> LocalCommits:
+    """The commits of this process to the file at ``path`` (by its identity, not its name)."""
+    facts = os.stat(path)
+    key = (facts.st_dev, facts.st_ino)
+    with _commits_lock:
+        found = _commits.get(key)
+        if found is None:
+            found = _commits[key] = LocalCommits()
+        return found
+
+
 class SqliteDatabase:
     """Connections to one SQLite file and the store's transactions on it."""
 
@@ -157,8 +197,13 @@ class SqliteDatabase:
         if read_only:
             self._target = f"file:{quote(str(Path(self.path).absolute()))}?mode=ro"
             self._uri = True
+        #: Commits to this file in this process (news for the pollers): the
+        #: file's own once it exists (the stores of one file share it).
+        self.commits = LocalCommits()
         try:
             self._open()
+            if not self.memory:
+                self.commits = _local_commits(self.path)
         except BaseException:
             self.close()  # no connection outlives a failed open
             raise
@@ -536,6 +581,7 @@ class SqliteDatabase:
                 except BaseException:
                     self._rollback(conn)
                     raise
+                self.commits.committed()
             else:
                 self._rollback(conn)
         finally:

@@ -185,6 +185,13 @@ def read_all_page(
         return conn.execute(SQL["read_all_filtered"], (after, types_json, prefix, count)).fetchall()
 
 
+def head_and_page(
+    db: SqliteDatabase, after: int, types: list[str] | None, prefix: str | None, count: int
+) -> tuple[int, list[Row]]:
+    """The log's last position, then up to ``count`` rows after ``after`` (one trip)."""
+    return last_position(db), read_all_page(db, after, types, prefix, count)
+
+
 def stream_info(
     db: SqliteDatabase, stream: str
 ) -> tuple[int, int | None, bytes | None, bytes | None, bytes | None]:

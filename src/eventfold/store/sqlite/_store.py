@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, ParamSpec, TypeVar
@@ -27,12 +28,13 @@ from typing import Any, ParamSpec, TypeVar
 from eventfold._acompat import InlineRunner, Runner
 from eventfold.errors import InvalidRequest
 from eventfold.serialization import Serializer
-from eventfold.store._base import StoreBase
-from eventfold.store._checkpoints import Checkpoints, Transaction
+from eventfold.store._base import StoreBase, Wait
+from eventfold.store._checkpoints import STOP_CHECK, Checkpoints, Transaction
 from eventfold.store._hooks import HookTransaction
 from eventfold.store._rows import EncodedEvent, Row, snapshot_from_row
 from eventfold.store._rules import stream_info_from
 from eventfold.store._types import ANY, AppendResult, Expected, Snapshot, StreamInfo
+from eventfold.store.sqlite import _checkpoint_ops as checkpoint_ops
 from eventfold.store.sqlite import _event_ops as ops
 from eventfold.store.sqlite._checkpoints import SqliteCheckpoints
 from eventfold.store.sqlite._db import Durability, SqliteDatabase
@@ -184,6 +186,24 @@ class SqliteEventStore(StoreBase):
 
     def _last_position(self) -> int:
         return self._run(ops.last_position, self._db)
+
+    @contextmanager
+    def _follow(self) -> Iterator[Wait]:
+        # Polls like the default (backing off from 1 ms to 50 ms), on the store's
+        # thread: a commit to the file from this process ends a pause at once.
+        # In slices of STOP_CHECK: a cancelled wait holds the thread no longer.
+        def wait(after: int, timeout: float) -> bool:
+            start: list[int | None] = [None]
+            deadline = time.monotonic() + timeout
+            while True:
+                remaining = deadline - time.monotonic()
+                seconds = max(min(STOP_CHECK, remaining), 0.0)
+                if self._run(checkpoint_ops.has_news, self._db, after, seconds, start):
+                    return True
+                if remaining <= STOP_CHECK:
+                    return False
+
+        yield wait
 
     def _close(self) -> None:
         # The database first: running reads are interrupted and end with

@@ -20,19 +20,21 @@ from __future__ import annotations
 import asyncio  # unasync: remove
 import os
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager  # unasync: from contextlib import contextmanager
 from typing import Any, ParamSpec, TypeVar
 
 from eventfold._acompat import AsyncInlineRunner, AsyncRunner
 from eventfold.errors import InvalidRequest
 from eventfold.serialization import Serializer
-from eventfold.store._base_async import AsyncStoreBase
-from eventfold.store._checkpoints_async import AsyncCheckpoints, AsyncTransaction
+from eventfold.store._base_async import AsyncStoreBase, Wait
+from eventfold.store._checkpoints_async import STOP_CHECK, AsyncCheckpoints, AsyncTransaction
 from eventfold.store._hooks import AsyncHookTransaction
 from eventfold.store._rows import EncodedEvent, Row, snapshot_from_row
 from eventfold.store._rules import stream_info_from
 from eventfold.store._types import ANY, AppendResult, Expected, Snapshot, StreamInfo
+from eventfold.store.sqlite import _checkpoint_ops as checkpoint_ops
 from eventfold.store.sqlite import _event_ops as ops
 from eventfold.store.sqlite._checkpoints_async import AsyncSqliteCheckpoints
 from eventfold.store.sqlite._db import Durability, SqliteDatabase
@@ -188,6 +190,24 @@ class AsyncSqliteEventStore(AsyncStoreBase):
 
     async def _last_position(self) -> int:
         return await self._run(ops.last_position, self._db)
+
+    @asynccontextmanager  # unasync: @contextmanager
+    async def _follow(self) -> AsyncIterator[Wait]:
+        # Polls like the default (backing off from 1 ms to 50 ms), on the store's
+        # thread: a commit to the file from this process ends a pause at once.
+        # In slices of STOP_CHECK: a cancelled wait holds the thread no longer.
+        async def wait(after: int, timeout: float) -> bool:
+            start: list[int | None] = [None]
+            deadline = time.monotonic() + timeout
+            while True:
+                remaining = deadline - time.monotonic()
+                seconds = max(min(STOP_CHECK, remaining), 0.0)
+                if await self._run(checkpoint_ops.has_news, self._db, after, seconds, start):
+                    return True
+                if remaining <= STOP_CHECK:
+                    return False
+
+        yield wait
 
     async def _close(self) -> None:
         # The database first: running reads are interrupted and end with
