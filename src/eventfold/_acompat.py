@@ -9,10 +9,11 @@ their transaction bodies are plain functions shared by both flavours.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import queue
 import threading
 import time
 from collections.abc import Callable, Coroutine
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ParamSpec, TypeVar
 
 P = ParamSpec("P")
@@ -47,21 +48,87 @@ InlineRunner = Runner
 
 
 class AsyncRunner:
-    """Runs blocking functions on a small private thread pool."""
+    """Runs blocking functions on a small private pool of threads.
+
+    Lighter than an executor's ``run_in_executor`` (a queue, and the result
+    handed back with ``call_soon_threadsafe``): a SQLite store's every read
+    is one trip through it. Threads start as calls need them, up to
+    ``max_workers``; a call whose awaiting task was cancelled before it
+    started is not run.
+    """
 
     def __init__(self, max_workers: int = 4) -> None:
-        self._executor = ThreadPoolExecutor(max_workers, thread_name_prefix="eventfold")
+        self._max_workers = max_workers
+        self._calls: queue.SimpleQueue[_Call | None] = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._idle = 0  # threads waiting for a call
+        self._lock = threading.Lock()
+        self._closed = False
 
     async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Await ``fn(*args, **kwargs)`` run on a worker thread."""
         loop = asyncio.get_running_loop()
-        if kwargs:
-            return await loop.run_in_executor(self._executor, lambda: fn(*args, **kwargs))
-        return await loop.run_in_executor(self._executor, fn, *args)
+        future: asyncio.Future[T] = loop.create_future()
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("cannot run a call after close()")
+            if self._idle:
+                self._idle -= 1
+            elif len(self._threads) < self._max_workers:
+                thread = threading.Thread(
+                    target=self._work, name=f"eventfold-{len(self._threads)}", daemon=True
+                )
+                self._threads.append(thread)
+                thread.start()
+            self._calls.put((loop, future, fn, args, kwargs))
+        return await future
+
+    def _work(self) -> None:
+        while (call := self._calls.get()) is not None:
+            loop, future, fn, args, kwargs = call
+            if not future.cancelled():  # its task gave up before it started
+                try:
+                    result = fn(*args, **kwargs)
+                except BaseException as exc:  # handed to the awaiting task
+                    _hand_back(loop, future, None, exc)
+                else:
+                    _hand_back(loop, future, result, None)
+            with self._lock:
+                self._idle += 1
 
     def close(self) -> None:
         """Stop the worker threads once running calls finish."""
-        self._executor.shutdown(wait=True)
+        with self._lock:
+            self._closed = True
+            threads = list(self._threads)
+        for _ in threads:
+            self._calls.put(None)
+        for thread in threads:
+            if thread is not threading.current_thread():
+                thread.join()
+
+
+#: A call for a worker: the loop and future of its caller, the function, its arguments.
+_Call = tuple[asyncio.AbstractEventLoop, "asyncio.Future[Any]", Callable[..., Any], Any, Any]
+
+
+def _hand_back(
+    loop: asyncio.AbstractEventLoop,
+    future: asyncio.Future[Any],
+    result: Any,
+    error: BaseException | None,
+) -> None:
+    with contextlib.suppress(RuntimeError):  # a closed loop: nobody awaits the result
+        loop.call_soon_threadsafe(_settle, future, result, error)
+
+
+def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if future.cancelled():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
 
 
 class Clock:
