@@ -9,6 +9,7 @@ their transaction bodies are plain functions shared by both flavours.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import queue
 import threading
@@ -27,6 +28,10 @@ class Runner:
         """Call ``fn(*args, **kwargs)``."""
         return fn(*args, **kwargs)
 
+    def call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Call ``fn(*args, **kwargs)`` (the twin of :meth:`AsyncRunner.call`)."""
+        return fn(*args, **kwargs)
+
     def close(self) -> None:
         """Nothing to release."""
 
@@ -40,6 +45,10 @@ class AsyncInlineRunner:
 
     async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Call ``fn(*args, **kwargs)``, blocking the caller."""
+        return fn(*args, **kwargs)
+
+    def call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Call ``fn(*args, **kwargs)``."""
         return fn(*args, **kwargs)
 
 
@@ -69,6 +78,20 @@ class AsyncRunner:
         """Await ``fn(*args, **kwargs)`` run on a worker thread."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
+        self._submit((loop, future, fn, args, kwargs))
+        return await future
+
+    def call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run ``fn(*args, **kwargs)`` on a worker thread and block until it returns.
+
+        For what must happen on a worker's thread (a connection that belongs
+        to it) at a point where the caller cannot await.
+        """
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+        self._submit((None, future, fn, args, kwargs))
+        return future.result()
+
+    def _submit(self, call: _Call) -> None:
         with self._lock:
             if self._closed:
                 raise RuntimeError("cannot run a call after close()")
@@ -80,8 +103,7 @@ class AsyncRunner:
                 )
                 self._threads.append(thread)
                 thread.start()
-            self._calls.put((loop, future, fn, args, kwargs))
-        return await future
+            self._calls.put(call)
 
     def _work(self) -> None:
         while (call := self._calls.get()) is not None:
@@ -89,7 +111,7 @@ class AsyncRunner:
             if not future.cancelled():  # its task gave up before it started
                 try:
                     result = fn(*args, **kwargs)
-                except BaseException as exc:  # handed to the awaiting task
+                except BaseException as exc:  # handed to the caller
                     _hand_back(loop, future, None, exc)
                 else:
                     _hand_back(loop, future, result, None)
@@ -108,21 +130,25 @@ class AsyncRunner:
                 thread.join()
 
 
-#: A call for a worker: the loop and future of its caller, the function, its arguments.
-_Call = tuple[asyncio.AbstractEventLoop, "asyncio.Future[Any]", Callable[..., Any], Any, Any]
+#: A call for a worker: the loop and future of its caller (no loop: a blocked
+#: thread's future), the function, its arguments.
+_Call = tuple[asyncio.AbstractEventLoop | None, Any, Callable[..., Any], Any, Any]
 
 
 def _hand_back(
-    loop: asyncio.AbstractEventLoop,
-    future: asyncio.Future[Any],
+    loop: asyncio.AbstractEventLoop | None,
+    future: Any,
     result: Any,
     error: BaseException | None,
 ) -> None:
+    if loop is None:
+        _settle(future, result, error)
+        return
     with contextlib.suppress(RuntimeError):  # a closed loop: nobody awaits the result
         loop.call_soon_threadsafe(_settle, future, result, error)
 
 
-def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+def _settle(future: Any, result: Any, error: BaseException | None) -> None:
     if future.cancelled():
         return
     if error is not None:

@@ -94,7 +94,9 @@ class ProjectionContext:
         ``?`` becomes ``%s`` there: write no literal ``?``). Under an async
         runner it returns an awaitable: ``await ctx.execute(...)``.
         """
-        if self.transaction is None or self.transaction.connection is None:
+        # Not through ``connection``: reaching for it can begin the transaction
+        # before its first statement would (the async SQLite store's).
+        if self.transaction is None:
             raise InvalidRequest(f"projection {self.projection.name!r} has no SQL connection")
         return self.transaction.execute(sql, params)
 

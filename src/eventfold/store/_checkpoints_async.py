@@ -67,8 +67,10 @@ Stop = asyncio.Event  # unasync: Stop = threading.Event
 class AsyncTransaction(Protocol):
     """Work in one transaction of the store's database (see the module docstring)."""
 
-    #: The driver connection inside the transaction (None for the memory store).
-    connection: Any
+    @property
+    def connection(self) -> Any:
+        """The driver connection inside the transaction (None for the memory store)."""
+        ...
 
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
         """Run ``sql`` (``?`` placeholders on every backend) in the transaction."""

@@ -504,14 +504,19 @@ class SqliteDatabase:
             self.translate.raise_for(exc)
             raise
 
-    def begin_write(self, operation: str = "a transaction") -> Handle:
-        """Take this thread's connection and the write lock, and BEGIN IMMEDIATE."""
+    def begin_write(self, operation: str = "a transaction", handle: Handle | None = None) -> Handle:
+        """Take this thread's connection (or ``handle``) and the write lock, and BEGIN IMMEDIATE.
+
+        ``handle``: another thread's connection, idle while this one uses it
+        (an async transaction begun by the task that reaches for its connection).
+        """
         if self.read_only:
             raise InvalidRequest(
                 f"SQLite store {self.path!r} was opened with read_only=True: "
                 f"{operation} is refused (nothing was written)"
             )
-        handle = self.handle()
+        if handle is None:
+            handle = self.handle()
         polite_until = self._give_turn(handle) if handle.released_at else 0.0
         handle.enter(reading=False)
         try:

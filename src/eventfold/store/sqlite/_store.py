@@ -37,7 +37,7 @@ from eventfold.store._types import ANY, AppendResult, Expected, Snapshot, Stream
 from eventfold.store.sqlite import _checkpoint_ops as checkpoint_ops
 from eventfold.store.sqlite import _event_ops as ops
 from eventfold.store.sqlite._checkpoints import SqliteCheckpoints
-from eventfold.store.sqlite._db import Durability, SqliteDatabase
+from eventfold.store.sqlite._db import Durability, Handle, SqliteDatabase
 from eventfold.store.sqlite._errors import closed_error
 from eventfold.store.sqlite._turns import Turn
 
@@ -86,6 +86,9 @@ class SqliteEventStore(StoreBase):
         # Transactions a caller drives (store.transaction()): begun, used and
         # ended on one thread, as a sqlite3 transaction must be.
         self._tx_runner = Runner()
+        # That thread's connection, once known: a transaction then sends BEGIN with
+        # its first statement (one trip to the thread less). Sync: each thread's own.
+        self._tx_handle: Handle | None = None
         # ...so tasks take turns holding one (threads wait for the write lock).
         self._turn = Turn(self._db.path, busy_timeout)
 
@@ -119,14 +122,22 @@ class SqliteEventStore(StoreBase):
     @contextmanager
     def _transaction(self) -> Iterator[Transaction]:
         with self._turn():
-            handle = self._tx_runner.run(self._db.begin_write, "a transaction")
-            tx = SqliteTransaction(self, handle)
+            known = self._tx_handle
+            if known is None:
+                handle = self._tx_runner.run(self._db.begin_write, "a transaction")
+                if _LAZY_BEGIN:
+                    self._tx_handle = handle
+                tx = SqliteTransaction(self, handle)
+            else:
+                tx = SqliteTransaction(self, known, begun=False)
             try:
                 yield tx
             except BaseException:
-                self._tx_runner.run(self._db.end_write, handle, False)
+                if tx._end():
+                    self._tx_runner.run(tx._finish, False)
                 raise
-            self._tx_runner.run(self._db.end_write, handle, True)
+            if tx._end():  # else nothing was sent: nothing to commit
+                self._tx_runner.run(tx._finish, True)
 
     @contextmanager
     def _transaction_on(self, connection: Any) -> Iterator[Transaction]:
@@ -155,7 +166,7 @@ class SqliteEventStore(StoreBase):
             raise InvalidRequest("a transaction of another store was given to this one")
         if isinstance(tx, HookTransaction):  # inside an append: on its thread already
             return fn(self._db, _HookHandle(tx.connection), *args)
-        return tx._runner.run(fn, self._db, tx._handle, *args)
+        return tx._run(fn, self._db, tx._handle, *args)
 
     def _append(self, stream: str, batch: list[EncodedEvent], expected: Expected) -> AppendResult:
         self._turn.check()
@@ -243,6 +254,15 @@ class SqliteEventStore(StoreBase):
         return self._run(ops.delete_snapshots, self._db, stream, state_type, keep_schema_version)
 
 
+def _nothing() -> None:
+    return None
+
+
+#: Whether a transaction of the store may send BEGIN with its first statement (async:
+#: its thread's connection is known; sync: each thread has its own, begun at once).
+_LAZY_BEGIN = False
+
+
 class SqliteTransaction:
     """A transaction of the SQLite store (see ``StoreBase.transaction``).
 
@@ -252,15 +272,57 @@ class SqliteTransaction:
     on one thread).
     """
 
-    def __init__(self, store: SqliteEventStore, handle: Any, *, runner: Any = None) -> None:
+    def __init__(
+        self, store: SqliteEventStore, handle: Any, *, runner: Any = None, begun: bool = True
+    ) -> None:
         self._store = store
         self._handle = handle
-        self.connection = handle.conn
+        self._conn = handle.conn
         self._runner = store._tx_runner if runner is None else runner
+        #: Whether BEGIN was sent (else it goes with the first statement). Set on
+        #: the transaction's thread: read it there (_finish), where calls run in order.
+        self._begun = begun
+        self._sent = begun  # whether anything was sent to the thread
+        self._ended = False
+
+    def _end(self) -> bool:
+        """The block is over (nothing begins now); whether anything may need ending."""
+        self._ended = True
+        return self._sent
+
+    def _finish(self, commit: bool) -> None:
+        """On the transaction's thread, after every call sent: COMMIT or ROLLBACK if begun
+        (a call whose task was cancelled may still have begun it)."""
+        if self._begun:
+            self._store._db.end_write(self._handle, commit)
+
+    @property
+    def connection(self) -> Any:
+        """The sqlite3 connection inside the transaction."""
+        if not self._begun and not self._ended:
+            # The caller reaches for the connection itself: BEGIN now, on the
+            # transaction's thread (idle: the caller holds the turn), waiting here.
+            self._sent = True
+            self._runner.call(self._begin_then, _nothing)
+        return self._conn
+
+    def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` on the transaction's thread, after BEGIN if not sent yet."""
+        if self._ended:
+            raise InvalidRequest("this transaction has ended: open a new one")
+        if self._begun:
+            return self._runner.run(fn, *args)
+        self._sent = True
+        return self._runner.run(self._begin_then, fn, *args)
+
+    def _begin_then(self, fn: Callable[..., T], *args: Any) -> T:
+        self._store._db.begin_write("a transaction", self._handle)
+        self._begun = True
+        return fn(*args)
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
         """Run ``sql`` (``?`` placeholders) in the transaction."""
-        return self._runner.run(self._store._db.execute_in, self._handle, sql, params)
+        return self._run(self._store._db.execute_in, self._handle, sql, params)
 
     def append(
         self, stream: str, events: Sequence[object], *, expected: Expected = ANY
@@ -269,9 +331,7 @@ class SqliteTransaction:
         store = self._store
         stream, batch, expected = store._checked_append(stream, events, expected)
         inline = store._call_inline if store._inline else None
-        return self._runner.run(
-            ops.append_in, store._db, self._handle, stream, batch, expected, inline
-        )
+        return self._run(ops.append_in, store._db, self._handle, stream, batch, expected, inline)
 
 
 class _HookHandle:

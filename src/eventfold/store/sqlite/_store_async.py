@@ -37,7 +37,7 @@ from eventfold.store._types import ANY, AppendResult, Expected, Snapshot, Stream
 from eventfold.store.sqlite import _checkpoint_ops as checkpoint_ops
 from eventfold.store.sqlite import _event_ops as ops
 from eventfold.store.sqlite._checkpoints_async import AsyncSqliteCheckpoints
-from eventfold.store.sqlite._db import Durability, SqliteDatabase
+from eventfold.store.sqlite._db import Durability, Handle, SqliteDatabase
 from eventfold.store.sqlite._errors import closed_error
 from eventfold.store.sqlite._turns import AsyncTurn
 
@@ -86,6 +86,9 @@ class AsyncSqliteEventStore(AsyncStoreBase):
         # Transactions a caller drives (store.transaction()): begun, used and
         # ended on one thread, as a sqlite3 transaction must be.
         self._tx_runner = AsyncRunner(max_workers=1)  # unasync: self._tx_runner = Runner()
+        # That thread's connection, once known: a transaction then sends BEGIN with
+        # its first statement (one trip to the thread less). Sync: each thread's own.
+        self._tx_handle: Handle | None = None
         # ...so tasks take turns holding one (threads wait for the write lock).
         self._turn = AsyncTurn(self._db.path, busy_timeout)
 
@@ -119,14 +122,22 @@ class AsyncSqliteEventStore(AsyncStoreBase):
     @asynccontextmanager
     async def _transaction(self) -> AsyncIterator[AsyncTransaction]:
         async with self._turn():
-            handle = await self._tx_runner.run(self._db.begin_write, "a transaction")
-            tx = AsyncSqliteTransaction(self, handle)
+            known = self._tx_handle
+            if known is None:
+                handle = await self._tx_runner.run(self._db.begin_write, "a transaction")
+                if _LAZY_BEGIN:
+                    self._tx_handle = handle
+                tx = AsyncSqliteTransaction(self, handle)
+            else:
+                tx = AsyncSqliteTransaction(self, known, begun=False)
             try:
                 yield tx
             except BaseException:
-                await self._tx_runner.run(self._db.end_write, handle, False)
+                if tx._end():
+                    await self._tx_runner.run(tx._finish, False)
                 raise
-            await self._tx_runner.run(self._db.end_write, handle, True)
+            if tx._end():  # else nothing was sent: nothing to commit
+                await self._tx_runner.run(tx._finish, True)
 
     @asynccontextmanager
     async def _transaction_on(self, connection: Any) -> AsyncIterator[AsyncTransaction]:
@@ -155,7 +166,7 @@ class AsyncSqliteEventStore(AsyncStoreBase):
             raise InvalidRequest("a transaction of another store was given to this one")
         if isinstance(tx, AsyncHookTransaction):  # inside an append: on its thread already
             return fn(self._db, _HookHandle(tx.connection), *args)
-        return await tx._runner.run(fn, self._db, tx._handle, *args)
+        return await tx._run(fn, self._db, tx._handle, *args)
 
     async def _append(
         self, stream: str, batch: list[EncodedEvent], expected: Expected
@@ -251,6 +262,15 @@ class AsyncSqliteEventStore(AsyncStoreBase):
         )
 
 
+def _nothing() -> None:
+    return None
+
+
+#: Whether a transaction of the store may send BEGIN with its first statement (async:
+#: its thread's connection is known; sync: each thread has its own, begun at once).
+_LAZY_BEGIN = True  # unasync: _LAZY_BEGIN = False
+
+
 class AsyncSqliteTransaction:
     """A transaction of the SQLite store (see ``AsyncStoreBase.transaction``).
 
@@ -260,15 +280,57 @@ class AsyncSqliteTransaction:
     on one thread).
     """
 
-    def __init__(self, store: AsyncSqliteEventStore, handle: Any, *, runner: Any = None) -> None:
+    def __init__(
+        self, store: AsyncSqliteEventStore, handle: Any, *, runner: Any = None, begun: bool = True
+    ) -> None:
         self._store = store
         self._handle = handle
-        self.connection = handle.conn
+        self._conn = handle.conn
         self._runner = store._tx_runner if runner is None else runner
+        #: Whether BEGIN was sent (else it goes with the first statement). Set on
+        #: the transaction's thread: read it there (_finish), where calls run in order.
+        self._begun = begun
+        self._sent = begun  # whether anything was sent to the thread
+        self._ended = False
+
+    def _end(self) -> bool:
+        """The block is over (nothing begins now); whether anything may need ending."""
+        self._ended = True
+        return self._sent
+
+    def _finish(self, commit: bool) -> None:
+        """On the transaction's thread, after every call sent: COMMIT or ROLLBACK if begun
+        (a call whose task was cancelled may still have begun it)."""
+        if self._begun:
+            self._store._db.end_write(self._handle, commit)
+
+    @property
+    def connection(self) -> Any:
+        """The sqlite3 connection inside the transaction."""
+        if not self._begun and not self._ended:
+            # The caller reaches for the connection itself: BEGIN now, on the
+            # transaction's thread (idle: the caller holds the turn), waiting here.
+            self._sent = True
+            self._runner.call(self._begin_then, _nothing)
+        return self._conn
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` on the transaction's thread, after BEGIN if not sent yet."""
+        if self._ended:
+            raise InvalidRequest("this transaction has ended: open a new one")
+        if self._begun:
+            return await self._runner.run(fn, *args)
+        self._sent = True
+        return await self._runner.run(self._begin_then, fn, *args)
+
+    def _begin_then(self, fn: Callable[..., T], *args: Any) -> T:
+        self._store._db.begin_write("a transaction", self._handle)
+        self._begun = True
+        return fn(*args)
 
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
         """Run ``sql`` (``?`` placeholders) in the transaction."""
-        return await self._runner.run(self._store._db.execute_in, self._handle, sql, params)
+        return await self._run(self._store._db.execute_in, self._handle, sql, params)
 
     async def append(
         self, stream: str, events: Sequence[object], *, expected: Expected = ANY
@@ -277,7 +339,7 @@ class AsyncSqliteTransaction:
         store = self._store
         stream, batch, expected = store._checked_append(stream, events, expected)
         inline = store._call_inline if store._inline else None
-        return await self._runner.run(
+        return await self._run(
             ops.append_in, store._db, self._handle, stream, batch, expected, inline
         )
 
