@@ -593,3 +593,25 @@ async def test_async_handler_expected_version_and_key_reuse(tmp_path: Path, back
         with pytest.raises(InvalidRequest):
             await handler.handle("w", Debit(1), expected_version=-1)
         assert (await handler.load("w")).state == 70
+
+
+def test_pydantic_commands_have_a_digest_so_a_reused_key_is_caught(
+    store: MemoryEventStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    pydantic = pytest.importorskip("pydantic")
+
+    class Pay(pydantic.BaseModel):  # type: ignore[name-defined,misc]
+        amount: int
+
+    def decide(command: Pay, balance: int) -> list[Event]:
+        return [Debited(amount=command.amount)]
+
+    handler = CommandHandler(store, Decider(decide, evolve, int))
+    assert command_digest(Pay(amount=5)) == command_digest(Pay(amount=5))
+    assert command_digest(Pay(amount=5)) != command_digest(Pay(amount=6))
+    first = handler.handle("p", Pay(amount=5), idempotency_key="pay-1")
+    assert handler.handle("p", Pay(amount=5), idempotency_key="pay-1").replayed
+    with pytest.raises(IdempotencyKeyReused):
+        handler.handle("p", Pay(amount=6), idempotency_key="pay-1")
+    assert [e.data for e in store.read("p")] == list(first.events)
+    assert "no digest" not in caplog.text

@@ -17,12 +17,19 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import sys
 from collections.abc import Mapping
 from typing import Any
 
 import msgspec
 
-__all__ = ["first_difference", "join_path", "locate_encode_error", "split_validation_error"]
+__all__ = [
+    "first_difference",
+    "is_pydantic_model",
+    "join_path",
+    "locate_encode_error",
+    "split_validation_error",
+]
 
 _ENCODER = msgspec.json.Encoder()
 # msgspec ends a validation message with the path of the offending value.
@@ -60,12 +67,21 @@ def _short(value: Any) -> str:
 
 
 def _fields(value: Any) -> list[str] | None:
-    """The field names of a struct or dataclass instance (None for other values)."""
+    """The field names of a struct, dataclass or pydantic model instance (else None)."""
     if isinstance(value, msgspec.Struct):
         return list(value.__struct_fields__)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return [f.name for f in dataclasses.fields(value)]
+    if is_pydantic_model(type(value)):
+        return list(type(value).model_fields)
     return None
+
+
+def is_pydantic_model(cls: Any) -> bool:
+    """Whether ``cls`` is a pydantic model class (never imports pydantic)."""
+    pydantic = sys.modules.get("pydantic")
+    base = getattr(pydantic, "BaseModel", None)
+    return base is not None and isinstance(cls, type) and issubclass(cls, base)
 
 
 def _float_problem(value: float) -> str | None:

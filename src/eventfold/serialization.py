@@ -9,6 +9,8 @@ class, so an event stored as v1 is read as v3 without rewriting stored data.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import sys
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
@@ -16,7 +18,12 @@ from typing import Any, Literal, NoReturn, TypeVar
 
 import msgspec
 
-from eventfold._roundtrip import first_difference, locate_encode_error, split_validation_error
+from eventfold._roundtrip import (
+    first_difference,
+    is_pydantic_model,
+    locate_encode_error,
+    split_validation_error,
+)
 from eventfold.errors import (
     ConfigurationError,
     InvalidEvent,
@@ -41,24 +48,56 @@ EMPTY_METADATA: Mapping[str, Any] = MappingProxyType({})
 
 class _TypeInfo:
     """One registered event type. The decoder is built on first use: a Struct
-    class is not complete yet while ``__init_subclass__`` registers it."""
+    class is not complete yet while ``__init_subclass__`` registers it.
 
-    __slots__ = ("_decoder", "cls", "decode", "name", "version")
+    msgspec Structs and dataclasses go through msgspec; a pydantic model
+    through its own validator and serializer, its errors raised as msgspec's
+    (so every caller handles one kind).
+    """
+
+    __slots__ = ("cls", "convert", "decode", "encode", "name", "version")
 
     def __init__(self, cls: type[Any], name: str, version: int) -> None:
         self.cls = cls
         self.name = name
         self.version = version
-        self._decoder: msgspec.json.Decoder[Any] | None = None
         #: The typed decode function once built (the write path's hot lookup).
         self.decode: Callable[[bytes], Any] | None = None
+        #: Event object -> JSON bytes.
+        self.encode: Callable[[Any], bytes] = _JSON_ENCODER.encode
+        #: Upcasted payload (a dict) -> event object.
+        self.convert: Callable[[dict[str, Any]], Any] = self._convert
+        if is_pydantic_model(cls):
+            # No warnings: a value not of its field's type is refused (and named)
+            # by the read-back check, as for a Struct.
+            self.encode = functools.partial(cls.__pydantic_serializer__.to_json, warnings=False)
+            self.decode = _pydantic_errors(cls.model_validate_json)
+            self.convert = _pydantic_errors(cls.model_validate)
 
     @property
-    def decoder(self) -> msgspec.json.Decoder[Any]:
-        if self._decoder is None:
-            self._decoder = msgspec.json.Decoder(self.cls)
-            self.decode = self._decoder.decode
-        return self._decoder
+    def decoder(self) -> Callable[[bytes], Any]:
+        """The typed decode function (raises msgspec's errors)."""
+        if self.decode is None:
+            self.decode = msgspec.json.Decoder(self.cls).decode
+        return self.decode
+
+    def _convert(self, payload: dict[str, Any]) -> Any:
+        return msgspec.convert(payload, self.cls)
+
+
+def _pydantic_errors(validate: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """``validate`` raising pydantic's ValidationError as msgspec's (with its path)."""
+    error = sys.modules["pydantic"].ValidationError
+
+    def checked(value: Any) -> Any:
+        try:
+            return validate(value)
+        except error as exc:
+            first = exc.errors()[0]
+            where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in first["loc"])
+            raise msgspec.ValidationError(f"{first['msg']} - at `${where}`") from exc
+
+    return checked
 
 
 #: Classes that are not event types though they are Structs, with the reason
@@ -67,7 +106,9 @@ NOT_EVENT_TYPES: dict[type[Any], str] = {}
 
 
 def _is_event_class(cls: type[Any]) -> bool:
-    return issubclass(cls, msgspec.Struct) or dataclasses.is_dataclass(cls)
+    return (
+        issubclass(cls, msgspec.Struct) or dataclasses.is_dataclass(cls) or is_pydantic_model(cls)
+    )
 
 
 class TypeRegistry:
@@ -103,7 +144,7 @@ class TypeRegistry:
         if not _is_event_class(cls):
             raise ConfigurationError(
                 f"{cls.__qualname__} cannot be an event type: use a msgspec.Struct "
-                "(eventfold.Event) or a dataclass"
+                "(eventfold.Event), a dataclass or a pydantic model"
             )
         type_name = name or getattr(cls, "__event_type__", None) or cls.__name__
         schema_version = version or getattr(cls, "__event_version__", 1)
@@ -278,10 +319,10 @@ class Serializer:
             except ConfigurationError as exc:
                 raise InvalidEvent(cls.__qualname__, "", str(exc)) from exc
         try:
-            data = _JSON_ENCODER.encode(event)
-        except _ENCODE_ERRORS as exc:
+            data = info.encode(event)
+        except _ENCODE_ERRORS as exc:  # pydantic's serialization errors are ValueErrors
             raise InvalidEvent(info.name, locate_encode_error(event), _encode_problem(exc)) from exc
-        decode = info.decode or info.decoder.decode
+        decode = info.decoder
         try:
             restored = decode(data)
         except msgspec.ValidationError as exc:
@@ -332,7 +373,7 @@ class Serializer:
             raise
         try:
             if schema_version == info.version and info.name == name:
-                decode = info.decoder.decode
+                decode = info.decoder
                 self.registry.decoders[(name, schema_version)] = decode
                 return decode(data)
             payload = _decode_json(data, f"stored {name} event")
@@ -342,7 +383,7 @@ class Serializer:
                     f"object but {type(payload).__name__}"
                 )
             payload = self.registry.upcast(name, payload, schema_version, info.version, stream)
-            return msgspec.convert(payload, info.cls)
+            return info.convert(payload)
         except msgspec.ValidationError as exc:
             raise SerializationError(
                 f"stored {name} event (schema version {schema_version}) "

@@ -10,6 +10,7 @@ from typing import Any, Generic, TypeVar
 
 import msgspec
 
+from eventfold._roundtrip import is_pydantic_model
 from eventfold.decider import Loaded
 from eventfold.errors import IdempotencyKeyReused, InvalidRequest
 from eventfold.events import RecordedEvent
@@ -86,11 +87,13 @@ def command_digest(command: object) -> str | None:
     ``handle``.
     """
     cls = type(command)
-    is_data = isinstance(command, msgspec.Struct) or dataclasses.is_dataclass(command)
+    pydantic = is_pydantic_model(cls)
+    is_data = isinstance(command, msgspec.Struct) or dataclasses.is_dataclass(command) or pydantic
     if callable(command) and not is_data:
         return None
     try:
-        canonical = _CANONICAL.encode([f"{cls.__module__}.{cls.__qualname__}", command])
+        fields = command.model_dump(mode="json") if pydantic else command  # type: ignore[attr-defined]
+        canonical = _CANONICAL.encode([f"{cls.__module__}.{cls.__qualname__}", fields])
     except (TypeError, ValueError) as exc:
         if cls not in _undigestable_warned:
             _undigestable_warned.add(cls)

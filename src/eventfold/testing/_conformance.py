@@ -356,6 +356,52 @@ class EventStoreSuite:
         for part in ("eventfold.testing.Received", "schema version 1", "acc-8", "KeyError"):
             assert part in str(error)
 
+    def test_pydantic_models_are_events_like_the_others(self, store: EventStore) -> None:
+        models = pytest.importorskip("eventfold.testing._pydantic_events")  # eventfold[pydantic]
+        at = datetime(2026, 12, 3, 9, 30, tzinfo=UTC)
+        parcels = (models.Parcel(weight=2.5), models.Parcel(weight=1.0))
+        shipped = models.Shipped(order="o-1", carrier="post", at=at, parcels=parcels)
+        result = store.append("order-1", [shipped])  # no registration: on first use
+        (event,) = collect(store.read("order-1"))
+        assert event.data == shipped and type(event.data) is models.Shipped
+        assert (event.type, event.schema_version) == ("eventfold.testing.Shipped", 2)
+        assert event.position == result.position
+        # Validated at append like a Struct: refused with the field named, nothing stored.
+        nan = models.Shipped(
+            order="o-2", carrier="post", at=at, parcels=(models.Parcel(weight=float("nan")),)
+        )
+        self._refused(store, [nan], "parcels[0].weight")
+        wrong = models.Shipped.model_construct(order=2, carrier="post", at=at, parcels=())
+        self._refused(store, [wrong], "order")
+
+    def test_pydantic_models_are_upcast_like_the_others(self, store: EventStore) -> None:
+        models = pytest.importorskip("eventfold.testing._pydantic_events")
+        at = datetime(2026, 12, 3, 9, 30, tzinfo=UTC)
+        old = TypeRegistry()
+        old.register(models.ShippedV1, name="eventfold.testing.Shipped", version=1)
+        store.serializer = Serializer(old)
+        store.append("order-2", [models.ShippedV1(order="o-2", at=at)])
+        new = TypeRegistry()
+        new.register(models.Shipped)
+
+        @new.upcaster("eventfold.testing.Shipped", 1)
+        def add_carrier(payload: dict[str, Any]) -> dict[str, Any]:
+            return {**payload, "carrier": "unknown"}
+
+        store.serializer = Serializer(new)
+        (event,) = collect(store.read("order-2"))
+        assert event.data == models.Shipped(order="o-2", carrier="unknown", at=at)
+        assert event.schema_version == 1  # as stored: nothing was rewritten
+
+        @new.upcaster("eventfold.testing.Shipped", 1)
+        def broken(payload: dict[str, Any]) -> dict[str, Any]:
+            return {**payload, "carrier": 5}  # not a str: the model refuses it
+
+        store.serializer = Serializer(new)
+        with pytest.raises(SerializationError) as info:
+            collect(store.read("order-2"))
+        assert "carrier" in str(info.value) and "order-2" in str(info.value)
+
     def test_unknown_event_type_on_read(self, store: EventStore) -> None:
         store.append("acc-9", deposits(1))
         store.serializer = Serializer(TypeRegistry())
