@@ -17,6 +17,7 @@ PAGES = [
     "corrections.md",
     "projections.md",
     "sqlite.md",
+    "testing.md",
 ]
 
 

@@ -10,9 +10,7 @@ registered on first append, or explicitly with :func:`eventfold.event_type`.
 
 from __future__ import annotations
 
-import os
 import threading
-import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, ClassVar
@@ -20,6 +18,7 @@ from uuid import UUID, SafeUUID
 
 import msgspec
 
+from eventfold._clock import now_ns, random_bytes
 from eventfold.serialization import NOT_EVENT_TYPES, default_registry
 
 __all__ = [
@@ -52,6 +51,13 @@ _set_attr = object.__setattr__
 _UNKNOWN_SAFETY = SafeUUID.unknown
 
 
+def restart_ids() -> None:
+    """Forget the last id made and the random bytes drawn (a test clock starts over)."""
+    global _uuid7_last, _random_at
+    with _uuid7_lock:
+        _uuid7_last, _random_at = 0, _RANDOM_CHUNK
+
+
 def uuid_from_int(value: int) -> UUID:
     """Build a UUID from a 128-bit int without ``UUID.__init__``'s argument checks."""
     result: UUID = _new_uuid(UUID)
@@ -67,13 +73,13 @@ def uuid_from_bytes(data: bytes) -> UUID:
 
 def _uuid7_int() -> int:
     global _uuid7_last, _random_pool, _random_at  # noqa: PLW0603 - process-wide clock
-    ns = time.time_ns()
+    ns = now_ns()
     ms, sub_ms = divmod(ns, 1_000_000)
     # 12 bits of sub-millisecond precision (RFC 9562 method 3) then 62 random bits.
     time_bits = (ms << 80) | (((sub_ms * 4096) // 1_000_000) << 64) | _VERSION_VARIANT
     with _uuid7_lock:
         if _random_at == _RANDOM_CHUNK:
-            _random_pool, _random_at = os.urandom(_RANDOM_CHUNK), 0
+            _random_pool, _random_at = random_bytes(_RANDOM_CHUNK), 0
         rand_b = int.from_bytes(_random_pool[_random_at : _random_at + 8]) & _RAND_B_MASK
         _random_at += 8
         value = time_bits | rand_b

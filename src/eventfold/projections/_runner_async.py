@@ -19,13 +19,13 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, TypeAlias
 
 from eventfold import telemetry
 from eventfold._acompat import AsyncClock
 from eventfold._checks import check_bool, check_seconds
-from eventfold._clock import us_to_datetime
+from eventfold._clock import now_us, us_to_datetime
 from eventfold._logs import fields
 from eventfold.errors import (
     ConfigurationError,
@@ -137,7 +137,7 @@ async def async_status_of(
 ) -> ProjectionStatus:
     """The status of projection ``name`` at ``position``: lag from the store, the rest given."""
     lag, oldest = await checkpoints.backlog(position)
-    age = (datetime.now(UTC) - oldest).total_seconds() if oldest is not None else 0.0
+    age = (us_to_datetime(now_us()) - oldest).total_seconds() if oldest is not None else 0.0
     return ProjectionStatus(
         name,
         position,

@@ -1,4 +1,10 @@
-"""Test helpers: given/when/then for deciders and the event store conformance suite.
+"""Test helpers: given/when/then, a controlled clock, and the conformance suites.
+
+``DeciderSpec`` (deciders and aggregates), ``ProjectionSpec`` (given events,
+then the read model) and ``ProcessSpec`` (given events, then the commands a
+process manager sends); ``ManualClock`` for times and ids that are the same
+on every run. The pytest plugin (``eventfold.testing.plugin``, loaded by
+pytest when eventfold is installed) adds store and clock fixtures.
 
 Run the conformance suite against any backend, including your own, by
 subclassing and providing one ``store`` fixture (``CheckpointsSuite`` checks
@@ -25,8 +31,9 @@ from eventfold.testing._lifecycle import EventStoreLifecycleSuite
 from eventfold.testing._lifecycle_async import AsyncEventStoreLifecycleSuite
 from eventfold.testing._projections import ProjectionsSuite
 from eventfold.testing._projections_async import AsyncProjectionsSuite
+from eventfold.testing.clock import ManualClock
 from eventfold.testing.concurrency import EventStoreConcurrencySuite, follow_log, run_threads
-from eventfold.testing.scenario import DeciderSpec
+from eventfold.testing.scenario import DeciderSpec, ProcessSpec, ProjectionSpec
 
 __all__ = [
     "AsyncCheckpointsSuite",
@@ -38,6 +45,9 @@ __all__ = [
     "EventStoreConcurrencySuite",
     "EventStoreLifecycleSuite",
     "EventStoreSuite",
+    "ManualClock",
+    "ProcessSpec",
+    "ProjectionSpec",
     "ProjectionsSuite",
     "follow_log",
     "run_threads",
