@@ -60,11 +60,14 @@ PUBLIC_MODULES = [
     "eventfold.projections",
     "eventfold.serialization",
     "eventfold.snapshots",
+    "eventfold.starlette",
     "eventfold.store",
     "eventfold.store.memory",
     "eventfold.store.postgres",
     "eventfold.store.sqlite",
     "eventfold.testing",
+    "eventfold.testing.clock",
+    "eventfold.testing.plugin",
 ]
 
 
