@@ -236,3 +236,23 @@ def test_without_starlette_the_import_says_what_to_install() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "pip install 'eventfold[starlette]'" in out.stdout
+
+
+@pytest.mark.asyncio
+async def test_a_runner_stuck_past_the_stop_timeout_is_cancelled_and_said(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    gate = Gate()
+    app, web = make_app(gate, {})
+    web.stop_timeout = 0.2
+    before = set(asyncio.all_tasks())
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://shop") as client:
+            gate.release.clear()  # the handler never finishes on its own
+            await client.post("/deposit")
+            await asyncio.wait_for(gate.entered.wait(), 10)
+    assert set(asyncio.all_tasks()) - before <= {asyncio.current_task()}
+    (record,) = [r for r in caplog.records if r.name == "eventfold.starlette"]
+    assert "gated" in record.getMessage() and "cancelled" in record.getMessage()
+    assert record.projection == "gated"  # type: ignore[attr-defined]

@@ -41,6 +41,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
+from eventfold._logs import fields
 from eventfold.commands import AsyncCommandHandler, CommandResult
 from eventfold.errors import (
     ConcurrencyError,
@@ -203,23 +204,29 @@ class Eventfold:
                 self.runners.clear()
 
     async def _stop_runners(self) -> None:
-        tasks = list(self._tasks.values())
+        names = {task: name for name, task in self._tasks.items()}
         self._tasks.clear()
-        if not tasks:
+        if not names:
             return
-        done, pending = await asyncio.wait(tasks, timeout=self.stop_timeout)
+        done, pending = await asyncio.wait(names, timeout=self.stop_timeout)
         for task in pending:  # a handler stuck beyond the timeout: cancel it
             logger.warning(
-                "%s did not stop within %.0f s of shutdown: cancelled",
-                task.get_name(),
+                "projection %s did not stop within %.0f s of shutdown: cancelled",
+                names[task],
                 self.stop_timeout,
+                extra=fields(projection=names[task]),
             )
             task.cancel()
         if pending:
             await asyncio.wait(pending)
         for task in done:
             if not task.cancelled() and task.exception() is not None:
-                logger.error("%s ended with %r", task.get_name(), task.exception())
+                logger.error(
+                    "projection %s ended with %r",
+                    names[task],
+                    task.exception(),
+                    extra=fields(projection=names[task]),
+                )
 
     # -- requests and responses -----------------------------------------------------------
 
