@@ -18,6 +18,7 @@ PAGES = [
     "projections.md",
     "sqlite.md",
     "testing.md",
+    "sqlalchemy.md",
 ]
 
 

@@ -60,6 +60,7 @@ PUBLIC_MODULES = [
     "eventfold.projections",
     "eventfold.serialization",
     "eventfold.snapshots",
+    "eventfold.sqlalchemy",
     "eventfold.starlette",
     "eventfold.store",
     "eventfold.store.memory",
