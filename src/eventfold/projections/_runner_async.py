@@ -196,6 +196,8 @@ class AsyncProjectionRunner:
         #: and a stop is noticed within it.
         self.max_batch_seconds = max_batch_seconds
         self._checkpoints: AsyncCheckpoints = async_checkpoints_of(store)
+        # Optional on checkpoints: where this process's runners moved them (LocalPositions).
+        self._local: Any = getattr(self._checkpoints, "local_positions", None)
         self._memory_position = 0  # for in-memory projections
         self._position: int | None = None  # the stored checkpoint, as last read or written
         self._set_up = False
@@ -278,6 +280,7 @@ class AsyncProjectionRunner:
             # The stored checkpoint may be ahead of the one tracked here (a
             # commit whose answer was lost): take the lease and read it again.
             self._lease_until = 0.0
+            self._let_go()
             raise
 
     async def _pages_until_end(
@@ -367,6 +370,7 @@ class AsyncProjectionRunner:
             )
             if self._standby:
                 self._lease_until = 0.0
+                self._let_go()
                 return False
             self._lease_until = time.monotonic() + self.lease_seconds
             # Read the checkpoint when the lease is taken: another runner may have
@@ -551,6 +555,7 @@ class AsyncProjectionRunner:
         """
         if not self.projection.in_memory:
             self._lease_until = 0.0
+            self._let_go()
             await self._checkpoints.release(self.projection.name, self.owner)
 
     async def reset(self, *, wait: float = 0.0, replay_effects: bool = False) -> None:
@@ -588,6 +593,7 @@ class AsyncProjectionRunner:
             return
         check_seconds("wait", wait, allow_zero=True)
         await self._take_lease(wait)
+        self._let_go()  # the read model goes: no wait may trust the old position
         try:
             async with self._checkpoints.transaction() as tx:
                 if projection.teardown is not None:
@@ -744,7 +750,7 @@ class AsyncProjectionRunner:
         with telemetry.batch("eventfold.projection.batch", first, name, links=events) as current:
             count = await self._commit_in(events)
             telemetry.set_attributes(current, {"messaging.batch.message_count": count})
-        self._position = events[count - 1].position
+        self._moved(events[count - 1].position)
         self._last_error = None
         telemetry.lag(name, events[count - 1].recorded_at)
         return count
@@ -786,7 +792,7 @@ class AsyncProjectionRunner:
             return
         async with self._checkpoints.transaction() as tx:
             await self._advance(tx, head)
-        self._position = head
+        self._moved(head)
 
     async def _advance(self, tx: AsyncTransaction, position: int) -> None:
         """Move the stored checkpoint in transaction ``tx``, if the lease is still ours."""
@@ -809,8 +815,20 @@ class AsyncProjectionRunner:
         """
         return self._lease_until - time.monotonic() > self.lease_seconds / 2
 
+    def _moved(self, position: int) -> None:
+        """The stored checkpoint is at ``position``, committed: tell this process's waits."""
+        self._position = position
+        if self._local is not None:
+            self._local.moved(self.projection.name, self.owner, position, self._lease_until)
+
+    def _let_go(self) -> None:
+        """This runner may not hold the lease: waits look in the database again."""
+        if self._local is not None:
+            self._local.let_go(self.projection.name, self.owner)
+
     def _lease_lost(self) -> LeaseLost:
         self._lease_until = 0.0
+        self._let_go()
         return LeaseLost(f"projection {self.projection.name!r}: another runner took over")
 
     async def _handle_in_memory(self, page: list[RecordedEvent]) -> None:
@@ -937,7 +955,7 @@ class AsyncProjectionRunner:
         telemetry.lag(projection.name, event.recorded_at)
         async with checkpoints.transaction() as tx:
             await self._advance(tx, event.position)
-        self._position = event.position
+        self._moved(event.position)
         self._last_error = None
 
     async def _skip(self, event: RecordedEvent, error: BaseException) -> None:
@@ -954,3 +972,5 @@ class AsyncProjectionRunner:
             else:
                 await self._advance(tx, event.position)
                 self._position = event.position
+        if not projection.in_memory:
+            self._moved(event.position)

@@ -177,6 +177,9 @@ class Checkpoints(Protocol):
         read, those the filters skip included; the last item may be an empty
         page). A runner on checkpoints that have it reads no head of the log
         before its pages: the PostgreSQL store's save a round trip per wake.
+        Also optional: ``local_positions`` (a ``LocalPositions``), told by this
+        process's runners of each committed move while they hold the lease,
+        for ``wait_for`` to use before the database.
         """
         ...
 

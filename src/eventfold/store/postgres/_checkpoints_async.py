@@ -8,6 +8,7 @@ has run out. A runner's wait for news LISTENs on the store's channel.
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, aclosing
 from datetime import datetime
@@ -23,6 +24,7 @@ from eventfold.store._checkpoints_async import (
     async_wait_for_checkpoint,
     async_wait_in_slices,
 )
+from eventfold.store._local import LocalPositions
 from eventfold.store._rows import dead_letters_from_rows, decode_rows_lenient
 from eventfold.store._types import Checkpoint, DeadLetter, Holdup
 from eventfold.store.postgres._errors import translate_errors
@@ -44,6 +46,8 @@ class AsyncPostgresCheckpoints:
         self._sql = store._sql
         self._errors = translate_errors(store.schema)
         self._listener: Any = None
+        #: Where this process's runners moved their checkpoints (waits use it first).
+        self.local_positions = LocalPositions()
 
     def transaction(self) -> AbstractAsyncContextManager[AsyncTransaction]:
         # Pipeline mode sends a batch's statements without waiting for each
@@ -162,6 +166,12 @@ class AsyncPostgresCheckpoints:
         # LISTEN and the first look share a round trip (a pipeline): a move
         # after the LISTEN is announced, one before it is seen by the look.
         check_wait(name, position, timeout)
+        # A runner of this store holding the lease says when it has passed: no round trip.
+        deadline = time.monotonic() + timeout
+        found = await self.local_positions.async_wait(name, position, timeout)
+        if found is not None:
+            return found
+        timeout = max(deadline - time.monotonic(), 0.0)
         params = {"name": name}
         with self._errors:
             async with self._store._connection() as conn:

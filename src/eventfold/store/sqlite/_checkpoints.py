@@ -8,12 +8,14 @@ machine's clock: processes sharing one file share that clock.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Generator, Iterator
 from contextlib import AbstractContextManager, closing
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from eventfold._acompat import Ahead
+from eventfold._checks import check_wait
 from eventfold.events import RecordedEvent
 from eventfold.store._base import StoreBase
 from eventfold.store._checkpoints import (
@@ -22,6 +24,7 @@ from eventfold.store._checkpoints import (
     poll_checkpoint,
     wait_in_slices,
 )
+from eventfold.store._local import LocalPositions
 from eventfold.store._rows import POSITION, decode_rows_lenient
 from eventfold.store._types import Checkpoint, DeadLetter, Holdup
 from eventfold.store.sqlite import _checkpoint_ops as ops
@@ -47,6 +50,8 @@ class SqliteCheckpoints:
         self._store = store
         self._db = store._db
         self._run = store._runner.run
+        #: Where this process's runners moved their checkpoints (waits use it first).
+        self.local_positions = LocalPositions()
 
     def transaction(self) -> AbstractContextManager[Transaction]:
         return self._store.transaction()
@@ -98,9 +103,16 @@ class SqliteCheckpoints:
         wait_in_slices(stop, timeout, step)
 
     def wait_for(self, name: str, position: int, timeout: float) -> int:
-        # A poll of the checkpoint is one indexed read, as cheap as SQLite's
-        # own change signal (PRAGMA data_version, also a poll): poll it.
-        return poll_checkpoint(self, name, position, timeout)
+        # A runner of this store holding the lease says when it has passed; else
+        # a poll of the checkpoint is one indexed read, as cheap as SQLite's own
+        # change signal (PRAGMA data_version, also a poll): poll it.
+        check_wait(name, position, timeout)
+        deadline = time.monotonic() + timeout
+        found = self.local_positions.wait(name, position, timeout)
+        if found is not None:
+            return found
+        remaining = max(deadline - time.monotonic(), 0.0)
+        return poll_checkpoint(self, name, position, remaining)
 
     def pages(
         self,

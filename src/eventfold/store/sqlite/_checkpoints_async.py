@@ -7,12 +7,14 @@ machine's clock: processes sharing one file share that clock.
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import AbstractAsyncContextManager, aclosing
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from eventfold._acompat import AsyncAhead
+from eventfold._checks import check_wait
 from eventfold.events import RecordedEvent
 from eventfold.store._base_async import AsyncStoreBase
 from eventfold.store._checkpoints_async import (
@@ -21,6 +23,7 @@ from eventfold.store._checkpoints_async import (
     async_poll_checkpoint,
     async_wait_in_slices,
 )
+from eventfold.store._local import LocalPositions
 from eventfold.store._rows import POSITION, decode_rows_lenient
 from eventfold.store._types import Checkpoint, DeadLetter, Holdup
 from eventfold.store.sqlite import _checkpoint_ops as ops
@@ -46,6 +49,8 @@ class AsyncSqliteCheckpoints:
         self._store = store
         self._db = store._db
         self._run = store._runner.run
+        #: Where this process's runners moved their checkpoints (waits use it first).
+        self.local_positions = LocalPositions()
 
     def transaction(self) -> AbstractAsyncContextManager[AsyncTransaction]:
         return self._store.transaction()
@@ -101,9 +106,16 @@ class AsyncSqliteCheckpoints:
         await async_wait_in_slices(stop, timeout, step)
 
     async def wait_for(self, name: str, position: int, timeout: float) -> int:
-        # A poll of the checkpoint is one indexed read, as cheap as SQLite's
-        # own change signal (PRAGMA data_version, also a poll): poll it.
-        return await async_poll_checkpoint(self, name, position, timeout)
+        # A runner of this store holding the lease says when it has passed; else
+        # a poll of the checkpoint is one indexed read, as cheap as SQLite's own
+        # change signal (PRAGMA data_version, also a poll): poll it.
+        check_wait(name, position, timeout)
+        deadline = time.monotonic() + timeout
+        found = await self.local_positions.async_wait(name, position, timeout)
+        if found is not None:
+            return found
+        remaining = max(deadline - time.monotonic(), 0.0)
+        return await async_poll_checkpoint(self, name, position, remaining)
 
     async def pages(
         self,
