@@ -20,7 +20,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from eventfold import AsyncCommandHandler, CommandHandler, Decider, RecordedEvent
 from eventfold.projections import Projection, ProjectionContext, ProjectionRunner
-from eventfold.sqlalchemy import async_transaction, execute, transaction
+from eventfold.sqlalchemy import async_transaction, execute, store_tables, transaction
 from eventfold.store import EventStore
 from eventfold.store.postgres import AsyncPostgresEventStore, PostgresEventStore, migrate
 from eventfold.store.sqlite import SqliteEventStore
@@ -64,6 +64,7 @@ class Site:
     store: EventStore
     async_url: str | None = None
     schema: str | None = None
+    url: str | None = None  # PostgreSQL, without the search path
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -83,7 +84,7 @@ def site(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Site]:
         engine = sa.create_engine(
             "postgresql+psycopg://", creator=lambda: psycopg.connect(conninfo)
         )
-        found = Site(engine, store, async_url=conninfo, schema=schema)
+        found = Site(engine, store, async_url=conninfo, schema=schema, url=url)
     Base.metadata.create_all(engine)
     metadata.create_all(engine)
     try:
@@ -184,3 +185,39 @@ def test_execute_refuses_a_store_without_sql() -> None:
         target: Any = tx
         with pytest.raises(InvalidRequest, match="SQL"):
             execute(target, sa.select(totals))
+
+
+def autogenerate_diff(site: Site, metadata: sa.MetaData) -> list[Any]:
+    """What Alembic's autogenerate would propose for the store's database."""
+    from alembic.autogenerate import compare_metadata  # noqa: PLC0415
+    from alembic.migration import MigrationContext  # noqa: PLC0415
+
+    opts: dict[str, Any] = {"compare_type": True, "compare_server_default": True}
+    engine = site.engine
+    if site.schema is not None:
+        # The store's schema as a named one (the default schema is public here).
+        url, schema = site.url, site.schema
+        engine = sa.create_engine("postgresql+psycopg://", creator=lambda: psycopg.connect(url))
+        opts["include_schemas"] = True
+        opts["include_name"] = lambda name, kind, parent: kind != "schema" or name == schema
+    try:
+        with engine.connect() as conn:
+            return list(compare_metadata(MigrationContext.configure(conn, opts=opts), metadata))
+    finally:
+        if engine is not site.engine:
+            engine.dispose()
+
+
+def test_the_stores_tables_in_the_applications_metadata_leave_autogenerate_nothing_to_do(
+    site: Site,
+) -> None:
+    app = sa.MetaData(schema=site.schema)  # the application's own tables, none of the store's
+    for table in (*Base.metadata.tables.values(), totals):
+        table.to_metadata(app, schema=site.schema)
+    dialect = "sqlite" if site.schema is None else "postgresql"
+    # Without them, autogenerate would propose dropping every table of the store.
+    proposed = {d[1].name for d in autogenerate_diff(site, app) if d[0] == "remove_table"}
+    tables = store_tables(sa.MetaData(), dialect, schema=site.schema or "eventfold")
+    assert {t.name for t in tables.values()} <= proposed
+    store_tables(app, dialect, schema=site.schema or "eventfold")
+    assert autogenerate_diff(site, app) == []

@@ -32,16 +32,19 @@ from eventfold.errors import InvalidRequest
 from eventfold.store import AsyncEventStore, AsyncTransaction, EventStore, Transaction
 
 try:
+    import sqlalchemy as sa
+    from sqlalchemy import MetaData, Table
     from sqlalchemy.dialects import postgresql, sqlite
     from sqlalchemy.engine import Connection
     from sqlalchemy.orm import Session
     from sqlalchemy.sql import ClauseElement
+    from sqlalchemy.types import UserDefinedType
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(
         "eventfold.sqlalchemy needs SQLAlchemy 2: pip install 'eventfold[sqlalchemy]'"
     ) from exc
 
-__all__ = ["async_transaction", "execute", "transaction"]
+__all__ = ["XID8", "async_transaction", "execute", "store_tables", "transaction"]
 
 _SQLITE = sqlite.dialect(paramstyle="qmark")
 _POSTGRES = postgresql.psycopg.dialect()  # type: ignore[no-untyped-call]
@@ -128,3 +131,218 @@ def execute(target: Any, statement: ClauseElement) -> Any:
         raise InvalidRequest("execute() needs a projection context or transaction with SQL")
     sql, params = _compiled(connection, statement)
     return connection.execute(sql, params)
+
+
+class XID8(UserDefinedType[int]):
+    """PostgreSQL's ``xid8`` (a transaction id): the events table's ``tx`` column."""
+
+    cache_ok = True
+
+    def get_col_spec(self, **kw: Any) -> str:
+        return "xid8"
+
+
+def store_tables(
+    metadata: MetaData, dialect: str = "sqlite", *, schema: str = "eventfold"
+) -> dict[str, Table]:
+    """Declare the store's tables in ``metadata``, as ``migrate()`` makes them.
+
+    With them in the application's ``MetaData``, Alembic's autogenerate sees
+    the store's tables as the application's own and proposes nothing for them
+    (it would otherwise offer to drop them). Create and upgrade them with
+    eventfold (the store's ``migrate``), not with Alembic. ``dialect`` is
+    ``"sqlite"`` (tables ``eventfold_*`` in the file) or ``"postgresql"``
+    (tables in ``schema``). Returns them by their eventfold name (``events``,
+    ``streams``, ...).
+    """
+    if dialect == "sqlite":
+        return _sqlite_tables(metadata)
+    if dialect == "postgresql":
+        return _postgres_tables(metadata, schema)
+    raise InvalidRequest(f'dialect must be "sqlite" or "postgresql", not {dialect!r}')
+
+
+def _sqlite_tables(metadata: MetaData) -> dict[str, Table]:
+    text, blob, number = sa.Text, sa.LargeBinary, sa.Integer
+    events = Table(
+        "eventfold_events",
+        metadata,
+        # INTEGER PRIMARY KEY AUTOINCREMENT: the rowid, declared without NOT NULL.
+        sa.Column("position", number, primary_key=True, autoincrement=True, nullable=True),
+        sa.Column("stream", text, nullable=False),
+        sa.Column("version", number, nullable=False),
+        sa.Column("id", blob, nullable=False),
+        sa.Column("type", text, nullable=False),
+        sa.Column("schema_version", number, nullable=False),
+        sa.Column("data", blob, nullable=False),
+        sa.Column("metadata", blob),
+        sa.Column("recorded_at", number, nullable=False),
+        sa.Index("eventfold_events_stream_version", "stream", "version", unique=True),
+        sa.Index("eventfold_events_id", "id", unique=True),
+        sqlite_autoincrement=True,
+    )
+    streams = Table(
+        "eventfold_streams",
+        metadata,
+        sa.Column("stream", text, primary_key=True),
+        sa.Column("metadata", blob),
+        sa.Column("deletion", blob),
+        sa.Column("truncation", blob),
+        sa.Column("first_version", number, nullable=False, server_default=sa.text("1")),
+        sqlite_with_rowid=False,
+    )
+    sa.Index(
+        "eventfold_streams_deleted",
+        streams.c.stream,
+        sqlite_where=streams.c.deletion.is_not(None),
+    )
+    snapshots = Table(
+        "eventfold_snapshots",
+        metadata,
+        sa.Column("stream", text, primary_key=True),
+        sa.Column("version", number, primary_key=True),
+        sa.Column("state_type", text, nullable=False),
+        sa.Column("schema_version", number, nullable=False),
+        sa.Column("data", blob, nullable=False),
+        sa.Column("recorded_at", number, nullable=False),
+        sqlite_with_rowid=False,
+    )
+    checkpoints = Table(
+        "eventfold_checkpoints",
+        metadata,
+        sa.Column("name", text, primary_key=True),
+        sa.Column("position", number, nullable=False, server_default=sa.text("0")),
+        sa.Column("owner", text),
+        sa.Column("lease_expires_at", number, nullable=False, server_default=sa.text("0")),
+        sa.Column("updated_at", number, nullable=False, server_default=sa.text("0")),
+        sqlite_with_rowid=False,
+    )
+    dead_letters = Table(
+        "eventfold_dead_letters",
+        metadata,
+        sa.Column("name", text, primary_key=True),
+        sa.Column("position", number, primary_key=True),
+        sa.Column("event_id", blob, nullable=False),
+        sa.Column("stream", text, nullable=False),
+        sa.Column("version", number, nullable=False),
+        sa.Column("type", text, nullable=False),
+        sa.Column("error", text, nullable=False),
+        sa.Column("recorded_at", number, nullable=False),
+        sqlite_with_rowid=False,
+    )
+    aliases = Table(
+        "eventfold_projection_aliases",
+        metadata,
+        sa.Column("alias", text, primary_key=True),
+        sa.Column("target", text, nullable=False),
+        sqlite_with_rowid=False,
+    )
+    return {
+        "events": events,
+        "streams": streams,
+        "snapshots": snapshots,
+        "checkpoints": checkpoints,
+        "dead_letters": dead_letters,
+        "projection_aliases": aliases,
+    }
+
+
+def _postgres_tables(metadata: MetaData, schema: str) -> dict[str, Table]:
+    # Reflection then knows xid8 (autogenerate compares the tx column quietly).
+    postgresql.base.ischema_names.setdefault("xid8", XID8)
+    text, blob, big = sa.Text, sa.LargeBinary, sa.BigInteger
+    when = postgresql.TIMESTAMP(timezone=True)
+    now = sa.text("now()")
+    events = Table(
+        "events",
+        metadata,
+        sa.Column("tx", XID8(), nullable=False, server_default=sa.text("pg_current_xact_id()")),
+        sa.Column("seq", big, nullable=False, autoincrement=True),
+        sa.Column("stream", text, nullable=False),
+        sa.Column("version", big, nullable=False),
+        sa.Column("id", postgresql.UUID(as_uuid=True), nullable=False),
+        sa.Column("type", text, nullable=False),
+        sa.Column("schema_version", sa.Integer, nullable=False),
+        sa.Column("data", blob, nullable=False),
+        sa.Column("metadata", blob),
+        sa.Column("recorded_at", when, nullable=False, server_default=now),
+        sa.Column("tx_id", big, sa.Computed("((tx)::text)::bigint", persisted=True)),
+        sa.Column(
+            "recorded_us",
+            big,
+            nullable=False,
+            server_default=sa.text("((EXTRACT(epoch FROM now()) * (1000000)::numeric))::bigint"),
+        ),
+        sa.PrimaryKeyConstraint("tx", "seq", name="events_pkey"),
+        sa.UniqueConstraint("stream", "version", name="events_stream_version"),
+        sa.UniqueConstraint("id", name="events_id"),
+        sa.CheckConstraint("version > 0", name="events_version_positive"),
+        schema=schema,
+    )
+    streams = Table(
+        "streams",
+        metadata,
+        sa.Column("stream", text, primary_key=True),
+        sa.Column("metadata", blob),
+        sa.Column("deletion", blob),
+        sa.Column("truncation", blob),
+        schema=schema,
+    )
+    sa.Index("streams_deleted", streams.c.stream, postgresql_where=streams.c.deletion.is_not(None))
+    snapshots = Table(
+        "snapshots",
+        metadata,
+        sa.Column("stream", text, primary_key=True),
+        sa.Column("version", big, primary_key=True),
+        sa.Column("state_type", text, nullable=False),
+        sa.Column("schema_version", sa.Integer, nullable=False),
+        sa.Column("data", blob, nullable=False),
+        sa.Column("recorded_at", when, nullable=False, server_default=now),
+        schema=schema,
+    )
+    checkpoints = Table(
+        "checkpoints",
+        metadata,
+        sa.Column("name", text, primary_key=True),
+        sa.Column("position", sa.Numeric(40), nullable=False, server_default=sa.text("0")),
+        sa.Column("owner", text),
+        sa.Column("lease_expires", when, nullable=False, server_default=sa.text("'-infinity'")),
+        sa.Column("updated_at", when, nullable=False, server_default=now),
+        schema=schema,
+    )
+    dead_letters = Table(
+        "dead_letters",
+        metadata,
+        sa.Column("name", text, primary_key=True),
+        sa.Column("position", sa.Numeric(40), primary_key=True),
+        sa.Column("event_id", postgresql.UUID(as_uuid=True), nullable=False),
+        sa.Column("stream", text, nullable=False),
+        sa.Column("version", big, nullable=False),
+        sa.Column("type", text, nullable=False),
+        sa.Column("error", text, nullable=False),
+        sa.Column("recorded_at", when, nullable=False, server_default=now),
+        schema=schema,
+    )
+    aliases = Table(
+        "projection_aliases",
+        metadata,
+        sa.Column("alias", text, primary_key=True),
+        sa.Column("target", text, nullable=False),
+        schema=schema,
+    )
+    versions = Table(
+        "schema_version",
+        metadata,
+        sa.Column("version", sa.Integer, primary_key=True, autoincrement=False),
+        sa.Column("applied_at", when, nullable=False, server_default=now),
+        schema=schema,
+    )
+    return {
+        "events": events,
+        "streams": streams,
+        "snapshots": snapshots,
+        "checkpoints": checkpoints,
+        "dead_letters": dead_letters,
+        "projection_aliases": aliases,
+        "schema_version": versions,
+    }
