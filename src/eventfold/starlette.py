@@ -41,6 +41,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
+from eventfold._acompat import next_poll
 from eventfold._logs import fields
 from eventfold.commands import AsyncCommandHandler, CommandResult
 from eventfold.errors import (
@@ -74,6 +75,8 @@ logger = logging.getLogger("eventfold.starlette")
 POSITION_HEADER = "Eventfold-Position"
 _ETAG = re.compile(r'^(?:W/)?"(\d+)"$|^(\d+)$')
 _MAX_KEY = 200
+#: The first pause of a look at a local runner's position (a live runner is quick).
+_FIRST_LOOK = 0.0002
 
 
 def etag(version: int) -> str:
@@ -116,13 +119,13 @@ async def _poll(
 ) -> int:
     """Look at ``reached()`` until it is ``position`` or more (0.2 ms, doubling to 50 ms)."""
     deadline = time.monotonic() + timeout
-    pause = 0.0002
+    pause = _FIRST_LOOK
     while (current := await reached()) < position:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise ProjectionBehind(name, position, current, timeout)
         await asyncio.sleep(min(pause, remaining))
-        pause = min(pause * 2, 0.05)
+        pause = next_poll(pause)
     return current
 
 

@@ -197,6 +197,8 @@ class ProjectionRunner:
         self._checkpoints: Checkpoints = checkpoints_of(store)
         # Optional on checkpoints: where this process's runners moved them (LocalPositions).
         self._local: Any = getattr(self._checkpoints, "local_positions", None)
+        # Optional too: pages that say how far each read got (no head read first).
+        self._pages_with_head: Any = getattr(self._checkpoints, "pages_with_head", None)
         self._memory_position = 0  # for in-memory projections
         self._position: int | None = None  # the stored checkpoint, as last read or written
         self._set_up = False
@@ -298,8 +300,7 @@ class ProjectionRunner:
         # with them would wake the runner's wait at once, again and again (and
         # a wait_for such an event's position would never return). Checkpoints
         # whose pages say how far each read got need no head read first.
-        reads_head = getattr(self._checkpoints, "pages_with_head", None) is not None
-        head = 0 if reads_head else self.store.last_position()
+        head = 0 if self._pages_with_head is not None else self.store.last_position()
         handled = 0
         clock = time.perf_counter
         mark = clock()  # the end of the previous page: its time includes the read
@@ -424,7 +425,7 @@ class ProjectionRunner:
         # An in-memory read model may read ahead (PostgreSQL streams a backlog),
         # holding a connection meanwhile. SQL read models take connections of
         # their own for each batch, so they read page by page.
-        reader = getattr(self._checkpoints, "pages_with_head", None)
+        reader = self._pages_with_head
         if reader is not None:
             found: Iterator[tuple[list[RecordedEvent], int]] = reader(
                 position,

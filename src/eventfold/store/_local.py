@@ -32,11 +32,7 @@ class LocalPositions:
         """``owner`` committed checkpoint ``name`` at ``position``; its lease lasts until then."""
         with self._changed:
             self._held[name] = (owner, position, lease_until)
-            self._changed.notify_all()
-            watchers = list(self._watchers)
-        for loop, event in watchers:
-            with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits there
-                loop.call_soon_threadsafe(event.set)
+        self._notify()
 
     def let_go(self, name: str, owner: str) -> None:
         """``owner`` no longer holds the lease of ``name``: waiters look in the database."""
@@ -44,10 +40,15 @@ class LocalPositions:
             entry = self._held.get(name)
             if entry is not None and entry[0] == owner:
                 del self._held[name]
+        self._notify()
+
+    def _notify(self) -> None:
+        """Wake every wait, threads and tasks, to look again."""
+        with self._changed:
             self._changed.notify_all()
             watchers = list(self._watchers)
         for loop, event in watchers:
-            with contextlib.suppress(RuntimeError):
+            with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits there
                 loop.call_soon_threadsafe(event.set)
 
     def _look(self, name: str, position: int) -> tuple[int | None, float]:

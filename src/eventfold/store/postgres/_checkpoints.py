@@ -10,7 +10,7 @@ has run out. A runner's wait for news LISTENs on the store's channel.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from contextlib import AbstractContextManager, closing
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -230,7 +230,7 @@ class PostgresCheckpoints:
         size: int,
         *,
         read_ahead: bool = False,
-    ) -> Iterator[list[RecordedEvent]]:
+    ) -> Generator[list[RecordedEvent], None]:
         serializer = self._store.serializer
         pages = self._store._log_pages(after, types, prefix, size, read_ahead=read_ahead)
         with closing(pages):  # a streamed read gives its connection back at once
@@ -252,10 +252,9 @@ class PostgresCheckpoints:
         if read_ahead:
             # A backlog streams (see pages): the head is read first.
             head = store.last_position()
-            ahead = store._log_pages(after, types, prefix, size, read_ahead=True)
-            with closing(ahead):
-                for rows in ahead:
-                    yield decode_rows_lenient(serializer, rows), head
+            with closing(self.pages(after, types, prefix, size, read_ahead=True)) as pages:
+                for page in pages:
+                    yield page, head
             yield [], head
             return
         while True:

@@ -9,7 +9,7 @@ has run out. A runner's wait for news LISTENs on the store's channel.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import AbstractAsyncContextManager, aclosing
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -240,7 +240,7 @@ class AsyncPostgresCheckpoints:
         size: int,
         *,
         read_ahead: bool = False,
-    ) -> AsyncIterator[list[RecordedEvent]]:
+    ) -> AsyncGenerator[list[RecordedEvent], None]:
         serializer = self._store.serializer
         pages = self._store._log_pages(after, types, prefix, size, read_ahead=read_ahead)
         async with aclosing(pages):  # a streamed read gives its connection back at once
@@ -262,10 +262,9 @@ class AsyncPostgresCheckpoints:
         if read_ahead:
             # A backlog streams (see pages): the head is read first.
             head = await store.last_position()
-            ahead = store._log_pages(after, types, prefix, size, read_ahead=True)
-            async with aclosing(ahead):
-                async for rows in ahead:
-                    yield decode_rows_lenient(serializer, rows), head
+            async with aclosing(self.pages(after, types, prefix, size, read_ahead=True)) as pages:
+                async for page in pages:
+                    yield page, head
             yield [], head
             return
         while True:
